@@ -1,0 +1,125 @@
+//! The replicated command: what one Raft log entry asks the state machine to do.
+//!
+//! This is a storage format, not an API: entries outlive the binary that wrote them, so every
+//! command carries [`COMMAND_FORMAT`] and a reader refuses a format it does not know rather than
+//! guess. One general shape — a conditional batch — covers every write the gRPC and RESP faces
+//! need (put, delete, CAS, increments, appends, expiry changes, purges of expired keys), so new
+//! commands on those faces add no new log formats.
+//!
+//! Time: the leader stamps each command with cluster time (`stamp_ms`, never below the last
+//! applied stamp), and every expiry is judged against the stamp of the entry being applied, so
+//! all replicas decide expiry identically whatever their clocks say.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::Serialize;
+
+/// Version of the command encoding written into every entry.
+pub const COMMAND_FORMAT: u16 = 1;
+
+/// One replicated write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Always [`COMMAND_FORMAT`] when written by this binary.
+    pub format: u16,
+    /// Cluster time in ms since the Unix epoch, assigned by the leader.
+    pub stamp_ms: u64,
+    /// Present for client writes: makes a retried write apply once.
+    pub write_id: Option<WriteId>,
+    pub batch: Batch,
+}
+
+/// A client's identity for one logical write (see `WriteId` in kvs.proto).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WriteId {
+    pub client_id: u64,
+    pub sequence: u64,
+}
+
+/// An atomic conditional batch: when every compare holds, `ops` run, otherwise `else_ops`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub compares: Vec<Compare>,
+    pub ops: Vec<Op>,
+    pub else_ops: Vec<Op>,
+    /// Return each touched key's value from before the op.
+    pub return_previous: bool,
+}
+
+/// A condition on one key, judged at the entry's stamp (an expired key does not exist).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compare {
+    /// The key exists and its value equals `value`.
+    ValueEquals { key: Bytes, value: Bytes },
+    /// The key's existence equals `exists`.
+    Exists { key: Bytes, exists: bool },
+    /// The key is still stored but its expiry has passed: what a purge of expired keys is
+    /// conditioned on, so a purge racing with a re-set of the key deletes nothing.
+    Expired { key: Bytes },
+}
+
+/// What a put does to the key's expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PutExpiry {
+    /// The key no longer expires.
+    Clear,
+    /// Keep the key's current expiry (none if the key is new).
+    Keep,
+    /// Expire at this absolute cluster time (ms).
+    At(u64),
+}
+
+/// One operation of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put { key: Bytes, value: Bytes, expiry: PutExpiry },
+    Delete { key: Bytes },
+    /// Adds `delta` to the value read as a decimal i64 (absent counts as 0).
+    Increment { key: Bytes, delta: i64 },
+    /// Appends to the value (absent counts as empty).
+    Append { key: Bytes, value: Bytes },
+    /// Sets an absolute expiry; no effect on an absent key.
+    Expire { key: Bytes, at_ms: u64 },
+    /// Clears the expiry; no effect on an absent key.
+    Persist { key: Bytes },
+}
+
+/// What applying a command produced; also what a deduplicated retry is answered with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Applied(BatchOutcome),
+    /// The batch was refused as a whole; nothing of it was applied.
+    Refused(Refusal),
+}
+
+/// The result of a batch that was applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchOutcome {
+    /// True when the compares held and `ops` ran.
+    pub succeeded: bool,
+    /// One per op that ran, in order.
+    pub results: Vec<OpResult>,
+}
+
+/// The result of one op.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpResult {
+    /// The key existed (unexpired) before the op.
+    pub existed: bool,
+    /// The value before the op, when the batch asked for previous values.
+    pub previous: Option<Bytes>,
+    /// The new value of an increment.
+    pub integer: i64,
+}
+
+/// Why a whole batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// Op `op` incremented a value that is not a decimal i64.
+    NotAnInteger { op: usize },
+    /// Op `op` would overflow an i64.
+    Overflow { op: usize },
+    /// The write's sequence is older than what the node still remembers for that client, so
+    /// whether it was applied before cannot be told.
+    SequenceTooOld { sequence: u64, oldest_remembered: u64 },
+}
