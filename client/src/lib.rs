@@ -1,4 +1,21 @@
 //! Typed async client for kvs.
+//!
+//! [`Client`] speaks the gRPC API in `proto/kvs.proto` to a cluster: it follows the leader,
+//! retries what is safe to retry within one deadline, and gives every write a `WriteId` so a
+//! retried write is applied at most once. When a write's fate cannot be known, the error says so
+//! ([`Error::OutcomeUnknown`]) instead of guessing. The `kvsctl` binary (feature `cli`) is a thin
+//! shell over this library; embedders build without it and get no CLI dependencies.
+
+mod client;
+mod endpoint;
+mod error;
+mod kv;
+mod retry;
+mod routing;
+
+pub use client::{Client, ClientOptions, EndpointStatus};
+pub use error::{Error, Result};
+pub use kv::{Action, Expect, KeyValue};
 
 /// Generated protobuf and gRPC types of the `kvs.v1` package.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -10,45 +10,47 @@
 //! applied stamp), and every expiry is judged against the stamp of the entry being applied, so
 //! all replicas decide expiry identically whatever their clocks say.
 
+use std::fmt;
+
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::Serialize;
 
 /// Version of the command encoding written into every entry.
-pub const COMMAND_FORMAT: u16 = 1;
+pub(crate) const COMMAND_FORMAT: u16 = 1;
 
 /// One replicated write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command {
+pub(crate) struct Command {
     /// Always [`COMMAND_FORMAT`] when written by this binary.
-    pub format: u16,
+    pub(crate) format: u16,
     /// Cluster time in ms since the Unix epoch, assigned by the leader.
-    pub stamp_ms: u64,
+    pub(crate) stamp_ms: u64,
     /// Present for client writes: makes a retried write apply once.
-    pub write_id: Option<WriteId>,
-    pub batch: Batch,
+    pub(crate) write_id: Option<WriteId>,
+    pub(crate) batch: Batch,
 }
 
 /// A client's identity for one logical write (see `WriteId` in kvs.proto).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct WriteId {
-    pub client_id: u64,
-    pub sequence: u64,
+pub(crate) struct WriteId {
+    pub(crate) client_id: u64,
+    pub(crate) sequence: u64,
 }
 
 /// An atomic conditional batch: when every compare holds, `ops` run, otherwise `else_ops`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Batch {
-    pub compares: Vec<Compare>,
-    pub ops: Vec<Op>,
-    pub else_ops: Vec<Op>,
+pub(crate) struct Batch {
+    pub(crate) compares: Vec<Compare>,
+    pub(crate) ops: Vec<Op>,
+    pub(crate) else_ops: Vec<Op>,
     /// Return each touched key's value from before the op.
-    pub return_previous: bool,
+    pub(crate) return_previous: bool,
 }
 
 /// A condition on one key, judged at the entry's stamp (an expired key does not exist).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Compare {
+pub(crate) enum Compare {
     /// The key exists and its value equals `value`.
     ValueEquals { key: Bytes, value: Bytes },
     /// The key's existence equals `exists`.
@@ -60,7 +62,7 @@ pub enum Compare {
 
 /// What a put does to the key's expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PutExpiry {
+pub(crate) enum PutExpiry {
     /// The key no longer expires.
     Clear,
     /// Keep the key's current expiry (none if the key is new).
@@ -71,7 +73,7 @@ pub enum PutExpiry {
 
 /// One operation of a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Op {
+pub(crate) enum Op {
     Put { key: Bytes, value: Bytes, expiry: PutExpiry },
     Delete { key: Bytes },
     /// Adds `delta` to the value read as a decimal i64 (absent counts as 0).
@@ -86,35 +88,35 @@ pub enum Op {
 
 /// What applying a command produced; also what a deduplicated retry is answered with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Applied(BatchOutcome),
     /// The batch was refused as a whole; nothing of it was applied.
     Refused(Refusal),
 }
 
 /// The result of a batch that was applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchOutcome {
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BatchOutcome {
     /// True when the compares held and `ops` ran.
-    pub succeeded: bool,
+    pub(crate) succeeded: bool,
     /// One per op that ran, in order.
-    pub results: Vec<OpResult>,
+    pub(crate) results: Vec<OpResult>,
 }
 
 /// The result of one op.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpResult {
+pub(crate) struct OpResult {
     /// The key existed (unexpired) before the op.
-    pub existed: bool,
+    pub(crate) existed: bool,
     /// The value before the op, when the batch asked for previous values.
-    pub previous: Option<Bytes>,
+    pub(crate) previous: Option<Bytes>,
     /// The new value of an increment.
-    pub integer: i64,
+    pub(crate) integer: i64,
 }
 
 /// Why a whole batch was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Op `op` incremented a value that is not a decimal i64.
     NotAnInteger { op: usize },
     /// Op `op` would overflow an i64.
@@ -122,4 +124,45 @@ pub enum Refusal {
     /// The write's sequence is older than what the node still remembers for that client, so
     /// whether it was applied before cannot be told.
     SequenceTooOld { sequence: u64, oldest_remembered: u64 },
+}
+
+impl Command {
+    /// An upper bound of the command's encoded size, cheap to compute: used to cut replication
+    /// batches by bytes without encoding them twice.
+    pub(crate) fn encoded_len_hint(&self) -> usize {
+        let key_value = |key: &Bytes, value: Option<&Bytes>| 16 + key.len() + value.map_or(0, |v| v.len());
+        let compares = self.batch.compares.iter().map(|c| match c {
+            Compare::ValueEquals { key, value } => key_value(key, Some(value)),
+            Compare::Exists { key, .. } | Compare::Expired { key } => key_value(key, None),
+        });
+        let ops = self.batch.ops.iter().chain(&self.batch.else_ops).map(|op| match op {
+            Op::Put { key, value, .. } | Op::Append { key, value } => key_value(key, Some(value)) + 10,
+            Op::Delete { key } | Op::Increment { key, .. } | Op::Expire { key, .. } | Op::Persist { key } => {
+                key_value(key, None) + 10
+            }
+        });
+        64 + compares.sum::<usize>() + ops.sum::<usize>()
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "batch({} compares, {} ops, {} else-ops) at {}",
+            self.batch.compares.len(),
+            self.batch.ops.len(),
+            self.batch.else_ops.len(),
+            self.stamp_ms
+        )
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Applied(o) => write!(f, "applied(succeeded: {}, {} results)", o.succeeded, o.results.len()),
+            Outcome::Refused(r) => write!(f, "refused({r:?})"),
+        }
+    }
 }

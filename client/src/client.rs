@@ -1,0 +1,423 @@
+//! The client: one cheap-to-clone handle to a cluster.
+//!
+//! Every method is one logical request with one overall deadline, carried out by the single call
+//! loop in [`Client::call`]: try the current node, and on a failure let `retry` decide whether
+//! to go again and `routing` where. Writes get their `WriteId` before the loop, so every retry
+//! of a write is the same write to the cluster and is applied at most once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Response, Status};
+
+use crate::error::{Error, Result};
+use crate::kv::{self, Action, Expect, KeyValue};
+use crate::proto;
+use crate::proto::cluster_client::ClusterClient;
+use crate::proto::kv_client::KvClient;
+use crate::retry::{Attempts, CallKind, Failure, Next};
+use crate::routing::{Routing, Target};
+
+/// How long calls may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// The overall deadline of one call, retries included.
+    pub timeout: Duration,
+    /// How long one attempt at one node may take (connecting included) before the next is
+    /// tried; capped by what is left of `timeout`.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Checks that calls can be made at all under these options.
+    pub fn validate(&self) -> Result<()> {
+        if self.timeout.is_zero() {
+            return Err(Error::InvalidOptions("the timeout must be more than zero"));
+        }
+        if self.attempt_timeout.is_zero() {
+            return Err(Error::InvalidOptions(
+                "the attempt timeout must be more than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The status of one configured endpoint, as [`Client::endpoint_status`] found it.
+#[derive(Debug)]
+pub struct EndpointStatus {
+    /// The endpoint, as `host:port`.
+    pub endpoint: String,
+    /// What the node said about itself, or why it could not be asked.
+    pub info: Result<proto::NodeInfoResponse>,
+}
+
+/// A handle to a kvs cluster. Clones share connections and the write sequence.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    routing: Routing,
+    options: ClientOptions,
+    client_id: u64,
+    last_sequence: AtomicU64,
+}
+
+/// Where a call may go.
+enum Route {
+    /// The current node, then wherever routing leads until the deadline.
+    Failover,
+    /// This node only, one attempt.
+    Pinned(Target),
+}
+
+impl Client {
+    /// A client for the cluster reachable at `endpoints` (`host:port`, optionally prefixed by
+    /// `http://`). Connections are made on first use, so this succeeds while nodes are down; it
+    /// must be called within a Tokio runtime.
+    pub fn connect(endpoints: Vec<String>, options: ClientOptions) -> Result<Self> {
+        options.validate()?;
+        let routing = Routing::new(&endpoints, options.attempt_timeout)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                routing,
+                options,
+                client_id: rand::random(),
+                last_sequence: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Reads `key`. A `serializable` read is served by whichever node answers, from its local
+    /// state, and may be stale; otherwise the read is linearizable.
+    pub async fn get(&self, key: impl Into<Bytes>, serializable: bool) -> Result<Option<KeyValue>> {
+        let key = key.into();
+        let request = proto::GetRequest {
+            key: key.clone(),
+            serializable,
+        };
+        let response = self
+            .call(Route::Failover, CallKind::Read, request, async |ch, r| {
+                KvClient::new(ch).get(r).await
+            })
+            .await?;
+        Ok(KeyValue::from_response(key, response))
+    }
+
+    /// Sets `key` to `value`, expiring after `ttl` if given.
+    pub async fn put(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let request = proto::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            write_id: Some(self.next_write_id()),
+            ttl_ms: ttl.map(kv::ttl_ms),
+            return_previous: false,
+        };
+        self.write(request, async |ch, r| KvClient::new(ch).put(r).await)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes `key`; true when it existed.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool> {
+        let request = proto::DeleteRequest {
+            key: key.into(),
+            write_id: Some(self.next_write_id()),
+            return_previous: false,
+        };
+        let response = self
+            .write(request, async |ch, r| KvClient::new(ch).delete(r).await)
+            .await?;
+        Ok(response.deleted)
+    }
+
+    /// Applies `action` to `key` if it holds what `expect` says; [`Error::CompareFailed`] when it
+    /// does not.
+    pub async fn compare_and_swap(
+        &self,
+        key: impl Into<Bytes>,
+        expect: Expect,
+        action: Action,
+    ) -> Result<()> {
+        let request = proto::CompareAndSwapRequest {
+            key: key.into(),
+            expect: Some(expect.into()),
+            action: Some(action.into()),
+            write_id: Some(self.next_write_id()),
+        };
+        match self
+            .write(request, async |ch, r| {
+                KvClient::new(ch).compare_and_swap(r).await
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::Refused {
+                code: Code::FailedPrecondition,
+                ..
+            }) => Err(Error::CompareFailed),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Runs an atomic conditional batch. The client sets `write_id`; a batch the cluster refused
+    /// as a whole is [`Error::BatchRefused`].
+    pub async fn batch(&self, mut batch: proto::BatchRequest) -> Result<proto::BatchResponse> {
+        batch.write_id = Some(self.next_write_id());
+        let response = self
+            .write(batch, async |ch, r| KvClient::new(ch).batch(r).await)
+            .await?;
+        if response.error.is_empty() {
+            Ok(response)
+        } else {
+            Err(Error::BatchRefused(response.error))
+        }
+    }
+
+    /// The cluster's status, as the answering node sees it.
+    pub async fn status(&self) -> Result<proto::StatusResponse> {
+        self.call(
+            Route::Failover,
+            CallKind::Read,
+            proto::StatusRequest {},
+            async |ch, r| ClusterClient::new(ch).status(r).await,
+        )
+        .await
+    }
+
+    /// The cluster's members, with the leader's view of their replication.
+    pub async fn member_list(&self) -> Result<Vec<proto::Member>> {
+        let response = self
+            .call(
+                Route::Failover,
+                CallKind::Read,
+                proto::ListMembersRequest {},
+                async |ch, r| ClusterClient::new(ch).list_members(r).await,
+            )
+            .await?;
+        Ok(response.members)
+    }
+
+    /// Adds the node serving clients at `address` (`host:port`) as a learner.
+    pub async fn add_learner(&self, address: &str) -> Result<proto::Member> {
+        let request = proto::AddLearnerRequest {
+            address: address.to_owned(),
+        };
+        let response = self
+            .admin(request, async |ch, r| {
+                ClusterClient::new(ch).add_learner(r).await
+            })
+            .await?;
+        response.member.ok_or(Error::MalformedResponse(
+            "AddLearner answered without the member",
+        ))
+    }
+
+    /// Makes the learner `id` a voter.
+    pub async fn promote(&self, id: &str) -> Result<()> {
+        let request = proto::PromoteMemberRequest { id: id.to_owned() };
+        self.admin(request, async |ch, r| {
+            ClusterClient::new(ch).promote_member(r).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Removes the member `id` (moving leadership away first if it leads).
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let request = proto::RemoveMemberRequest { id: id.to_owned() };
+        self.admin(request, async |ch, r| {
+            ClusterClient::new(ch).remove_member(r).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Moves leadership to the voter `to`, or to the most up-to-date other voter; returns the
+    /// new leader's ID.
+    pub async fn transfer_leader(&self, to: Option<&str>) -> Result<String> {
+        let request = proto::TransferLeaderRequest {
+            to: to.unwrap_or_default().to_owned(),
+        };
+        let response = self
+            .admin(request, async |ch, r| {
+                ClusterClient::new(ch).transfer_leader(r).await
+            })
+            .await?;
+        Ok(response.leader)
+    }
+
+    /// Who the node at `endpoint` is; asks that node only, once.
+    pub async fn node_info(&self, endpoint: &str) -> Result<proto::NodeInfoResponse> {
+        self.node_info_at(self.inner.routing.pinned(endpoint)?)
+            .await
+    }
+
+    /// Forms a one-member cluster at the node at `endpoint` if it has no state (asks that node
+    /// only, once); otherwise returns its existing cluster ID.
+    pub async fn initialize(&self, endpoint: &str) -> Result<proto::InitializeResponse> {
+        let target = self.inner.routing.pinned(endpoint)?;
+        self.call(
+            Route::Pinned(target),
+            CallKind::Admin,
+            proto::InitializeRequest {},
+            async |ch, r| ClusterClient::new(ch).initialize(r).await,
+        )
+        .await
+    }
+
+    /// What every configured endpoint says about itself, asked concurrently, in the order the
+    /// endpoints were given.
+    pub async fn endpoint_status(&self) -> Vec<EndpointStatus> {
+        let asks = self
+            .inner
+            .routing
+            .configured()
+            .into_iter()
+            .map(|target| async move {
+                EndpointStatus {
+                    endpoint: target.address().to_owned(),
+                    info: self.node_info_at(target).await,
+                }
+            });
+        futures::future::join_all(asks).await
+    }
+
+    async fn node_info_at(&self, target: Target) -> Result<proto::NodeInfoResponse> {
+        self.call(
+            Route::Pinned(target),
+            CallKind::Read,
+            proto::NodeInfoRequest {},
+            async |ch, r| ClusterClient::new(ch).node_info(r).await,
+        )
+        .await
+    }
+
+    /// The identity of a new logical write; retries of that write reuse it.
+    fn next_write_id(&self) -> proto::WriteId {
+        proto::WriteId {
+            client_id: self.inner.client_id,
+            sequence: self.inner.last_sequence.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    async fn write<Req: Clone, Resp>(
+        &self,
+        request: Req,
+        rpc: impl AsyncFn(Channel, tonic::Request<Req>) -> Result<Response<Resp>, Status>,
+    ) -> Result<Resp> {
+        self.call(Route::Failover, CallKind::Write, request, rpc)
+            .await
+    }
+
+    async fn admin<Req: Clone, Resp>(
+        &self,
+        request: Req,
+        rpc: impl AsyncFn(Channel, tonic::Request<Req>) -> Result<Response<Resp>, Status>,
+    ) -> Result<Resp> {
+        self.call(Route::Failover, CallKind::Admin, request, rpc)
+            .await
+    }
+
+    /// Makes attempts until one succeeds, the retry rules say stop, or the deadline passes.
+    async fn call<Req: Clone, Resp>(
+        &self,
+        route: Route,
+        kind: CallKind,
+        request: Req,
+        rpc: impl AsyncFn(Channel, tonic::Request<Req>) -> Result<Response<Resp>, Status>,
+    ) -> Result<Resp> {
+        let options = &self.inner.options;
+        let deadline = Instant::now() + options.timeout;
+        let mut attempts = Attempts::new(kind);
+        let mut target = match &route {
+            Route::Failover => self.inner.routing.current(),
+            Route::Pinned(target) => target.clone(),
+        };
+        loop {
+            let budget = deadline
+                .saturating_duration_since(Instant::now())
+                .min(options.attempt_timeout);
+            let mut attempt = tonic::Request::new(request.clone());
+            // Tell the node too, so it stops working on an answer nobody will wait for.
+            attempt.set_timeout(budget);
+            let failure =
+                match tokio::time::timeout(budget, rpc(target.channel(), attempt)).await {
+                    Ok(Ok(response)) => return Ok(response.into_inner()),
+                    Ok(Err(status)) => Failure::from_status(target.address(), &status),
+                    Err(_elapsed) => Failure::timed_out(target.address(), budget),
+                };
+            let (leader, pause) = match attempts.record(failure) {
+                Next::Stop(err) => return Err(err),
+                Next::Retry { leader, pause } => (leader, pause),
+            };
+            // Spread retries of many clients so a recovering cluster is not hit all at once.
+            let pause = pause.mul_f64(rand::random_range(0.5..=1.0));
+            if matches!(route, Route::Pinned(_)) || Instant::now() + pause >= deadline {
+                return Err(attempts.give_up());
+            }
+            tracing::debug!(
+                address = target.address(),
+                ?leader,
+                ?pause,
+                "retrying after a failed attempt"
+            );
+            tokio::time::sleep(pause).await;
+            target = self.inner.routing.after_failure(&target, leader.as_deref());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[tokio::test]
+    async fn futures_can_be_spawned() {
+        let client = Client::connect(vec!["127.0.0.1:1".into()], ClientOptions::default()).unwrap();
+        assert_send(&client.get("k", false));
+        assert_send(&client.put("k", "v", None));
+        assert_send(&client.endpoint_status());
+    }
+
+    #[tokio::test]
+    async fn every_new_write_gets_the_next_sequence() {
+        let client = Client::connect(vec!["127.0.0.1:1".into()], ClientOptions::default()).unwrap();
+        let first = client.next_write_id();
+        let second = client.clone().next_write_id();
+        assert_eq!(first.client_id, second.client_id);
+        assert_eq!(second.sequence, first.sequence + 1);
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let options = ClientOptions {
+            attempt_timeout: Duration::ZERO,
+            ..ClientOptions::default()
+        };
+        assert!(matches!(options.validate(), Err(Error::InvalidOptions(_))));
+    }
+}

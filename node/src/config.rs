@@ -1,0 +1,172 @@
+//! Node configuration: command-line flags (each also read from a `KVS_*` environment variable),
+//! validated before anything starts so a bad flag is a clear message, never a half-started node.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::error::Error;
+use crate::error::Result;
+
+/// How one kvs node runs. `docs/configuration.md` lists every flag.
+#[derive(Debug, Clone, Args)]
+pub struct NodeConfig {
+    /// Address to serve the client gRPC API on (and peer RPCs too, without --peer-listen).
+    #[arg(long, env = "KVS_LISTEN", default_value = "127.0.0.1:7379")]
+    pub listen: SocketAddr,
+
+    /// Separate address for peer (Raft) RPCs.
+    #[arg(long, env = "KVS_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+
+    /// Client address other nodes and clients use to reach this node (host:port). Required when
+    /// listening on 0.0.0.0 or ::; defaults to the listen address.
+    #[arg(long, env = "KVS_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Peer address other nodes use to reach this node (host:port); defaults to the peer listen
+    /// address, or to the client advertise address when one port serves both.
+    #[arg(long, env = "KVS_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
+
+    /// Form a new one-member cluster if this node has no state yet (bare metal, demo).
+    #[arg(long, env = "KVS_BOOTSTRAP")]
+    pub bootstrap: bool,
+
+    /// Keep all state in memory: a restarted node is a new member and its data is gone.
+    #[arg(long, env = "KVS_IN_MEMORY")]
+    pub in_memory: bool,
+
+    /// Election timeout: a follower that hears no leader for between this and twice this
+    /// starts an election.
+    #[arg(long, env = "KVS_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
+    pub election_timeout_ms: u64,
+
+    /// Interval between the leader's heartbeats.
+    #[arg(long, env = "KVS_HEARTBEAT_INTERVAL_MS", default_value_t = 200)]
+    pub heartbeat_interval_ms: u64,
+
+    /// Deadline for every request this node serves; nothing waits longer.
+    #[arg(long, env = "KVS_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+
+    /// Largest key accepted.
+    #[arg(long, env = "KVS_MAX_KEY_BYTES", default_value_t = 4096)]
+    pub max_key_bytes: usize,
+
+    /// Largest value accepted.
+    #[arg(long, env = "KVS_MAX_VALUE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_value_bytes: usize,
+
+    /// Most operations (compares included) in one batch.
+    #[arg(long, env = "KVS_MAX_BATCH_OPS", default_value_t = 128)]
+    pub max_batch_ops: usize,
+
+    /// Most key and value bytes in one batch.
+    #[arg(long, env = "KVS_MAX_BATCH_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_batch_bytes: usize,
+
+    /// On SIGTERM: how long to finish in-flight requests and hand leadership off before exiting.
+    #[arg(long, env = "KVS_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+/// The most a value may be configured to: replication messages must stay bounded.
+const MAX_VALUE_LIMIT: usize = 64 * 1024 * 1024;
+
+impl NodeConfig {
+    /// Checks every flag and the flags against each other.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if !self.in_memory {
+            return bad(
+                "durable storage is not available in this version; pass --in-memory (state is \
+                 lost when the process exits)"
+                    .into(),
+            );
+        }
+        if self.listen.ip().is_unspecified() && self.advertise.is_none() {
+            return bad(format!(
+                "--listen {} is a wildcard address; pass --advertise HOST:PORT so others can reach this node",
+                self.listen
+            ));
+        }
+        if let Some(peer) = self.peer_listen {
+            if peer.ip().is_unspecified() && self.peer_advertise.is_none() {
+                return bad(format!(
+                    "--peer-listen {peer} is a wildcard address; pass --peer-advertise HOST:PORT"
+                ));
+            }
+        }
+        for (flag, addr) in [("--advertise", &self.advertise), ("--peer-advertise", &self.peer_advertise)] {
+            if let Some(addr) = addr {
+                check_host_port(flag, addr)?;
+            }
+        }
+        if self.heartbeat_interval_ms == 0 || self.election_timeout_ms < 3 * self.heartbeat_interval_ms {
+            return bad(format!(
+                "--election-timeout-ms ({}) must be at least 3 x --heartbeat-interval-ms ({}), which must be > 0",
+                self.election_timeout_ms, self.heartbeat_interval_ms
+            ));
+        }
+        if self.request_timeout_ms < 100 {
+            return bad(format!("--request-timeout-ms ({}) must be at least 100", self.request_timeout_ms));
+        }
+        if self.max_key_bytes == 0 || self.max_value_bytes > MAX_VALUE_LIMIT {
+            return bad(format!(
+                "--max-key-bytes must be > 0 and --max-value-bytes at most {MAX_VALUE_LIMIT}"
+            ));
+        }
+        if self.max_batch_ops == 0 {
+            return bad("--max-batch-ops must be > 0".into());
+        }
+        if self.max_batch_bytes < self.max_key_bytes + self.max_value_bytes {
+            return bad(format!(
+                "--max-batch-bytes ({}) must hold at least one largest key and value ({})",
+                self.max_batch_bytes,
+                self.max_key_bytes + self.max_value_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub(crate) fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// The largest gRPC message this node must accept: a full batch plus framing.
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        self.max_batch_bytes + 64 * 1024 + self.max_batch_ops * 64
+    }
+
+    /// The openraft configuration these flags describe.
+    pub(crate) fn raft_config(&self) -> Result<openraft::Config> {
+        openraft::Config {
+            cluster_name: "kvs".into(),
+            election_timeout_min: self.election_timeout_ms,
+            election_timeout_max: self.election_timeout_ms * 2,
+            heartbeat_interval: self.heartbeat_interval_ms,
+            install_snapshot_timeout: self.request_timeout_ms.max(2000),
+            max_payload_entries: 256,
+            // Keep the log bounded while the log is in memory: snapshot and purge behind it.
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Config(e.to_string()))
+    }
+}
+
+fn check_host_port(flag: &str, addr: &str) -> Result<()> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(()),
+        _ => Err(Error::Config(format!("{flag} {addr:?} is not HOST:PORT"))),
+    }
+}

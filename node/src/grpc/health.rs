@@ -1,0 +1,50 @@
+//! The standard `grpc.health.v1` service, used as the Kubernetes readiness probe.
+//!
+//! A node reports SERVING only when it can actually serve: it is a member, it knows a leader, it
+//! is not shutting down, and it has applied everything it knows to be committed. Both the overall
+//! status ("") and `kvs.v1.Kv` follow that rule.
+
+use std::sync::Arc;
+
+use openraft::async_runtime::WatchReceiver;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::replica::Replica;
+
+const SERVICES: [&str; 2] = ["", "kvs.v1.Kv"];
+
+fn serving(replica: &Replica) -> bool {
+    let metrics = replica.metrics();
+    let me = replica.identity.node_id();
+    let member = metrics.membership_config.get_node(&me).is_some();
+    let caught_up = metrics.last_applied.map(|l| l.index) >= metrics.local_committed.map(|l| l.index);
+    member && metrics.current_leader.is_some() && caught_up && !replica.drain.is_closing()
+}
+
+/// Keeps the reported status current until `stop` resolves.
+pub(crate) async fn report(replica: Arc<Replica>, reporter: HealthReporter, stop: impl std::future::Future<Output = ()>) {
+    let mut metrics = replica.raft.metrics();
+    let mut last = None;
+    let mut stop = std::pin::pin!(stop);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        let now = serving(&replica);
+        if last != Some(now) {
+            let status = if now { ServingStatus::Serving } else { ServingStatus::NotServing };
+            for service in SERVICES {
+                reporter.set_service_status(service, status).await;
+            }
+            last = Some(now);
+        }
+        tokio::select! {
+            _ = &mut stop => break,
+            changed = metrics.changed() => if changed.is_err() { break },
+            // Draining is not a Raft metric; look again now and then.
+            _ = tick.tick() => {}
+        }
+    }
+    for service in SERVICES {
+        reporter.set_service_status(service, ServingStatus::NotServing).await;
+    }
+}

@@ -1,0 +1,167 @@
+//! The `kvs.peer.v1.Peer` service: Raft messages from other members, admitted only when their
+//! identity envelope is addressed to this very node of this very cluster.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use openraft::alias::SnapshotMetaOf;
+use openraft::alias::SnapshotOf;
+use openraft::alias::VoteOf;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+use tonic::Streaming;
+use tonic::metadata::MetadataValue;
+
+use crate::error::Error;
+use crate::grpc::status::to_status;
+use crate::peer_proto::PeerMessage;
+use crate::peer_proto::ReadIndexResponse;
+use crate::peer_proto::SnapshotItem;
+use crate::peer_proto::peer_server::Peer;
+use crate::peer_proto::snapshot_item::Item;
+use crate::raft::TypeConfig;
+use crate::raft::network::PEER_FORMAT;
+use crate::raft::network::decode;
+use crate::raft::network::encode;
+use crate::raft::read_index::leader_read_index;
+use crate::replica::Replica;
+
+/// Largest snapshot accepted over the peer stream while snapshots are held in memory.
+const MAX_SNAPSHOT_BYTES: usize = 8 * 1024 * 1024 * 1024;
+
+/// Serves peer RPCs for a replica.
+pub(crate) struct PeerService {
+    replica: Arc<Replica>,
+}
+
+/// Whether a message may make a node without a cluster join the sender's cluster.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Adopt {
+    /// Replication from a leader: the way a newly added node learns its cluster.
+    FromLeader,
+    Never,
+}
+
+impl PeerService {
+    pub(crate) fn new(replica: Arc<Replica>) -> Self {
+        Self { replica }
+    }
+
+    fn admit(&self, msg: &PeerMessage, adopt: Adopt) -> Result<(), Status> {
+        let envelope = msg
+            .envelope
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("peer message without an envelope"))?;
+        if envelope.format != PEER_FORMAT {
+            return Err(Status::failed_precondition(format!(
+                "peer payload format {} is not supported (this node speaks {PEER_FORMAT})",
+                envelope.format
+            )));
+        }
+        self.replica
+            .identity
+            .admit(&envelope.cluster_id, envelope.to, adopt == Adopt::FromLeader)
+            .map_err(|mismatch| {
+                tracing::warn!(%mismatch, from = envelope.from, "rejected peer message");
+                let code = mismatch.code();
+                let mut status = to_status(Error::PeerIdentity(mismatch), None);
+                status.metadata_mut().insert("kvs-peer-reject", MetadataValue::from_static(code));
+                status
+            })
+    }
+
+    /// Admits, decodes, runs `f` on openraft and encodes its answer.
+    async fn handle<Req, Resp, E, Fut>(
+        &self,
+        request: Request<PeerMessage>,
+        adopt: Adopt,
+        f: impl FnOnce(Req) -> Fut,
+    ) -> Result<Response<PeerMessage>, Status>
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        E: std::fmt::Display,
+        Fut: std::future::Future<Output = Result<Resp, E>>,
+    {
+        let msg = request.into_inner();
+        self.admit(&msg, adopt)?;
+        let req: Req = decode(&msg.payload).map_err(|e| Status::invalid_argument(format!("bad peer payload: {e}")))?;
+        let resp = f(req).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(PeerMessage {
+            envelope: None,
+            payload: encode(&resp),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        self.handle(request, Adopt::Never, |req| self.replica.raft.vote(req)).await
+    }
+
+    async fn pre_vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        self.handle(request, Adopt::Never, |req| self.replica.raft.pre_vote(req)).await
+    }
+
+    async fn append_entries(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        self.handle(request, Adopt::FromLeader, |req| self.replica.raft.append_entries(req))
+            .await
+    }
+
+    async fn transfer_leader(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        self.handle(request, Adopt::Never, |req| self.replica.raft.handle_transfer_leader(req))
+            .await
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotItem>>,
+    ) -> Result<Response<PeerMessage>, Status> {
+        let mut items = request.into_inner();
+        let head = match items.next().await {
+            Some(Ok(SnapshotItem { item: Some(Item::Head(head)) })) => head,
+            Some(Err(status)) => return Err(status),
+            _ => return Err(Status::invalid_argument("snapshot stream must start with its head")),
+        };
+        self.admit(&head, Adopt::FromLeader)?;
+        let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
+            decode(&head.payload).map_err(|e| Status::invalid_argument(format!("bad snapshot head: {e}")))?;
+        let mut data = BytesMut::new();
+        while let Some(item) = items.next().await {
+            match item?.item {
+                Some(Item::Chunk(chunk)) if data.len() + chunk.len() <= MAX_SNAPSHOT_BYTES => data.extend_from_slice(&chunk),
+                Some(Item::Chunk(_)) => return Err(Status::resource_exhausted("snapshot too large")),
+                _ => return Err(Status::invalid_argument("a snapshot stream has one head")),
+            }
+        }
+        let snapshot = SnapshotOf::<TypeConfig, bytes::Bytes> {
+            meta,
+            snapshot: data.freeze(),
+        };
+        let resp = self
+            .replica
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(PeerMessage {
+            envelope: None,
+            payload: encode(&resp),
+        }))
+    }
+
+    async fn read_index(&self, request: Request<PeerMessage>) -> Result<Response<ReadIndexResponse>, Status> {
+        let msg = request.into_inner();
+        self.admit(&msg, Adopt::Never)?;
+        let (_guard, deadline) = self.replica.admit().map_err(|e| to_status(e, None))?;
+        let index = leader_read_index(&self.replica, &deadline)
+            .await
+            .map_err(|e| to_status(e, self.replica.leader_hint()))?;
+        Ok(Response::new(ReadIndexResponse { index }))
+    }
+}

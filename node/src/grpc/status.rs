@@ -1,0 +1,61 @@
+//! The one mapping from node errors to gRPC statuses (the table in `docs/api.md`).
+//!
+//! UNAVAILABLE is reserved for requests that were surely not applied, so clients may retry them
+//! anywhere; DEADLINE_EXCEEDED and UNKNOWN mean a write may have been applied. Every status a
+//! node generates carries the `kvs-node` metadata so a forwarding node can tell it from a broken
+//! connection; UNAVAILABLE carries `kvs-leader` with the leader's client address when known.
+
+use tonic::Code;
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+use crate::error::Error;
+use crate::raft::forward::ORIGIN_HEADER;
+
+/// Metadata naming the leader's client address.
+pub(crate) const LEADER_HEADER: &str = "kvs-leader";
+
+/// Maps a node error to the status a client sees; `leader` is the current leader hint.
+pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
+    if let Error::Forwarded(status) = err {
+        return status;
+    }
+    let code = match &err {
+        Error::NotLeader { .. }
+        | Error::NoQuorum(_)
+        | Error::NotMember
+        | Error::ShuttingDown
+        | Error::ReadTimeout(_)
+        | Error::Busy(_) => Code::Unavailable,
+        Error::WriteTimeout(_) => Code::DeadlineExceeded,
+        Error::OutcomeUnknown(_) => Code::Unknown,
+        Error::KeyTooLarge { .. }
+        | Error::ValueTooLarge { .. }
+        | Error::TooManyOps { .. }
+        | Error::BatchTooLarge { .. }
+        | Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::CompareFailed | Error::Refused(_) | Error::Membership(_) => Code::FailedPrecondition,
+        Error::PeerIdentity(_) => Code::FailedPrecondition,
+        Error::Config(_) | Error::Io { .. } | Error::Fatal(_) | Error::Demo(_) => Code::Internal,
+        Error::Forwarded(_) => unreachable!("returned above"),
+    };
+    let message = match &err {
+        // Internal detail goes to the log, not to the client.
+        Error::Io { .. } | Error::Fatal(_) | Error::Config(_) => {
+            tracing::error!(error = %err, "internal error");
+            "internal error; see the node's log".to_string()
+        }
+        _ => err.to_string(),
+    };
+    let hint = match &err {
+        Error::NotLeader { leader: Some(l) } => Some(l.clone()),
+        _ if code == Code::Unavailable => leader,
+        _ => None,
+    };
+    let mut status = Status::new(code, message);
+    status.metadata_mut().insert(ORIGIN_HEADER, MetadataValue::from_static("1"));
+    if let Some(value) = hint.and_then(|h| MetadataValue::try_from(h).ok()) {
+        status.metadata_mut().insert(LEADER_HEADER, value);
+    }
+    status
+}

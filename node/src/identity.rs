@@ -1,0 +1,151 @@
+//! Node and cluster identity.
+//!
+//! A node ID is born with a node's state and dies with it: a wiped or restarted in-memory node is
+//! a new member, never its predecessor, so one seat can never vote twice. A cluster ID is born
+//! when a cluster is initialized and adopted by each node when it is first added. IDs are
+//! numbers inside and 16 / 32 lowercase hex digits everywhere a person or a program sees them.
+
+use std::sync::Arc;
+use std::sync::RwLock;
+
+/// Formats a node ID the way every interface shows it.
+pub fn node_id_string(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// Parses a node ID as shown by [`node_id_string`].
+pub fn parse_node_id(s: &str) -> Option<u64> {
+    if s.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// A fresh random node ID (never 0, so 0 can mean "none" on the wire).
+pub(crate) fn new_node_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn new_cluster_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// This node's identity, shared by every face of the node.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    node_id: u64,
+    cluster_id: Arc<RwLock<Option<String>>>,
+}
+
+impl Identity {
+    pub(crate) fn new(node_id: u64) -> Self {
+        Self {
+            node_id,
+            cluster_id: Arc::new(RwLock::new(None)),
+        }
+    }
+
+    pub(crate) fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The cluster this node belongs to, if any.
+    pub(crate) fn cluster_id(&self) -> Option<String> {
+        self.cluster_id.read().expect("identity lock poisoned").clone()
+    }
+
+    /// Creates a cluster ID for a cluster this node is initializing; returns the existing one if
+    /// the node already has one.
+    pub(crate) fn create_cluster(&self) -> String {
+        let mut guard = self.cluster_id.write().expect("identity lock poisoned");
+        guard.get_or_insert_with(new_cluster_id).clone()
+    }
+
+    /// Checks a peer message's identity envelope, adopting the sender's cluster ID when this node
+    /// has none yet and `may_adopt` (only a leader's replication may make a node join).
+    pub(crate) fn admit(&self, cluster_id: &str, to: u64, may_adopt: bool) -> Result<(), Mismatch> {
+        if to != self.node_id {
+            return Err(Mismatch::WrongNode {
+                addressed: to,
+                actual: self.node_id,
+            });
+        }
+        let mut guard = self.cluster_id.write().expect("identity lock poisoned");
+        match guard.as_deref() {
+            Some(own) if own == cluster_id => Ok(()),
+            Some(own) => Err(Mismatch::WrongCluster {
+                sender: cluster_id.to_string(),
+                own: own.to_string(),
+            }),
+            None if may_adopt && !cluster_id.is_empty() => {
+                tracing::info!(cluster_id, "joined cluster");
+                *guard = Some(cluster_id.to_string());
+                Ok(())
+            }
+            None => Err(Mismatch::NoCluster),
+        }
+    }
+}
+
+/// Why a peer message was not for this node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    #[error("message addressed to node {} but this is node {}", node_id_string(*.addressed), node_id_string(*.actual))]
+    WrongNode { addressed: u64, actual: u64 },
+    #[error("message from cluster {sender} but this node belongs to cluster {own}")]
+    WrongCluster { sender: String, own: String },
+    #[error("this node belongs to no cluster yet")]
+    NoCluster,
+}
+
+impl Mismatch {
+    /// The value of the `kvs-peer-reject` metadata for this rejection.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            Mismatch::WrongNode { .. } => "wrong-node",
+            Mismatch::WrongCluster { .. } => "wrong-cluster",
+            Mismatch::NoCluster => "no-cluster",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_round_trip_as_16_hex_digits() {
+        let id = 0x00ab_cdef_0123_4567;
+        let s = node_id_string(id);
+        assert_eq!(s, "00abcdef01234567");
+        assert_eq!(parse_node_id(&s), Some(id));
+        assert_eq!(parse_node_id("abc"), None);
+        assert_eq!(parse_node_id("zzzzzzzzzzzzzzzz"), None);
+    }
+
+    #[test]
+    fn a_message_for_a_former_node_id_is_rejected() {
+        let me = Identity::new(7);
+        me.create_cluster();
+        let cluster = me.cluster_id().expect("created");
+        assert_eq!(
+            me.admit(&cluster, 6, true),
+            Err(Mismatch::WrongNode { addressed: 6, actual: 7 })
+        );
+        assert_eq!(me.admit(&cluster, 7, false), Ok(()));
+    }
+
+    #[test]
+    fn a_new_node_adopts_the_cluster_only_from_replication() {
+        let me = Identity::new(1);
+        assert_eq!(me.admit("c1", 1, false), Err(Mismatch::NoCluster));
+        assert_eq!(me.admit("c1", 1, true), Ok(()));
+        assert_eq!(me.cluster_id().as_deref(), Some("c1"));
+        assert!(matches!(me.admit("c2", 1, true), Err(Mismatch::WrongCluster { .. })));
+    }
+}

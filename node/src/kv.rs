@@ -1,0 +1,280 @@
+//! Key-value operations of a replica: limits, routing and the translation between the public
+//! request shapes and the replicated command.
+//!
+//! Every write becomes one conditional batch. The leader stamps it with cluster time (never below
+//! the last applied stamp) and turns relative TTLs into absolute deadlines against that stamp, so
+//! a write forwarded by a follower is stamped only where it is proposed.
+
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use kvs_client::proto;
+use openraft::errors::ClientWriteError;
+use openraft::errors::RaftError;
+
+use crate::error::Error;
+use crate::error::Result;
+use crate::raft::read_index::await_linearizable;
+use crate::replica::Deadline;
+use crate::replica::Leadership;
+use crate::replica::Replica;
+use crate::store::command::Batch;
+use crate::store::command::BatchOutcome;
+use crate::store::command::Command;
+use crate::store::command::Compare;
+use crate::store::command::COMMAND_FORMAT;
+use crate::store::command::Op;
+use crate::store::command::Outcome;
+use crate::store::command::PutExpiry;
+use crate::store::command::Refusal;
+use crate::store::command::WriteId;
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub(crate) fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Replica {
+    /// Cluster time for reads and new stamps: never behind what has been applied.
+    pub(crate) fn cluster_now_ms(&self) -> u64 {
+        wall_clock_ms().max(self.state.last_stamp_ms())
+    }
+
+    /// Reads one key, linearizably unless `serializable`.
+    pub(crate) async fn get(&self, req: proto::GetRequest) -> Result<proto::GetResponse> {
+        let (_guard, deadline) = self.admit()?;
+        self.check_key(&req.key)?;
+        if req.serializable {
+            if !self.is_member() {
+                return Err(Error::NotMember);
+            }
+        } else {
+            await_linearizable(self, &deadline).await?;
+        }
+        let now = self.cluster_now_ms();
+        Ok(self.state.read(|data, index| match data.get(&req.key, now) {
+            Some((value, expires_at_ms)) => proto::GetResponse {
+                found: true,
+                value,
+                expires_at_ms,
+                index,
+            },
+            None => proto::GetResponse {
+                index,
+                ..Default::default()
+            },
+        }))
+    }
+
+    /// Applies one conditional batch through the leader.
+    pub(crate) async fn write(&self, req: proto::BatchRequest) -> Result<proto::BatchResponse> {
+        let (_guard, deadline) = self.admit()?;
+        self.check_batch(&req)?;
+        match self.leadership() {
+            Leadership::Here => match self.propose(req.clone(), &deadline).await {
+                // Leadership moved before the entry was appended: the new leader can still take it.
+                Err(Error::NotLeader { .. }) => match self.leadership() {
+                    Leadership::There { addr, .. } => self.forward_write(&addr.addr, req, &deadline).await,
+                    _ => Err(self.not_leader()),
+                },
+                other => other,
+            },
+            Leadership::There { addr, .. } => self.forward_write(&addr.addr, req, &deadline).await,
+            Leadership::Unknown => Err(self.not_leader()),
+        }
+    }
+
+    async fn forward_write(&self, leader: &str, req: proto::BatchRequest, deadline: &Deadline) -> Result<proto::BatchResponse> {
+        let mut client = self.forwarder.kv(leader, deadline).await?;
+        let mut request = tonic::Request::new(req);
+        request.set_timeout(deadline.remaining());
+        self.forwarder.relay(leader, deadline, true, client.batch(request)).await
+    }
+
+    async fn propose(&self, req: proto::BatchRequest, deadline: &Deadline) -> Result<proto::BatchResponse> {
+        self.check_quorum_contact()?;
+        let stamp_ms = self.cluster_now_ms();
+        let cmd = Command {
+            format: COMMAND_FORMAT,
+            stamp_ms,
+            write_id: req.write_id.map(|w| WriteId {
+                client_id: w.client_id,
+                sequence: w.sequence,
+            }),
+            batch: Batch {
+                compares: req.compares.into_iter().map(compare_from_proto).collect::<Result<_>>()?,
+                ops: ops_from_proto(req.ops, stamp_ms)?,
+                else_ops: ops_from_proto(req.else_ops, stamp_ms)?,
+                return_previous: req.return_previous,
+            },
+        };
+        let written = deadline
+            .run(self.raft.client_write(cmd))
+            .await
+            .map_err(|()| Error::WriteTimeout(deadline.total_ms()))?;
+        match written {
+            Ok(resp) => outcome_to_proto(resp.log_id.index, resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
+                leader: f.leader_node.map(|n| n.addr),
+            }),
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => Err(Error::OutcomeUnknown(format!(
+                "leadership changed while the write was in flight ({f})"
+            ))),
+            Err(RaftError::APIError(e)) => Err(Error::OutcomeUnknown(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(Error::Fatal(e.to_string())),
+        }
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        let max = self.config.max_key_bytes;
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("key must not be empty".into()));
+        }
+        if key.len() > max {
+            return Err(Error::KeyTooLarge { len: key.len(), max });
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        let max = self.config.max_value_bytes;
+        if value.len() > max {
+            return Err(Error::ValueTooLarge { len: value.len(), max });
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, req: &proto::BatchRequest) -> Result<()> {
+        let ops = req.compares.len() + req.ops.len() + req.else_ops.len();
+        if ops > self.config.max_batch_ops {
+            return Err(Error::TooManyOps {
+                ops,
+                max: self.config.max_batch_ops,
+            });
+        }
+        let mut bytes = 0;
+        for c in &req.compares {
+            self.check_key(&c.key)?;
+            bytes += c.key.len();
+            if let Some(proto::compare::Target::ValueEquals(v)) = &c.target {
+                self.check_value(v)?;
+                bytes += v.len();
+            }
+        }
+        for op in req.ops.iter().chain(&req.else_ops) {
+            let (key, value) = op_key_value(op)?;
+            self.check_key(key)?;
+            bytes += key.len();
+            if let Some(v) = value {
+                self.check_value(v)?;
+                bytes += v.len();
+            }
+        }
+        if bytes > self.config.max_batch_bytes {
+            return Err(Error::BatchTooLarge {
+                bytes,
+                max: self.config.max_batch_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn op_key_value(op: &proto::Op) -> Result<(&Bytes, Option<&Bytes>)> {
+    use proto::op::Op as P;
+    Ok(match op.op.as_ref().ok_or_else(|| Error::InvalidArgument("empty op".into()))? {
+        P::Put(p) => (&p.key, Some(&p.value)),
+        P::Append(a) => (&a.key, Some(&a.value)),
+        P::Delete(d) => (&d.key, None),
+        P::Increment(i) => (&i.key, None),
+        P::Expire(e) => (&e.key, None),
+        P::Persist(p) => (&p.key, None),
+    })
+}
+
+fn compare_from_proto(c: proto::Compare) -> Result<Compare> {
+    use proto::compare::Target;
+    match c.target {
+        Some(Target::ValueEquals(value)) => Ok(Compare::ValueEquals { key: c.key, value }),
+        Some(Target::Exists(exists)) => Ok(Compare::Exists { key: c.key, exists }),
+        None => Err(Error::InvalidArgument("compare without a target".into())),
+    }
+}
+
+fn ops_from_proto(ops: Vec<proto::Op>, stamp_ms: u64) -> Result<Vec<Op>> {
+    use proto::op::Op as P;
+    ops.into_iter()
+        .map(|op| {
+            Ok(match op.op.ok_or_else(|| Error::InvalidArgument("empty op".into()))? {
+                P::Put(p) => Op::Put {
+                    expiry: match (p.ttl_ms, p.keep_ttl) {
+                        (Some(_), true) => {
+                            return Err(Error::InvalidArgument("a put cannot both set a TTL and keep the TTL".into()));
+                        }
+                        (Some(0), false) => return Err(Error::InvalidArgument("TTL must be positive".into())),
+                        (Some(ttl), false) => PutExpiry::At(stamp_ms.saturating_add(ttl)),
+                        (None, true) => PutExpiry::Keep,
+                        (None, false) => PutExpiry::Clear,
+                    },
+                    key: p.key,
+                    value: p.value,
+                },
+                P::Delete(d) => Op::Delete { key: d.key },
+                P::Increment(i) => Op::Increment {
+                    key: i.key,
+                    delta: i.delta,
+                },
+                P::Append(a) => Op::Append {
+                    key: a.key,
+                    value: a.value,
+                },
+                P::Expire(e) => Op::Expire {
+                    key: e.key,
+                    at_ms: e.expires_at_ms,
+                },
+                P::Persist(p) => Op::Persist { key: p.key },
+            })
+        })
+        .collect()
+}
+
+fn outcome_to_proto(index: u64, outcome: Outcome) -> Result<proto::BatchResponse> {
+    match outcome {
+        Outcome::Applied(BatchOutcome { succeeded, results }) => Ok(proto::BatchResponse {
+            index,
+            succeeded,
+            results: results
+                .into_iter()
+                .map(|r| proto::OpResult {
+                    existed: r.existed,
+                    previous: r.previous,
+                    integer: r.integer,
+                })
+                .collect(),
+            error: String::new(),
+        }),
+        Outcome::Refused(Refusal::SequenceTooOld {
+            sequence,
+            oldest_remembered,
+        }) => Err(Error::OutcomeUnknown(format!(
+            "write sequence {sequence} is older than the oldest this cluster remembers for the client \
+             ({oldest_remembered}); whether it was applied cannot be told"
+        ))),
+        Outcome::Refused(refusal) => Ok(proto::BatchResponse {
+            index,
+            error: refusal_message(&refusal),
+            ..Default::default()
+        }),
+    }
+}
+
+fn refusal_message(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::NotAnInteger { op } => format!("op {op}: value is not an integer or out of range"),
+        Refusal::Overflow { op } => format!("op {op}: increment or decrement would overflow"),
+        Refusal::SequenceTooOld { sequence, .. } => format!("write sequence {sequence} is too old"),
+    }
+}

@@ -1,0 +1,346 @@
+//! Membership operations of a replica: who is in the cluster, and the safe way to change it.
+//!
+//! Members are added by address: the leader dials the new node, reads its self-reported identity
+//! and addresses, and stores those — so the member list always says what the node itself says,
+//! and a node that belongs to another cluster is refused. Removing the leader moves leadership to
+//! another voter first, so the cluster keeps serving throughout.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use kvs_client::proto;
+use openraft::ChangeMembers;
+use openraft::ServerState;
+use openraft::errors::ChangeMembershipError;
+use openraft::errors::ClientWriteError;
+use openraft::errors::RaftError;
+
+use crate::error::Error;
+use crate::error::Result;
+use crate::identity::node_id_string;
+use crate::identity::parse_node_id;
+use crate::raft::MemberAddr;
+use crate::replica::Deadline;
+use crate::replica::Leadership;
+use crate::replica::Replica;
+
+impl Replica {
+    /// What this node is; answered by members and non-members alike.
+    pub(crate) fn node_info(&self) -> proto::NodeInfoResponse {
+        let metrics = self.metrics();
+        let me = self.identity.node_id();
+        let membership = metrics.membership_config.membership();
+        let role = if membership.voter_ids().any(|id| id == me) {
+            "voter"
+        } else if membership.get_node(&me).is_some() {
+            "learner"
+        } else {
+            "none"
+        };
+        proto::NodeInfoResponse {
+            node_id: node_id_string(me),
+            cluster_id: self.identity.cluster_id().unwrap_or_default(),
+            address: self.advertised.addr.clone(),
+            peer_address: self.advertised.peer_addr.clone(),
+            is_member: role != "none",
+            role: role.into(),
+            durable: false,
+            applied_index: metrics.last_applied.map_or(0, |id| id.index),
+            leader: metrics.current_leader.map(node_id_string).unwrap_or_default(),
+        }
+    }
+
+    /// This node's view of the cluster.
+    pub(crate) fn status(&self) -> proto::StatusResponse {
+        let metrics = self.metrics();
+        proto::StatusResponse {
+            cluster_id: self.identity.cluster_id().unwrap_or_default(),
+            leader: metrics.current_leader.map(node_id_string).unwrap_or_default(),
+            term: metrics.current_term,
+            commit_index: metrics.local_committed.map_or(0, |id| id.index),
+            applied_index: metrics.last_applied.map_or(0, |id| id.index),
+            node_id: node_id_string(self.identity.node_id()),
+        }
+    }
+
+    /// Forms a one-member cluster if this node has no state; otherwise reports the cluster it has.
+    pub(crate) async fn initialize(&self) -> Result<proto::InitializeResponse> {
+        let _serial = self.init_lock.lock().await;
+        let initialized = self.raft.is_initialized().await.map_err(|e| Error::Fatal(e.to_string()))?;
+        if initialized || self.identity.cluster_id().is_some() {
+            return match self.identity.cluster_id() {
+                Some(cluster_id) => Ok(proto::InitializeResponse {
+                    cluster_id,
+                    initialized: false,
+                }),
+                None => Err(Error::Membership(
+                    "this node already has Raft state but no cluster ID".into(),
+                )),
+            };
+        }
+        let cluster_id = self.identity.create_cluster();
+        let members = [(self.identity.node_id(), self.advertised.clone())].into_iter().collect::<std::collections::BTreeMap<_, _>>();
+        self.raft.initialize(members).await.map_err(|e| Error::Membership(e.to_string()))?;
+        tracing::info!(cluster_id, "initialized a new cluster");
+        Ok(proto::InitializeResponse {
+            cluster_id,
+            initialized: true,
+        })
+    }
+
+    /// Every member with its replication progress; served by the leader, who alone knows it.
+    pub(crate) async fn list_members(&self) -> Result<proto::ListMembersResponse> {
+        let (_guard, deadline) = self.admit()?;
+        match self.leadership() {
+            Leadership::Here => Ok(self.members_here()),
+            Leadership::There { addr, .. } => {
+                let mut client = self.forwarder.cluster(&addr.addr, &deadline).await?;
+                self.forwarder
+                    .relay(&addr.addr, &deadline, false, client.list_members(proto::ListMembersRequest {}))
+                    .await
+            }
+            Leadership::Unknown => Err(self.not_leader()),
+        }
+    }
+
+    fn members_here(&self) -> proto::ListMembersResponse {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let last_index = metrics.last_log_index.unwrap_or(0);
+        let members = membership
+            .nodes()
+            .map(|(id, addr)| {
+                let matched_index = if *id == self.identity.node_id() {
+                    last_index
+                } else {
+                    metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).copied().flatten())
+                        .map_or(0, |log_id| log_id.index)
+                };
+                proto::Member {
+                    id: node_id_string(*id),
+                    address: addr.addr.clone(),
+                    peer_address: addr.peer_addr.clone(),
+                    role: if voters.contains(id) { proto::Role::Voter } else { proto::Role::Learner } as i32,
+                    is_leader: metrics.current_leader == Some(*id),
+                    matched_index,
+                    lag: last_index.saturating_sub(matched_index),
+                }
+            })
+            .collect();
+        proto::ListMembersResponse { members }
+    }
+
+    /// Adds the node at `address` as a learner, under the addresses it reports itself.
+    pub(crate) async fn add_learner(&self, address: String) -> Result<proto::AddLearnerResponse> {
+        let (_guard, deadline) = self.admit()?;
+        if let Some(leader) = self.leader_elsewhere()? {
+            let mut client = self.forwarder.cluster(&leader, &deadline).await?;
+            let req = proto::AddLearnerRequest { address };
+            return self.forwarder.relay(&leader, &deadline, true, client.add_learner(req)).await;
+        }
+        let info = self.dial_node_info(&address, &deadline).await?;
+        if info.address != address {
+            return Err(Error::Membership(format!(
+                "the node at {address} advertises its address as {}; add it by that address",
+                info.address
+            )));
+        }
+        let id = parse_node_id(&info.node_id)
+            .ok_or_else(|| Error::Membership(format!("the node at {address} reported a malformed ID {:?}", info.node_id)))?;
+        let own_cluster = self.identity.cluster_id().unwrap_or_default();
+        if !info.cluster_id.is_empty() && info.cluster_id != own_cluster {
+            return Err(Error::Membership(format!(
+                "the node at {address} belongs to cluster {}, not {own_cluster}",
+                info.cluster_id
+            )));
+        }
+        let membership = self.membership();
+        if let Some((other, _)) = membership.nodes().find(|(other, a)| a.addr == address && **other != id) {
+            return Err(Error::Membership(format!(
+                "address {address} belongs to member {}; remove that member first",
+                node_id_string(*other)
+            )));
+        }
+        let node = MemberAddr {
+            addr: info.address.clone(),
+            peer_addr: info.peer_address.clone(),
+        };
+        if membership.get_node(&id).is_none() {
+            self.change(ChangeMembers::AddNodes([(id, node)].into_iter().collect()), true, &deadline)
+                .await?;
+        }
+        let member = self
+            .members_here()
+            .members
+            .into_iter()
+            .find(|m| m.id == info.node_id);
+        Ok(proto::AddLearnerResponse { member })
+    }
+
+    /// Makes a learner a voter.
+    pub(crate) async fn promote(&self, id: String) -> Result<()> {
+        let (_guard, deadline) = self.admit()?;
+        if let Some(leader) = self.leader_elsewhere()? {
+            let mut client = self.forwarder.cluster(&leader, &deadline).await?;
+            let req = proto::PromoteMemberRequest { id };
+            return self.forwarder.relay(&leader, &deadline, true, client.promote_member(req)).await.map(drop);
+        }
+        let node_id = self.known_member(&id)?;
+        if self.membership().voter_ids().any(|v| v == node_id) {
+            return Ok(());
+        }
+        self.change(ChangeMembers::AddVoterIds([node_id].into()), true, &deadline).await
+    }
+
+    /// Removes a member entirely; the leader hands leadership off before removing itself.
+    pub(crate) async fn remove(&self, id: String) -> Result<()> {
+        let (_guard, deadline) = self.admit()?;
+        let node_id = parse_node_id(&id).ok_or_else(|| Error::InvalidArgument(format!("malformed member ID {id:?}")))?;
+        if node_id == self.identity.node_id() && matches!(self.leadership(), Leadership::Here) {
+            self.hand_off_leadership(None, &deadline).await?;
+        }
+        if let Some(leader) = self.leader_elsewhere()? {
+            let mut client = self.forwarder.cluster(&leader, &deadline).await?;
+            let req = proto::RemoveMemberRequest { id };
+            return self.forwarder.relay(&leader, &deadline, true, client.remove_member(req)).await.map(drop);
+        }
+        let membership = self.membership();
+        if membership.get_node(&node_id).is_none() {
+            return Ok(());
+        }
+        if membership.voter_ids().any(|v| v == node_id) {
+            if membership.voter_ids().count() == 1 {
+                return Err(Error::Membership("cannot remove the last voter".into()));
+            }
+            self.change(ChangeMembers::RemoveVoters([node_id].into()), false, &deadline).await
+        } else {
+            self.change(ChangeMembers::RemoveNodes([node_id].into()), false, &deadline).await
+        }
+    }
+
+    /// Moves leadership to `to` (or the most up-to-date other voter) and waits until it moved.
+    pub(crate) async fn transfer_leader(&self, to: String) -> Result<proto::TransferLeaderResponse> {
+        let (_guard, deadline) = self.admit()?;
+        let to = match to.as_str() {
+            "" => None,
+            id => Some(self.known_member(id)?),
+        };
+        if let Some(leader) = self.leader_elsewhere()? {
+            let mut client = self.forwarder.cluster(&leader, &deadline).await?;
+            let req = proto::TransferLeaderRequest {
+                to: to.map(node_id_string).unwrap_or_default(),
+            };
+            return self.forwarder.relay(&leader, &deadline, true, client.transfer_leader(req)).await;
+        }
+        let leader = self.hand_off_leadership(to, &deadline).await?;
+        Ok(proto::TransferLeaderResponse {
+            leader: node_id_string(leader),
+        })
+    }
+
+    /// Transfers leadership away from this node; returns the new leader.
+    pub(crate) async fn hand_off_leadership(&self, to: Option<u64>, deadline: &Deadline) -> Result<u64> {
+        let me = self.identity.node_id();
+        let target = match to {
+            Some(id) => id,
+            None => self.most_caught_up_voter().ok_or_else(|| {
+                Error::Membership("no other voter to hand leadership to".into())
+            })?,
+        };
+        if target == me {
+            return Ok(me);
+        }
+        if !self.membership().voter_ids().any(|v| v == target) {
+            return Err(Error::Membership(format!("{} is not a voter", node_id_string(target))));
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|e| Error::Fatal(e.to_string()))?;
+        let moved = self
+            .raft
+            .wait(Some(deadline.remaining()))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != me) && m.state != ServerState::Leader,
+                "leadership moved",
+            )
+            .await
+            .map_err(|_| Error::NoQuorum("leadership did not move within the request deadline".into()))?;
+        Ok(moved.current_leader.unwrap_or(target))
+    }
+
+    fn most_caught_up_voter(&self) -> Option<u64> {
+        let me = self.identity.node_id();
+        let metrics = self.metrics();
+        let replication = metrics.replication.unwrap_or_default();
+        metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != me)
+            .max_by_key(|id| replication.get(id).copied().flatten().map(|l| l.index))
+    }
+
+    /// `Some(leader address)` when another node leads; `Err` when no leader is known.
+    fn leader_elsewhere(&self) -> Result<Option<String>> {
+        match self.leadership() {
+            Leadership::Here => Ok(None),
+            Leadership::There { addr, .. } => Ok(Some(addr.addr)),
+            Leadership::Unknown => Err(self.not_leader()),
+        }
+    }
+
+    fn known_member(&self, id: &str) -> Result<u64> {
+        let node_id = parse_node_id(id).ok_or_else(|| Error::InvalidArgument(format!("malformed member ID {id:?}")))?;
+        if self.membership().get_node(&node_id).is_none() {
+            return Err(Error::Membership(format!("{id} is not a member")));
+        }
+        Ok(node_id)
+    }
+
+    async fn dial_node_info(&self, address: &str, deadline: &Deadline) -> Result<proto::NodeInfoResponse> {
+        let unreachable = |why: String| Error::Membership(format!("cannot reach a kvs node at {address}: {why}"));
+        let ep = crate::raft::network::endpoint(address, deadline.remaining().min(Duration::from_secs(2)))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let channel = deadline
+            .run(ep.connect())
+            .await
+            .map_err(|()| unreachable("timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let mut client = proto::cluster_client::ClusterClient::new(channel);
+        match deadline.run(client.node_info(proto::NodeInfoRequest {})).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(unreachable(status.message().to_string())),
+            Err(()) => Err(unreachable("timed out".into())),
+        }
+    }
+
+    async fn change(
+        &self,
+        change: ChangeMembers<u64, MemberAddr>,
+        retain: bool,
+        deadline: &Deadline,
+    ) -> Result<()> {
+        let changed = deadline
+            .run(self.raft.change_membership(change, retain))
+            .await
+            .map_err(|()| Error::WriteTimeout(deadline.total_ms()))?;
+        match changed {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
+                leader: f.leader_node.map(|n| n.addr),
+            }),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(e)))) => {
+                Err(Error::Busy(e.to_string()))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(Error::Membership(e.to_string())),
+            Err(RaftError::APIError(e)) => Err(Error::OutcomeUnknown(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(Error::Fatal(e.to_string())),
+        }
+    }
+}

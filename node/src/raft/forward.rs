@@ -1,0 +1,100 @@
+//! Leader forwarding: a follower sends a request it cannot serve to the leader's client API and
+//! relays the answer, so any member answers any request.
+//!
+//! The one subtle part is what a failure means. A connection that could not be made means the
+//! request surely was not applied; a status the leader generated is relayed as it is (it already
+//! says whether the request may have been applied); a connection that broke after the request
+//! was sent means the outcome is unknown.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kvs_client::proto::cluster_client::ClusterClient;
+use kvs_client::proto::kv_client::KvClient;
+use tonic::transport::Channel;
+
+use crate::error::Error;
+use crate::raft::network::endpoint;
+use crate::replica::Deadline;
+
+/// Metadata a node puts on every status it generates itself, so a forwarding node can tell a
+/// leader's answer from a transport failure.
+pub(crate) const ORIGIN_HEADER: &str = "kvs-node";
+
+/// Cached connections to leaders' client APIs.
+pub(crate) struct Forwarder {
+    channels: Mutex<HashMap<String, Channel>>,
+    max_message_bytes: usize,
+}
+
+impl Forwarder {
+    pub(crate) fn new(max_message_bytes: usize) -> Self {
+        Self {
+            channels: Mutex::new(HashMap::new()),
+            max_message_bytes,
+        }
+    }
+
+    async fn channel(&self, addr: &str, deadline: &Deadline) -> Result<Channel, Error> {
+        if let Some(ch) = self.channels.lock().expect("forwarder lock poisoned").get(addr) {
+            return Ok(ch.clone());
+        }
+        let not_reached = |why: String| {
+            tracing::debug!(addr, why, "cannot reach leader");
+            Error::NotLeader {
+                leader: Some(addr.to_string()),
+            }
+        };
+        let ep = endpoint(addr, deadline.remaining().min(Duration::from_secs(2)))
+            .map_err(|e| not_reached(e.to_string()))?;
+        let ch = ep.connect().await.map_err(|e| not_reached(e.to_string()))?;
+        self.channels
+            .lock()
+            .expect("forwarder lock poisoned")
+            .insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn forget(&self, addr: &str) {
+        self.channels.lock().expect("forwarder lock poisoned").remove(addr);
+    }
+
+    pub(crate) async fn kv(&self, addr: &str, deadline: &Deadline) -> Result<KvClient<Channel>, Error> {
+        Ok(KvClient::new(self.channel(addr, deadline).await?)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+
+    pub(crate) async fn cluster(&self, addr: &str, deadline: &Deadline) -> Result<ClusterClient<Channel>, Error> {
+        Ok(ClusterClient::new(self.channel(addr, deadline).await?))
+    }
+
+    /// Runs one forwarded call within the deadline and classifies its failure.
+    /// `may_apply` tells whether the call changes state (a write) or not (reads, lookups).
+    pub(crate) async fn relay<T, F>(&self, addr: &str, deadline: &Deadline, may_apply: bool, call: F) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut timed = std::pin::pin!(call);
+        match deadline.run(&mut timed).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) if status.metadata().contains_key(ORIGIN_HEADER) => Err(Error::Forwarded(status)),
+            Ok(Err(status)) => {
+                self.forget(addr);
+                if may_apply {
+                    Err(Error::OutcomeUnknown(format!(
+                        "connection to the leader at {addr} failed: {}",
+                        status.message()
+                    )))
+                } else {
+                    Err(Error::NotLeader {
+                        leader: Some(addr.to_string()),
+                    })
+                }
+            }
+            Err(()) if may_apply => Err(Error::WriteTimeout(deadline.total_ms())),
+            Err(()) => Err(Error::ReadTimeout(deadline.total_ms())),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! One replica of the cluster's state: what every face of the node (gRPC now, RESP later) calls.
+//!
+//! It owns the routing decision for each request — serve here, propose here, or forward to the
+//! leader — and holds every request to the node's deadline, so a face only decodes, calls and
+//! encodes. The key-value operations live in `kv`, membership in `membership`.
+
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::Instant as _;
+use openraft::RaftMetrics;
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use openraft::alias::StoredMembershipOf;
+
+use crate::config::NodeConfig;
+use crate::drain::Drain;
+use crate::drain::RequestGuard;
+use crate::error::Error;
+use crate::error::Result;
+use crate::identity::Identity;
+use crate::raft::MemberAddr;
+use crate::raft::Raft;
+use crate::raft::TypeConfig;
+use crate::raft::forward::Forwarder;
+use crate::raft::network::PeerNetwork;
+use crate::store::state_machine::StateMachine;
+
+/// Everything a request handler needs; shared by all faces.
+pub(crate) struct Replica {
+    pub(crate) raft: Raft,
+    pub(crate) state: StateMachine,
+    pub(crate) identity: Identity,
+    pub(crate) config: NodeConfig,
+    /// This node's own advertised addresses.
+    pub(crate) advertised: MemberAddr,
+    pub(crate) peers: PeerNetwork,
+    pub(crate) forwarder: Forwarder,
+    pub(crate) drain: Drain,
+    /// Serializes Initialize calls.
+    pub(crate) init_lock: tokio::sync::Mutex<()>,
+}
+
+/// Who leads, as this node knows it.
+#[derive(Debug, Clone)]
+pub(crate) enum Leadership {
+    /// This node leads.
+    Here,
+    /// Another member leads; its addresses.
+    There { id: u64, addr: MemberAddr },
+    /// No leader is known.
+    Unknown,
+}
+
+/// A request's time budget: every wait inside a request uses what is left of it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    at: Instant,
+    total: Duration,
+}
+
+impl Deadline {
+    pub(crate) fn after(total: Duration) -> Self {
+        Self {
+            at: Instant::now() + total,
+            total,
+        }
+    }
+
+    pub(crate) fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    pub(crate) fn total_ms(&self) -> u64 {
+        self.total.as_millis() as u64
+    }
+
+    /// Runs `fut` within the deadline; `Err(())` when time ran out.
+    pub(crate) async fn run<F: std::future::Future>(&self, fut: F) -> std::result::Result<F::Output, ()> {
+        tokio::time::timeout(self.remaining(), fut).await.map_err(|_| ())
+    }
+}
+
+impl Replica {
+    /// Admits a request and gives it the node's deadline.
+    pub(crate) fn admit(&self) -> Result<(RequestGuard, Deadline)> {
+        Ok((self.drain.enter()?, Deadline::after(self.config.request_timeout())))
+    }
+
+    /// A copy of openraft's current metrics.
+    pub(crate) fn metrics(&self) -> RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    pub(crate) fn membership(&self) -> Arc<StoredMembershipOf<TypeConfig>> {
+        self.metrics().membership_config
+    }
+
+    pub(crate) fn is_member(&self) -> bool {
+        self.membership().get_node(&self.identity.node_id()).is_some()
+    }
+
+    pub(crate) fn leadership(&self) -> Leadership {
+        let metrics = self.metrics();
+        match metrics.current_leader {
+            Some(id) if id == self.identity.node_id() && metrics.state == ServerState::Leader => Leadership::Here,
+            Some(id) if id != self.identity.node_id() => match metrics.membership_config.get_node(&id) {
+                Some(addr) => Leadership::There { id, addr: addr.clone() },
+                None => Leadership::Unknown,
+            },
+            _ => Leadership::Unknown,
+        }
+    }
+
+    /// The leader's client address, for hints in errors.
+    pub(crate) fn leader_hint(&self) -> Option<String> {
+        match self.leadership() {
+            Leadership::Here => Some(self.advertised.addr.clone()),
+            Leadership::There { addr, .. } => Some(addr.addr),
+            Leadership::Unknown => None,
+        }
+    }
+
+    /// The error for "not the leader and cannot forward": nothing was applied.
+    pub(crate) fn not_leader(&self) -> Error {
+        if !self.is_member() {
+            return Error::NotMember;
+        }
+        Error::NotLeader {
+            leader: self.leader_hint(),
+        }
+    }
+
+    /// Refuses a proposal up front when this leader has not heard from a quorum for longer than
+    /// an election timeout: the write could not commit, and refusing now is a sure "not applied"
+    /// where proposing would end in an unknown outcome.
+    pub(crate) fn check_quorum_contact(&self) -> Result<()> {
+        let metrics = self.metrics();
+        let limit = Duration::from_millis(self.config.election_timeout_ms * 2);
+        match metrics.last_quorum_acked {
+            Some(acked) if acked.elapsed() <= limit => Ok(()),
+            Some(acked) => Err(Error::NoQuorum(format!(
+                "the leader has not heard from a quorum for {} ms",
+                acked.elapsed().as_millis()
+            ))),
+            None => Err(Error::NoQuorum("the leader has not been acknowledged by a quorum yet".into())),
+        }
+    }
+}

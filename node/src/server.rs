@@ -1,0 +1,208 @@
+//! Wires a node together and owns every task it runs.
+//!
+//! [`run`] takes listeners that are already bound, so tests and the demo can bind port 0 and
+//! learn the port, and so a bad address fails before anything starts. It returns only after a
+//! clean shutdown: requests drained, leadership handed off, servers and Raft stopped.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvs_client::proto::cluster_server::ClusterServer;
+use kvs_client::proto::kv_server::KvServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::config::NodeConfig;
+use crate::drain::Drain;
+use crate::error::Error;
+use crate::error::Result;
+use crate::grpc::cluster::ClusterService;
+use crate::grpc::health;
+use crate::grpc::kv::KvService;
+use crate::grpc::peer::PeerService;
+use crate::identity::Identity;
+use crate::identity::new_node_id;
+use crate::identity::node_id_string;
+use crate::peer_proto::peer_server::PeerServer;
+use crate::raft::MemberAddr;
+use crate::raft::Raft;
+use crate::raft::forward::Forwarder;
+use crate::raft::network::PeerNetwork;
+use crate::replica::Deadline;
+use crate::replica::Leadership;
+use crate::replica::Replica;
+use crate::store::log::MemLog;
+use crate::store::state_machine::StateMachine;
+
+/// The sockets a node serves on.
+pub struct Listeners {
+    /// Client API (and peer API when `peer` is `None`).
+    pub client: TcpListener,
+    /// Separate peer API, if configured.
+    pub peer: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses the configuration names.
+    pub async fn bind(config: &NodeConfig) -> Result<Self> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::io(format!("cannot listen on {addr}"), e))
+        };
+        Ok(Self {
+            client: bind(config.listen).await?,
+            peer: match config.peer_listen {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            },
+        })
+    }
+
+    fn local_addr(listener: &TcpListener) -> Result<SocketAddr> {
+        listener
+            .local_addr()
+            .map_err(|e| Error::io("cannot read the listen address", e))
+    }
+}
+
+/// Runs a node until `shutdown` resolves, then stops it gracefully within the grace period.
+pub async fn run(listeners: Listeners, config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    config.validate()?;
+    let client_addr = Listeners::local_addr(&listeners.client)?;
+    let peer_addr = match &listeners.peer {
+        Some(l) => Listeners::local_addr(l)?,
+        None => client_addr,
+    };
+    let advertised_client = config.advertise.clone().unwrap_or_else(|| client_addr.to_string());
+    let advertised = MemberAddr {
+        peer_addr: match (&config.peer_advertise, &listeners.peer) {
+            (Some(a), _) => a.clone(),
+            (None, Some(_)) => peer_addr.to_string(),
+            (None, None) => advertised_client.clone(),
+        },
+        addr: advertised_client,
+    };
+
+    let node_id = new_node_id();
+    let identity = Identity::new(node_id);
+    let max_message = config.max_message_bytes();
+    let peers = PeerNetwork::new(identity.clone(), max_message, Duration::from_millis(config.heartbeat_interval_ms.max(500)));
+    let state = StateMachine::default();
+    let raft = Raft::new(
+        node_id,
+        Arc::new(config.raft_config()?),
+        peers.clone(),
+        MemLog::default(),
+        state.clone(),
+    )
+    .await
+    .map_err(|e| Error::Fatal(e.to_string()))?;
+
+    let replica = Arc::new(Replica {
+        raft: raft.clone(),
+        state,
+        identity,
+        config: config.clone(),
+        advertised: advertised.clone(),
+        peers,
+        forwarder: Forwarder::new(max_message),
+        drain: Drain::default(),
+        init_lock: tokio::sync::Mutex::new(()),
+    });
+    if config.bootstrap {
+        let init = replica.initialize().await?;
+        tracing::info!(cluster_id = init.cluster_id, created = init.initialized, "bootstrap");
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(health::report(replica.clone(), reporter, stopped()));
+
+    let peer_service = PeerServer::new(PeerService::new(replica.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let client_router = Server::builder()
+        .add_service(health_service)
+        .add_service(
+            KvServer::new(KvService::new(replica.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(ClusterServer::new(ClusterService::new(replica.clone())));
+    let mut servers = Vec::new();
+    match listeners.peer {
+        None => servers.push(tokio::spawn(
+            client_router
+                .add_service(peer_service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), stopped()),
+        )),
+        Some(peer_listener) => {
+            servers.push(tokio::spawn(
+                client_router.serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), stopped()),
+            ));
+            servers.push(tokio::spawn(
+                Server::builder()
+                    .add_service(peer_service)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), stopped()),
+            ));
+        }
+    }
+
+    announce(node_id, &advertised);
+    shutdown.await;
+    tracing::info!("shutting down");
+    let grace = Deadline::after(config.shutdown_grace());
+    let still_running = replica.drain.close(grace.remaining() / 2).await;
+    if still_running > 0 {
+        tracing::warn!(still_running, "requests still running at shutdown");
+    }
+    if matches!(replica.leadership(), Leadership::Here) {
+        // A healthy voter takes over within a couple of election timeouts; waiting longer would
+        // only eat the time Raft needs to stop.
+        let hand_off = Deadline::after(grace.remaining().min(Duration::from_millis(3 * config.election_timeout_ms)));
+        match replica.hand_off_leadership(None, &hand_off).await {
+            Ok(to) => tracing::info!(to = node_id_string(to), "handed leadership off"),
+            Err(e) => tracing::warn!(error = %e, "could not hand leadership off"),
+        }
+    }
+    let _ = stop_tx.send(true);
+    for server in servers {
+        match grace.run(server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+            Err(()) => tracing::warn!("server did not stop within the grace period"),
+        }
+    }
+    let _ = grace.run(health_task).await;
+    if grace.run(raft.shutdown()).await.is_err() {
+        tracing::warn!("raft did not stop within the grace period");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Prints the one line on stdout that tells a supervisor (the demo, test harnesses) the node is
+/// serving and who it is; logs go to stderr.
+fn announce(node_id: u64, advertised: &MemberAddr) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "kvs-node {} serving client={} peer={}",
+        node_id_string(node_id),
+        advertised.addr,
+        advertised.peer_addr
+    );
+    let _ = out.flush();
+}

@@ -1,0 +1,9 @@
+//! State and storage of a node, knowing nothing of gRPC or RESP: the replicated command format,
+//! the keyspace and its state machine, and the Raft log.
+
+pub(crate) mod command;
+pub(crate) mod data;
+pub(crate) mod keyspace;
+pub(crate) mod log;
+pub(crate) mod sessions;
+pub(crate) mod state_machine;

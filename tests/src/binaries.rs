@@ -1,0 +1,200 @@
+//! The binaries under test: built once per test process, found in the target directory, and
+//! refused when older than the sources they are built from — a stale binary would make every
+//! test report on code that no longer exists.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+/// Paths of the binaries the harness runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// The `kvs-node` server.
+    pub node: PathBuf,
+    /// The `kvsctl` command-line client.
+    pub kvsctl: PathBuf,
+}
+
+/// Source directories (relative to the workspace root) each binary is built from. `kvsctl`'s own
+/// `main` is excluded from the node's set so editing the CLI does not make the node look stale.
+const NODE_SOURCES: &[&str] = &["node/src", "node/proto", "client/src", "client/proto"];
+const KVSCTL_SOURCES: &[&str] = &["client/src", "client/proto"];
+const NODE_EXCLUDES: &[&str] = &["client/src/bin"];
+
+/// Builds the workspace binaries once per test process and returns their paths.
+///
+/// The profile is `debug` unless `KVS_TEST_PROFILE=release`. Panics when the build fails or a
+/// binary is older than its newest source file.
+pub fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Result<Binaries, String>> = OnceLock::new();
+    match BINARIES.get_or_init(build_and_find) {
+        Ok(binaries) => binaries,
+        Err(msg) => panic!("{msg}"),
+    }
+}
+
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests package lives inside the workspace")
+        .to_path_buf()
+}
+
+fn build_and_find() -> Result<Binaries, String> {
+    let root = workspace_root();
+    let profile = profile()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(&cargo);
+    build
+        .current_dir(&root)
+        .args(["build", "--workspace", "--bins"]);
+    if profile == "release" {
+        build.arg("--release");
+    }
+    eprintln!("kvs-tests: building binaries: {build:?}");
+    let output = build
+        .output()
+        .map_err(|e| format!("kvs-tests: could not run {cargo:?} to build the binaries: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "kvs-tests: `cargo build --workspace --bins` failed ({}); refusing to test old \
+             binaries. Last lines of its output:\n{}",
+            output.status,
+            tail(&String::from_utf8_lossy(&output.stderr), 40)
+        ));
+    }
+    let dir = target_dir(&root, std::env::var_os("CARGO_TARGET_DIR").as_deref()).join(profile);
+    let binaries = Binaries {
+        node: dir.join("kvs-node"),
+        kvsctl: dir.join("kvsctl"),
+    };
+    check_fresh(&binaries.node, &root, NODE_SOURCES, NODE_EXCLUDES)?;
+    check_fresh(&binaries.kvsctl, &root, KVSCTL_SOURCES, &[])?;
+    Ok(binaries)
+}
+
+fn profile() -> Result<&'static str, String> {
+    match std::env::var("KVS_TEST_PROFILE").as_deref() {
+        Err(_) | Ok("" | "debug" | "dev") => Ok("debug"),
+        Ok("release") => Ok("release"),
+        Ok(other) => Err(format!(
+            "kvs-tests: KVS_TEST_PROFILE={other:?} is neither `debug` nor `release`"
+        )),
+    }
+}
+
+/// The cargo target directory: `CARGO_TARGET_DIR` (relative to the workspace root, where the
+/// harness runs cargo) or `<root>/target`.
+fn target_dir(root: &Path, from_env: Option<&OsStr>) -> PathBuf {
+    match from_env {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
+}
+
+/// Fails when `binary` is missing or older than the newest `.rs`/`.proto` file under `dirs`.
+fn check_fresh(binary: &Path, root: &Path, dirs: &[&str], excludes: &[&str]) -> Result<(), String> {
+    let built = std::fs::metadata(binary)
+        .and_then(|m| m.modified())
+        .map_err(|e| format!("kvs-tests: binary {} not found after the build: {e}", binary.display()))?;
+    let excludes: Vec<PathBuf> = excludes.iter().map(|d| root.join(d)).collect();
+    let mut newest: Option<(PathBuf, SystemTime)> = None;
+    for dir in dirs {
+        newest_source(&root.join(dir), &excludes, &mut newest);
+    }
+    match newest {
+        Some((source, modified)) if modified > built => Err(format!(
+            "kvs-tests: {} is older than {} — the build did not refresh it (is CARGO_TARGET_DIR \
+             pointing elsewhere, or did the build fail?); refusing to test a stale binary",
+            binary.display(),
+            source.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn newest_source(dir: &Path, excludes: &[PathBuf], newest: &mut Option<(PathBuf, SystemTime)>) {
+    if excludes.iter().any(|e| e == dir) {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            newest_source(&path, excludes, newest);
+            continue;
+        }
+        let is_source = matches!(path.extension().and_then(OsStr::to_str), Some("rs" | "proto"));
+        let Ok(modified) = meta.modified() else { continue };
+        if is_source && newest.as_ref().is_none_or(|(_, t)| modified > *t) {
+            *newest = Some((path, modified));
+        }
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub(crate) fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn touch(path: &Path, at: SystemTime) {
+        std::fs::create_dir_all(path.parent().expect("has a parent")).expect("create dirs");
+        let file = File::create(path).expect("create file");
+        file.set_modified(at).expect("set mtime");
+    }
+
+    #[test]
+    fn target_dir_follows_cargo_target_dir() {
+        let root = Path::new("/ws");
+        assert_eq!(target_dir(root, None), Path::new("/ws/target"));
+        assert_eq!(target_dir(root, Some(OsStr::new(""))), Path::new("/ws/target"));
+        assert_eq!(target_dir(root, Some(OsStr::new("out"))), Path::new("/ws/out"));
+        assert_eq!(target_dir(root, Some(OsStr::new("/abs/t"))), Path::new("/abs/t"));
+    }
+
+    #[test]
+    fn a_binary_older_than_a_source_is_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let now = SystemTime::now();
+        let bin = root.path().join("target/debug/kvs-node");
+        touch(&root.path().join("node/src/lib.rs"), now - Duration::from_secs(60));
+        touch(&bin, now - Duration::from_secs(30));
+        assert_eq!(check_fresh(&bin, root.path(), NODE_SOURCES, NODE_EXCLUDES), Ok(()));
+
+        touch(&root.path().join("client/proto/kvs.proto"), now);
+        let err = check_fresh(&bin, root.path(), NODE_SOURCES, NODE_EXCLUDES).expect_err("stale");
+        assert!(err.contains("kvs.proto"), "{err}");
+    }
+
+    #[test]
+    fn only_sources_the_binary_is_built_from_count() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let now = SystemTime::now();
+        let bin = root.path().join("target/debug/kvs-node");
+        touch(&bin, now - Duration::from_secs(30));
+        touch(&root.path().join("client/src/bin/kvsctl.rs"), now);
+        touch(&root.path().join("node/src/notes.txt"), now);
+        assert_eq!(check_fresh(&bin, root.path(), NODE_SOURCES, NODE_EXCLUDES), Ok(()));
+    }
+
+    #[test]
+    fn a_missing_binary_is_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let err = check_fresh(&root.path().join("nope"), root.path(), NODE_SOURCES, &[]).expect_err("missing");
+        assert!(err.contains("not found"), "{err}");
+    }
+}
