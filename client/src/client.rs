@@ -134,8 +134,10 @@ impl Client {
             ttl_ms: ttl.map(kv::ttl_ms),
             return_previous: false,
         };
-        self.write(request, async |ch, r| KvClient::new(ch).put(r).await)
-            .await?;
+        self.call(Route::Failover, CallKind::Write, request, async |ch, r| {
+            KvClient::new(ch).put(r).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -147,7 +149,9 @@ impl Client {
             return_previous: false,
         };
         let response = self
-            .write(request, async |ch, r| KvClient::new(ch).delete(r).await)
+            .call(Route::Failover, CallKind::Write, request, async |ch, r| {
+                KvClient::new(ch).delete(r).await
+            })
             .await?;
         Ok(response.deleted)
     }
@@ -167,7 +171,7 @@ impl Client {
             write_id: Some(self.next_write_id()),
         };
         match self
-            .write(request, async |ch, r| {
+            .call(Route::Failover, CallKind::Write, request, async |ch, r| {
                 KvClient::new(ch).compare_and_swap(r).await
             })
             .await
@@ -186,7 +190,9 @@ impl Client {
     pub async fn batch(&self, mut batch: proto::BatchRequest) -> Result<proto::BatchResponse> {
         batch.write_id = Some(self.next_write_id());
         let response = self
-            .write(batch, async |ch, r| KvClient::new(ch).batch(r).await)
+            .call(Route::Failover, CallKind::Write, batch, async |ch, r| {
+                KvClient::new(ch).batch(r).await
+            })
             .await?;
         if response.error.is_empty() {
             Ok(response)
@@ -225,7 +231,7 @@ impl Client {
             address: address.to_owned(),
         };
         let response = self
-            .admin(request, async |ch, r| {
+            .call(Route::Failover, CallKind::Admin, request, async |ch, r| {
                 ClusterClient::new(ch).add_learner(r).await
             })
             .await?;
@@ -237,7 +243,7 @@ impl Client {
     /// Makes the learner `id` a voter.
     pub async fn promote(&self, id: &str) -> Result<()> {
         let request = proto::PromoteMemberRequest { id: id.to_owned() };
-        self.admin(request, async |ch, r| {
+        self.call(Route::Failover, CallKind::Admin, request, async |ch, r| {
             ClusterClient::new(ch).promote_member(r).await
         })
         .await?;
@@ -247,7 +253,7 @@ impl Client {
     /// Removes the member `id` (moving leadership away first if it leads).
     pub async fn remove(&self, id: &str) -> Result<()> {
         let request = proto::RemoveMemberRequest { id: id.to_owned() };
-        self.admin(request, async |ch, r| {
+        self.call(Route::Failover, CallKind::Admin, request, async |ch, r| {
             ClusterClient::new(ch).remove_member(r).await
         })
         .await?;
@@ -261,7 +267,7 @@ impl Client {
             to: to.unwrap_or_default().to_owned(),
         };
         let response = self
-            .admin(request, async |ch, r| {
+            .call(Route::Failover, CallKind::Admin, request, async |ch, r| {
                 ClusterClient::new(ch).transfer_leader(r).await
             })
             .await?;
@@ -322,24 +328,6 @@ impl Client {
         }
     }
 
-    async fn write<Req: Clone, Resp>(
-        &self,
-        request: Req,
-        rpc: impl AsyncFn(Channel, tonic::Request<Req>) -> Result<Response<Resp>, Status>,
-    ) -> Result<Resp> {
-        self.call(Route::Failover, CallKind::Write, request, rpc)
-            .await
-    }
-
-    async fn admin<Req: Clone, Resp>(
-        &self,
-        request: Req,
-        rpc: impl AsyncFn(Channel, tonic::Request<Req>) -> Result<Response<Resp>, Status>,
-    ) -> Result<Resp> {
-        self.call(Route::Failover, CallKind::Admin, request, rpc)
-            .await
-    }
-
     /// Makes attempts until one succeeds, the retry rules say stop, or the deadline passes.
     async fn call<Req: Clone, Resp>(
         &self,
@@ -362,12 +350,11 @@ impl Client {
             let mut attempt = tonic::Request::new(request.clone());
             // Tell the node too, so it stops working on an answer nobody will wait for.
             attempt.set_timeout(budget);
-            let failure =
-                match tokio::time::timeout(budget, rpc(target.channel(), attempt)).await {
-                    Ok(Ok(response)) => return Ok(response.into_inner()),
-                    Ok(Err(status)) => Failure::from_status(target.address(), &status),
-                    Err(_elapsed) => Failure::timed_out(target.address(), budget),
-                };
+            let failure = match tokio::time::timeout(budget, rpc(target.channel(), attempt)).await {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) => Failure::from_status(target.address(), &status),
+                Err(_elapsed) => Failure::timed_out(target.address(), budget),
+            };
             let (leader, pause) = match attempts.record(failure) {
                 Next::Stop(err) => return Err(err),
                 Next::Retry { leader, pause } => (leader, pause),

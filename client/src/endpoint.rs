@@ -55,7 +55,9 @@ fn parse(endpoint: &str) -> Result<String> {
     }
     // An IPv6 host must be bracketed, or its colons would be taken for the port separator.
     if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-        return Err(invalid("an IPv6 host must be written in brackets, as [::1]:7379"));
+        return Err(invalid(
+            "an IPv6 host must be written in brackets, as [::1]:7379",
+        ));
     }
     if port.parse::<u16>().map_or(true, |port| port == 0) {
         return Err(invalid("the port must be a number from 1 to 65535"));

@@ -134,20 +134,20 @@ mod tests {
     #[test]
     fn leader_is_named_once() {
         let named = Error::Unavailable {
-            message: "not the leader; leader is at 10.0.0.2:7379".into(),
-            leader: Some("10.0.0.2:7379".into()),
+            message: "not the leader; leader is at 127.0.0.2:7379".into(),
+            leader: Some("127.0.0.2:7379".into()),
         };
         assert_eq!(
             named.to_string(),
-            "unavailable: not the leader; leader is at 10.0.0.2:7379"
+            "unavailable: not the leader; leader is at 127.0.0.2:7379"
         );
         let unnamed = Error::Unavailable {
             message: "no quorum".into(),
-            leader: Some("10.0.0.2:7379".into()),
+            leader: Some("127.0.0.2:7379".into()),
         };
         assert_eq!(
             unnamed.to_string(),
-            "unavailable: no quorum (leader is at 10.0.0.2:7379)"
+            "unavailable: no quorum (leader is at 127.0.0.2:7379)"
         );
     }
 

@@ -95,6 +95,8 @@ pub(crate) struct Attempts {
     failed: u32,
     maybe_applied: bool,
     last: Option<Failure>,
+    /// The latest leader any node named: the last failure may be at a node that names none.
+    leader: Option<String>,
 }
 
 impl Attempts {
@@ -104,6 +106,7 @@ impl Attempts {
             failed: 0,
             maybe_applied: false,
             last: None,
+            leader: None,
         }
     }
 
@@ -112,6 +115,9 @@ impl Attempts {
         let maybe = self.kind != CallKind::Read && may_have_applied(failure.code);
         self.maybe_applied |= maybe;
         self.failed += 1;
+        if failure.leader.is_some() {
+            self.leader.clone_from(&failure.leader);
+        }
         if retryable(self.kind, failure.code) {
             let next = Next::Retry {
                 leader: failure.leader.clone(),
@@ -123,7 +129,7 @@ impl Attempts {
         Next::Stop(if maybe {
             Error::OutcomeUnknown {
                 message: failure.describe(),
-                leader: failure.leader,
+                leader: self.leader.clone(),
             }
         } else {
             // A refusal settles the call even after an attempt that may have been applied: the
@@ -138,13 +144,18 @@ impl Attempts {
     /// The error to return when no more attempts will be made (the deadline passed, or the call
     /// may only be tried once): "outcome unknown" if any attempt may have been applied.
     pub(crate) fn give_up(self) -> Error {
-        let (message, leader) = match self.last {
-            Some(last) => (
-                format!("{} (gave up after {} attempts)", last.describe(), self.failed),
-                last.leader,
-            ),
-            None => ("the deadline passed before any attempt".to_owned(), None),
+        let message = match &self.last {
+            Some(last) if self.failed > 1 => {
+                format!(
+                    "{} (gave up after {} attempts)",
+                    last.describe(),
+                    self.failed
+                )
+            }
+            Some(last) => last.describe(),
+            None => "the deadline passed before any attempt".to_owned(),
         };
+        let leader = self.leader;
         if self.maybe_applied {
             Error::OutcomeUnknown { message, leader }
         } else {
@@ -235,10 +246,7 @@ mod tests {
             attempts.record(status(Code::Unavailable)),
             Next::Retry { .. }
         ));
-        assert!(matches!(
-            attempts.give_up(),
-            Error::OutcomeUnknown { .. }
-        ));
+        assert!(matches!(attempts.give_up(), Error::OutcomeUnknown { .. }));
     }
 
     #[test]
@@ -295,13 +303,25 @@ mod tests {
         let mut with_hint = Status::unavailable("not the leader");
         with_hint
             .metadata_mut()
-            .insert(LEADER_METADATA, "10.0.0.2:7379".parse().unwrap());
+            .insert(LEADER_METADATA, "127.0.0.2:7379".parse().unwrap());
         let mut attempts = Attempts::new(CallKind::Write);
         let next = attempts.record(Failure::from_status("n1:7379", &with_hint));
-        assert!(matches!(next, Next::Retry { leader: Some(l), .. } if l == "10.0.0.2:7379"));
-        assert_eq!(attempts.give_up().leader_hint(), Some("10.0.0.2:7379"));
+        assert!(matches!(next, Next::Retry { leader: Some(l), .. } if l == "127.0.0.2:7379"));
+        assert_eq!(attempts.give_up().leader_hint(), Some("127.0.0.2:7379"));
         let next = Attempts::new(CallKind::Write).record(status(Code::Unavailable));
         assert!(matches!(next, Next::Retry { leader: None, .. }));
+    }
+
+    #[test]
+    fn the_latest_leader_hint_outlives_failures_that_name_none() {
+        let mut named = Status::unavailable("not the leader");
+        named
+            .metadata_mut()
+            .insert(LEADER_METADATA, "127.0.0.2:7379".parse().unwrap());
+        let mut attempts = Attempts::new(CallKind::Read);
+        attempts.record(Failure::from_status("n1:7379", &named));
+        attempts.record(status(Code::Unavailable));
+        assert_eq!(attempts.give_up().leader_hint(), Some("127.0.0.2:7379"));
     }
 
     #[test]

@@ -95,7 +95,8 @@ impl Routing {
             }
         });
         let mut state = self.lock();
-        let leader_index = leader.and_then(|address| state.find_or_learn(address, self.connect_timeout));
+        let leader_index =
+            leader.and_then(|address| state.find_or_learn(address, self.connect_timeout));
         let next = next_index(state.configured, failed.index, leader_index);
         state.current = next;
         state.known[next].clone()

@@ -92,12 +92,11 @@ impl NodeConfig {
                 self.listen
             ));
         }
-        if let Some(peer) = self.peer_listen {
-            if peer.ip().is_unspecified() && self.peer_advertise.is_none() {
-                return bad(format!(
-                    "--peer-listen {peer} is a wildcard address; pass --peer-advertise HOST:PORT"
-                ));
-            }
+        if let Some(peer) = self.peer_listen
+            && peer.ip().is_unspecified()
+            && self.peer_advertise.is_none()
+        {
+            return bad(format!("--peer-listen {peer} is a wildcard address; pass --peer-advertise HOST:PORT"));
         }
         for (flag, addr) in [("--advertise", &self.advertise), ("--peer-advertise", &self.peer_advertise)] {
             if let Some(addr) = addr {

@@ -128,6 +128,41 @@ impl Replica {
         }
     }
 
+    /// On the leader: proposes deletes of up to `limit` keys whose expiry has passed, each
+    /// conditioned on the key still being expired when applied, so an idle cluster still frees
+    /// expired keys and every replica frees them at the same log index. Returns how many were
+    /// proposed.
+    pub(crate) async fn purge_expired(&self, limit: usize) -> Result<usize> {
+        if !matches!(self.leadership(), Leadership::Here) {
+            return Ok(0);
+        }
+        let stamp_ms = self.cluster_now_ms();
+        let expired = self.state.read(|data, _| data.expired_keys(stamp_ms, limit));
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let count = expired.len();
+        for key in expired {
+            let cmd = Command {
+                format: COMMAND_FORMAT,
+                stamp_ms,
+                write_id: None,
+                batch: Batch {
+                    compares: vec![Compare::Expired { key: key.clone() }],
+                    ops: vec![Op::Delete { key }],
+                    ..Batch::default()
+                },
+            };
+            let deadline = Deadline::after(self.config.request_timeout());
+            match deadline.run(self.raft.client_write(cmd)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(Error::OutcomeUnknown(e.to_string())),
+                Err(()) => return Err(Error::WriteTimeout(deadline.total_ms())),
+            }
+        }
+        Ok(count)
+    }
+
     fn check_key(&self, key: &[u8]) -> Result<()> {
         let max = self.config.max_key_bytes;
         if key.is_empty() {

@@ -128,6 +128,7 @@ pub async fn run(listeners: Listeners, config: NodeConfig, shutdown: impl Future
     };
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(health::report(replica.clone(), reporter, stopped()));
+    let purge_task = tokio::spawn(purge_expired(replica.clone(), stopped()));
 
     let peer_service = PeerServer::new(PeerService::new(replica.clone()))
         .max_decoding_message_size(max_message)
@@ -186,11 +187,29 @@ pub async fn run(listeners: Listeners, config: NodeConfig, shutdown: impl Future
         }
     }
     let _ = grace.run(health_task).await;
+    let _ = grace.run(purge_task).await;
     if grace.run(raft.shutdown()).await.is_err() {
         tracing::warn!("raft did not stop within the grace period");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// While this node leads, deletes expired keys a few at a time until `stop` resolves.
+async fn purge_expired(replica: Arc<Replica>, stop: impl Future<Output = ()>) {
+    const PER_ROUND: usize = 64;
+    let mut stop = std::pin::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = replica.purge_expired(PER_ROUND).await {
+            tracing::debug!(error = %e, "purging expired keys");
+        }
+    }
 }
 
 /// Prints the one line on stdout that tells a supervisor (the demo, test harnesses) the node is

@@ -110,7 +110,8 @@ pub(crate) struct OpResult {
     pub(crate) existed: bool,
     /// The value before the op, when the batch asked for previous values.
     pub(crate) previous: Option<Bytes>,
-    /// The new value of an increment.
+    /// The new value of an increment; the new length after an append (what Redis APPEND
+    /// answers).
     pub(crate) integer: i64,
 }
 

@@ -1,0 +1,552 @@
+//! The keyspace: byte keys mapped to byte values with an optional absolute expiry.
+//!
+//! Shaped by two needs.
+//!
+//! **Snapshots must not stall writes.** The map is split into [`SHARDS`] shards, each behind an
+//! `Arc`. Cloning a [`Keyspace`] clones the vector of `Arc`s — O(shards), no entry data — and
+//! gives a point-in-time view that another task can encode while this one keeps applying. A write
+//! calls `Arc::make_mut` on its one shard, so after a clone only the shards written to are
+//! copied, and such a copy bumps each entry's reference count instead of copying its bytes.
+//!
+//! **Memory per key.** An entry is one `Arc<[u8]>` holding the key's length (LEB128, one byte
+//! for keys under 128 bytes), the key and the value, plus the absolute expiry. Per key that
+//! costs:
+//! - the table slot: 24 bytes (`Arc<[u8]>` fat pointer 16 + expiry 8) and 1 control byte, divided
+//!   by the load factor, which hashbrown keeps between 7/16 and 7/8: 29 to 57 bytes;
+//! - the allocation: `Arc` counts 16 + length prefix 1 + the allocator's own header and
+//!   rounding (glibc: 8 + 0..15): about 32 bytes.
+//!
+//! So about 60 to 90 bytes per key beyond its key and value bytes. Measured: 1M keys of 16 bytes
+//! with 256-byte values add 340 MiB RSS — 272 MB of payload and 85 bytes per key, at the
+//! unlucky end since ~244 keys per shard sit in 512-bucket tables — below the ~395 MB RSS
+//! of redis-server with 1M 256-byte values. Keeping the key length in the slot instead would
+//! round the slot up to 32 bytes.
+//!
+//! The shard is chosen by the top bits of a SipHash-1-3 hash with fixed keys. SipHash-1-3 is a
+//! specified function, so every node on every platform and version computes the same hash: a
+//! SCAN cursor (a shard index) issued by one node is valid on any other.
+
+use std::iter;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as TableEntry;
+use siphasher::sip::SipHasher13;
+
+/// Number of shards: a power of two, enough that one shard's copy after a snapshot is small even
+/// with many millions of keys, few enough that cloning the shard vector stays cheap.
+const SHARDS: usize = 1 << SHARD_BITS;
+const SHARD_BITS: u32 = 12;
+
+/// The SipHash keys. Changing them changes which shard a key lives in, and so what a SCAN
+/// cursor means: never change them.
+const HASH_KEYS: (u64, u64) = (0x6b76_735f_6b65_7973, 0x7368_6172_645f_7631);
+
+type Shard = HashTable<Entry>;
+
+/// The map of keys to values and expiries; see the module doc for its layout.
+///
+/// `clone()` is the snapshot operation: O([`SHARDS`]) and independent of later writes.
+#[derive(Clone)]
+pub(crate) struct Keyspace {
+    shards: Vec<Arc<Shard>>,
+    len: usize,
+    bytes_used: usize,
+}
+
+/// One stored key: `data` is the key's length (LEB128), the key, then the value.
+#[derive(Clone)]
+struct Entry {
+    data: Arc<[u8]>,
+    /// Absolute expiry in cluster ms; 0 means none.
+    expires_at_ms: u64,
+}
+
+/// A borrowed view of one stored key.
+#[derive(Clone, Copy)]
+pub(crate) struct EntryRef<'a> {
+    entry: &'a Entry,
+}
+
+impl Default for Keyspace {
+    fn default() -> Self {
+        // All shards start as the same empty table; the first write to each copies it.
+        let empty = Arc::new(Shard::new());
+        Keyspace {
+            shards: vec![empty; SHARDS],
+            len: 0,
+            bytes_used: 0,
+        }
+    }
+}
+
+impl Keyspace {
+    /// The stored entry for `key`, whatever its expiry: judging expiry is the caller's business.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<EntryRef<'_>> {
+        let hash = key_hash(key);
+        self.shards[shard_index(hash)]
+            .find(table_hash(hash), |e| e.key() == key)
+            .map(|entry| EntryRef { entry })
+    }
+
+    /// Stores `key` with `value` and `expires_at_ms` (0 = none), replacing any previous entry.
+    pub(crate) fn insert(&mut self, key: &[u8], value: &[u8], expires_at_ms: u64) {
+        let hash = key_hash(key);
+        let entry = Entry::new(key, value, expires_at_ms);
+        let shard = Arc::make_mut(&mut self.shards[shard_index(hash)]);
+        match shard.entry(table_hash(hash), |e| e.key() == key, rehash) {
+            TableEntry::Occupied(mut occupied) => {
+                self.bytes_used -= occupied.get().payload_len();
+                *occupied.get_mut() = entry;
+            }
+            TableEntry::Vacant(vacant) => {
+                vacant.insert(entry);
+                self.len += 1;
+            }
+        }
+        self.bytes_used += key.len() + value.len();
+    }
+
+    /// Changes the expiry of a stored key; false when the key is not stored.
+    pub(crate) fn set_expiry(&mut self, key: &[u8], expires_at_ms: u64) -> bool {
+        let hash = key_hash(key);
+        let index = shard_index(hash);
+        // Look before writing: an unchanged key must not copy a shard shared with a snapshot.
+        match self.shards[index].find(table_hash(hash), |e| e.key() == key) {
+            None => return false,
+            Some(entry) if entry.expires_at_ms == expires_at_ms => return true,
+            Some(_) => {}
+        }
+        let shard = Arc::make_mut(&mut self.shards[index]);
+        match shard.find_mut(table_hash(hash), |e| e.key() == key) {
+            Some(entry) => {
+                entry.expires_at_ms = expires_at_ms;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a stored key; false when it was not stored.
+    pub(crate) fn remove(&mut self, key: &[u8]) -> bool {
+        let hash = key_hash(key);
+        let index = shard_index(hash);
+        // Look before writing: removing an absent key must not copy a shard.
+        if self.shards[index]
+            .find(table_hash(hash), |e| e.key() == key)
+            .is_none()
+        {
+            return false;
+        }
+        let shard = Arc::make_mut(&mut self.shards[index]);
+        let Ok(occupied) = shard.find_entry(table_hash(hash), |e| e.key() == key) else {
+            return false;
+        };
+        let (removed, _) = occupied.remove();
+        self.len -= 1;
+        self.bytes_used -= removed.payload_len();
+        // hashbrown never shrinks by itself; give memory back once a shard is three quarters
+        // empty, to half full, so that inserts and removes around one size do not resize.
+        if shard.len() * 4 < shard.capacity() {
+            shard.shrink_to(shard.len() * 2, rehash);
+        }
+        true
+    }
+
+    /// Number of stored keys, expired or not.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Sum of the stored keys' and values' lengths: the payload, without per-key overhead.
+    pub(crate) fn bytes_used(&self) -> usize {
+        self.bytes_used
+    }
+
+    /// Every stored entry, in shard order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = EntryRef<'_>> {
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.iter())
+            .map(|entry| EntryRef { entry })
+    }
+
+    /// One step of a cursor scan: the keys (among those `keep` accepts) of whole shards from
+    /// shard `cursor` on, until at least `count` are collected, and the cursor to continue
+    /// with — 0 once every shard has been visited.
+    ///
+    /// The cursor is a shard index, not a table position, so it survives tables growing or
+    /// shrinking between steps: a key stored for the whole scan is returned exactly once.
+    pub(crate) fn scan(
+        &self,
+        cursor: u64,
+        count: usize,
+        mut keep: impl FnMut(&EntryRef<'_>) -> bool,
+    ) -> (u64, Vec<Bytes>) {
+        let mut keys = Vec::new();
+        let Ok(start) = usize::try_from(cursor) else {
+            return (0, keys);
+        };
+        for (index, shard) in self.shards.iter().enumerate().skip(start) {
+            keys.extend(
+                shard
+                    .iter()
+                    .map(|entry| EntryRef { entry })
+                    .filter(|e| keep(e))
+                    .map(|e| e.key_bytes()),
+            );
+            let next = index + 1;
+            if keys.len() >= count && next < SHARDS {
+                return (next as u64, keys);
+            }
+        }
+        (0, keys)
+    }
+}
+
+impl<'a> EntryRef<'a> {
+    pub(crate) fn key(&self) -> &'a [u8] {
+        self.entry.key()
+    }
+
+    pub(crate) fn value(&self) -> &'a [u8] {
+        let data = &self.entry.data[..];
+        &data[self.entry.value_start()..]
+    }
+
+    /// Absolute expiry in cluster ms; 0 means none.
+    pub(crate) fn expires_at_ms(&self) -> u64 {
+        self.entry.expires_at_ms
+    }
+
+    /// The key, sharing the entry's allocation instead of copying it.
+    pub(crate) fn key_bytes(&self) -> Bytes {
+        let (len, prefix) = read_key_len(&self.entry.data);
+        Bytes::from_owner(Arc::clone(&self.entry.data)).slice(prefix..prefix + len)
+    }
+
+    /// The value, sharing the entry's allocation instead of copying it.
+    pub(crate) fn value_bytes(&self) -> Bytes {
+        Bytes::from_owner(Arc::clone(&self.entry.data)).slice(self.entry.value_start()..)
+    }
+}
+
+impl Entry {
+    fn new(key: &[u8], value: &[u8], expires_at_ms: u64) -> Entry {
+        let mut prefix = [0u8; MAX_KEY_LEN_BYTES];
+        let prefix_len = write_key_len(key.len(), &mut prefix);
+        let total = prefix_len + key.len() + value.len();
+        // One allocation of the exact size, filled in place.
+        let mut data: Arc<[u8]> = iter::repeat_n(0u8, total).collect();
+        let buf = Arc::get_mut(&mut data).expect("a fresh Arc has no other owner");
+        let (head, rest) = buf.split_at_mut(prefix_len);
+        head.copy_from_slice(&prefix[..prefix_len]);
+        let (key_buf, value_buf) = rest.split_at_mut(key.len());
+        key_buf.copy_from_slice(key);
+        value_buf.copy_from_slice(value);
+        Entry {
+            data,
+            expires_at_ms,
+        }
+    }
+
+    fn key(&self) -> &[u8] {
+        let (len, prefix) = read_key_len(&self.data);
+        &self.data[prefix..prefix + len]
+    }
+
+    fn value_start(&self) -> usize {
+        let (len, prefix) = read_key_len(&self.data);
+        prefix + len
+    }
+
+    /// Key and value bytes, as counted by [`Keyspace::bytes_used`].
+    fn payload_len(&self) -> usize {
+        let (_, prefix) = read_key_len(&self.data);
+        self.data.len() - prefix
+    }
+}
+
+/// LEB128 of a `usize` takes at most 10 bytes.
+const MAX_KEY_LEN_BYTES: usize = 10;
+
+/// Writes `len` as LEB128 into `out`, returning how many bytes it took.
+fn write_key_len(mut len: usize, out: &mut [u8; MAX_KEY_LEN_BYTES]) -> usize {
+    let mut written = 0;
+    loop {
+        let low = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out[written] = low;
+            return written + 1;
+        }
+        out[written] = low | 0x80;
+        written += 1;
+    }
+}
+
+/// Reads the LEB128 key length at the start of an entry's data: (length, bytes it took). The
+/// data was written by [`Entry::new`], so it is well formed.
+fn read_key_len(data: &[u8]) -> (usize, usize) {
+    let mut len = 0usize;
+    for (i, byte) in data.iter().take(MAX_KEY_LEN_BYTES).enumerate() {
+        len |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (len, i + 1);
+        }
+    }
+    unreachable!("an entry always starts with a complete key length")
+}
+
+fn key_hash(key: &[u8]) -> u64 {
+    SipHasher13::new_with_keys(HASH_KEYS.0, HASH_KEYS.1).hash(key)
+}
+
+fn shard_index(hash: u64) -> usize {
+    (hash >> (u64::BITS - SHARD_BITS)) as usize
+}
+
+/// The hash a shard's table sees. The shard bits are the same for every key of a shard, so they
+/// are rotated to the middle, away from the low bits hashbrown probes with and the top 7 bits it
+/// keeps as a tag.
+fn table_hash(hash: u64) -> u64 {
+    hash.rotate_left(32)
+}
+
+fn rehash(entry: &Entry) -> u64 {
+    table_hash(key_hash(entry.key()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn contents(keyspace: &Keyspace) -> BTreeMap<Vec<u8>, (Vec<u8>, u64)> {
+        keyspace
+            .iter()
+            .map(|e| (e.key().to_vec(), (e.value().to_vec(), e.expires_at_ms())))
+            .collect()
+    }
+
+    #[test]
+    fn stores_reads_and_removes() {
+        let mut keyspace = Keyspace::default();
+        keyspace.insert(b"a", b"1", 0);
+        keyspace.insert(b"b", b"22", 500);
+        let a = keyspace.get(b"a").expect("a is stored");
+        assert_eq!(
+            (a.key(), a.value(), a.expires_at_ms()),
+            (&b"a"[..], &b"1"[..], 0)
+        );
+        let b = keyspace.get(b"b").expect("b is stored");
+        assert_eq!(
+            (b.value_bytes(), b.key_bytes(), b.expires_at_ms()),
+            (Bytes::from("22"), Bytes::from("b"), 500)
+        );
+        assert_eq!((keyspace.len(), keyspace.bytes_used()), (2, 5));
+
+        keyspace.insert(b"a", b"one", 7);
+        assert_eq!(
+            keyspace.get(b"a").map(|e| (e.value(), e.expires_at_ms())),
+            Some((&b"one"[..], 7))
+        );
+        assert_eq!((keyspace.len(), keyspace.bytes_used()), (2, 7));
+
+        assert!(keyspace.set_expiry(b"a", 0));
+        assert!(!keyspace.set_expiry(b"zz", 1));
+        assert_eq!(keyspace.get(b"a").map(|e| e.expires_at_ms()), Some(0));
+
+        assert!(keyspace.remove(b"a"));
+        assert!(!keyspace.remove(b"a"));
+        assert!(keyspace.get(b"a").is_none());
+        assert_eq!((keyspace.len(), keyspace.bytes_used()), (1, 3));
+    }
+
+    #[test]
+    fn empty_and_long_keys_and_values_are_kept_apart() {
+        let mut keyspace = Keyspace::default();
+        let long_key = vec![b'k'; 300];
+        keyspace.insert(b"", b"", 0);
+        keyspace.insert(&long_key, b"v", 0);
+        keyspace.insert(b"k", &long_key, 0);
+        assert_eq!(keyspace.get(b"").map(|e| e.value()), Some(&b""[..]));
+        assert_eq!(keyspace.get(&long_key).map(|e| e.value()), Some(&b"v"[..]));
+        assert_eq!(
+            keyspace.get(&long_key).map(|e| e.key_bytes()),
+            Some(Bytes::from(long_key.clone()))
+        );
+        assert_eq!(
+            keyspace.get(b"k").map(|e| e.value_bytes()),
+            Some(Bytes::from(long_key))
+        );
+    }
+
+    #[test]
+    fn key_length_prefix_round_trips() {
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, usize::MAX] {
+            let mut buf = [0u8; MAX_KEY_LEN_BYTES];
+            let written = write_key_len(len, &mut buf);
+            assert_eq!(
+                read_key_len(&buf[..written]),
+                (len, written),
+                "length {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_clone_is_unaffected_by_later_writes() {
+        let mut keyspace = Keyspace::default();
+        for i in 0..2_000u32 {
+            keyspace.insert(&i.to_be_bytes(), &i.to_le_bytes(), u64::from(i));
+        }
+        let snapshot = keyspace.clone();
+        let before = contents(&snapshot);
+
+        for i in 0..1_000u32 {
+            keyspace.insert(&i.to_be_bytes(), b"changed", 0);
+            keyspace.set_expiry(&(i + 1_000).to_be_bytes(), 1);
+        }
+        for i in 1_500..2_000u32 {
+            keyspace.remove(&i.to_be_bytes());
+        }
+        keyspace.insert(b"new", b"key", 0);
+
+        assert_eq!(contents(&snapshot), before);
+        assert_eq!((snapshot.len(), snapshot.bytes_used()), (2_000, 16_000));
+        assert_eq!(keyspace.len(), 1_501);
+    }
+
+    #[test]
+    fn a_value_handed_out_outlives_its_entry() {
+        let mut keyspace = Keyspace::default();
+        keyspace.insert(b"k", b"value", 0);
+        let value = keyspace.get(b"k").map(|e| e.value_bytes());
+        keyspace.remove(b"k");
+        keyspace.insert(b"k", b"other", 0);
+        assert_eq!(value, Some(Bytes::from("value")));
+    }
+
+    #[test]
+    fn scan_returns_every_key_once_while_shards_grow() {
+        let mut keyspace = Keyspace::default();
+        for i in 0..20_000u32 {
+            keyspace.insert(format!("old-{i}").as_bytes(), b"v", 0);
+        }
+        let mut seen: HashMap<Bytes, usize> = HashMap::new();
+        let (mut cursor, mut steps, mut added) = (0, 0, 0u32);
+        loop {
+            let (next, keys) = keyspace.scan(cursor, 50, |_| true);
+            for key in keys {
+                *seen.entry(key).or_default() += 1;
+            }
+            // Grow every shard's table between steps: ~100k new keys over the scan.
+            for _ in 0..200 {
+                keyspace.insert(format!("new-{added}").as_bytes(), b"v", 0);
+                added += 1;
+            }
+            steps += 1;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        assert!(
+            steps > 100,
+            "a step returns about 50 keys, not everything: {steps} steps"
+        );
+        assert!(seen.values().all(|&n| n == 1), "no key is returned twice");
+        for i in 0..20_000u32 {
+            assert!(
+                seen.contains_key(format!("old-{i}").as_bytes()),
+                "old-{i} was not returned"
+            );
+        }
+    }
+
+    #[test]
+    fn scan_skips_what_the_filter_rejects_and_ends_with_cursor_zero() {
+        let mut keyspace = Keyspace::default();
+        for i in 0..100u32 {
+            keyspace.insert(&i.to_be_bytes(), b"v", u64::from(i % 2));
+        }
+        let (next, keys) = keyspace.scan(0, usize::MAX, |e| e.expires_at_ms() == 0);
+        assert_eq!((next, keys.len()), (0, 50));
+        assert_eq!(keyspace.scan(SHARDS as u64, 10, |_| true), (0, vec![]));
+        assert_eq!(keyspace.scan(u64::MAX, 10, |_| true), (0, vec![]));
+    }
+
+    #[test]
+    fn removing_most_keys_gives_memory_back() {
+        let mut keyspace = Keyspace::default();
+        let keys: Vec<Vec<u8>> = (0..400_000u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        for key in &keys {
+            keyspace.insert(key, b"", 0);
+        }
+        let capacity = |k: &Keyspace| k.shards.iter().map(|s| s.capacity()).sum::<usize>();
+        let full = capacity(&keyspace);
+        for key in &keys[1_000..] {
+            keyspace.remove(key);
+        }
+        assert!(
+            capacity(&keyspace) * 4 < full,
+            "{} of {full}",
+            capacity(&keyspace)
+        );
+        assert!(keys[..1_000].iter().all(|k| keyspace.get(k).is_some()));
+    }
+
+    #[derive(Debug, Clone)]
+    enum ModelOp {
+        Insert(Vec<u8>, Vec<u8>, u64),
+        Remove(Vec<u8>),
+        SetExpiry(Vec<u8>, u64),
+        Get(Vec<u8>),
+    }
+
+    fn model_op() -> impl Strategy<Value = ModelOp> {
+        let key = prop::collection::vec(0u8..4, 0..3);
+        let value = prop::collection::vec(any::<u8>(), 0..40);
+        prop_oneof![
+            (key.clone(), value, 0u64..3).prop_map(|(k, v, e)| ModelOp::Insert(k, v, e)),
+            key.clone().prop_map(ModelOp::Remove),
+            (key.clone(), 0u64..3).prop_map(|(k, e)| ModelOp::SetExpiry(k, e)),
+            key.prop_map(ModelOp::Get),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn behaves_like_a_btreemap(ops in prop::collection::vec(model_op(), 1..200)) {
+            let mut keyspace = Keyspace::default();
+            let mut model: BTreeMap<Vec<u8>, (Vec<u8>, u64)> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    ModelOp::Insert(k, v, e) => {
+                        keyspace.insert(&k, &v, e);
+                        model.insert(k, (v, e));
+                    }
+                    ModelOp::Remove(k) => prop_assert_eq!(keyspace.remove(&k), model.remove(&k).is_some()),
+                    ModelOp::SetExpiry(k, e) => {
+                        let expected = model.get_mut(&k).map(|entry| entry.1 = e).is_some();
+                        prop_assert_eq!(keyspace.set_expiry(&k, e), expected);
+                    }
+                    ModelOp::Get(k) => prop_assert_eq!(
+                        keyspace.get(&k).map(|e| (e.value().to_vec(), e.expires_at_ms())),
+                        model.get(&k).cloned()
+                    ),
+                }
+                prop_assert_eq!(keyspace.len(), model.len());
+            }
+            let bytes: usize = model.iter().map(|(k, (v, _))| k.len() + v.len()).sum();
+            prop_assert_eq!(keyspace.bytes_used(), bytes);
+            prop_assert_eq!(contents(&keyspace), model);
+        }
+    }
+}
