@@ -96,21 +96,31 @@ impl NodeConfig {
             && peer.ip().is_unspecified()
             && self.peer_advertise.is_none()
         {
-            return bad(format!("--peer-listen {peer} is a wildcard address; pass --peer-advertise HOST:PORT"));
+            return bad(format!(
+                "--peer-listen {peer} is a wildcard address; pass --peer-advertise HOST:PORT"
+            ));
         }
-        for (flag, addr) in [("--advertise", &self.advertise), ("--peer-advertise", &self.peer_advertise)] {
+        for (flag, addr) in [
+            ("--advertise", &self.advertise),
+            ("--peer-advertise", &self.peer_advertise),
+        ] {
             if let Some(addr) = addr {
                 check_host_port(flag, addr)?;
             }
         }
-        if self.heartbeat_interval_ms == 0 || self.election_timeout_ms < 3 * self.heartbeat_interval_ms {
+        if self.heartbeat_interval_ms == 0
+            || self.election_timeout_ms < 3 * self.heartbeat_interval_ms
+        {
             return bad(format!(
                 "--election-timeout-ms ({}) must be at least 3 x --heartbeat-interval-ms ({}), which must be > 0",
                 self.election_timeout_ms, self.heartbeat_interval_ms
             ));
         }
         if self.request_timeout_ms < 100 {
-            return bad(format!("--request-timeout-ms ({}) must be at least 100", self.request_timeout_ms));
+            return bad(format!(
+                "--request-timeout-ms ({}) must be at least 100",
+                self.request_timeout_ms
+            ));
         }
         if self.max_key_bytes == 0 || self.max_value_bytes > MAX_VALUE_LIMIT {
             return bad(format!(
@@ -165,7 +175,9 @@ impl NodeConfig {
 
 fn check_host_port(flag: &str, addr: &str) -> Result<()> {
     match addr.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(()),
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+            Ok(())
+        }
         _ => Err(Error::Config(format!("{flag} {addr:?} is not HOST:PORT"))),
     }
 }

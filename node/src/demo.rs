@@ -54,12 +54,18 @@ fn demo_err(msg: impl Into<String>) -> Error {
 
 /// Runs the demo until `shutdown` resolves, then stops every node.
 pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let exe = std::env::current_exe().map_err(|e| Error::io("cannot find the kvs-node executable", e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("cannot find the kvs-node executable", e))?;
     let ports: Vec<u16> = (0..args.nodes)
-        .map(|i| args.base_port.checked_add(i).ok_or_else(|| demo_err("--base-port is too high for that many nodes")))
+        .map(|i| {
+            args.base_port
+                .checked_add(i)
+                .ok_or_else(|| demo_err("--base-port is too high for that many nodes"))
+        })
         .collect::<Result<_>>()?;
     let log_dir = std::env::temp_dir().join(format!("kvs-demo-{}", args.base_port));
-    std::fs::create_dir_all(&log_dir).map_err(|e| Error::io(format!("cannot create {}", log_dir.display()), e))?;
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|e| Error::io(format!("cannot create {}", log_dir.display()), e))?;
 
     let mut nodes = Vec::new();
     let started = start_all(&exe, &ports, &log_dir, &mut nodes).await;
@@ -87,10 +93,16 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-async fn start_all(exe: &PathBuf, ports: &[u16], log_dir: &std::path::Path, nodes: &mut Vec<DemoNode>) -> Result<()> {
+async fn start_all(
+    exe: &PathBuf,
+    ports: &[u16],
+    log_dir: &std::path::Path,
+    nodes: &mut Vec<DemoNode>,
+) -> Result<()> {
     for (i, port) in ports.iter().enumerate() {
         let log_path = log_dir.join(format!("node-{i}.log"));
-        let log = std::fs::File::create(&log_path).map_err(|e| Error::io(format!("cannot create {}", log_path.display()), e))?;
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| Error::io(format!("cannot create {}", log_path.display()), e))?;
         let mut cmd = Command::new(exe);
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
@@ -105,8 +117,13 @@ async fn start_all(exe: &PathBuf, ports: &[u16], log_dir: &std::path::Path, node
         if i == 0 {
             cmd.arg("--bootstrap");
         }
-        let mut child = cmd.spawn().map_err(|e| Error::io("cannot start kvs-node", e))?;
-        let stdout = child.stdout.take().ok_or_else(|| demo_err("no stdout from child"))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::io("cannot start kvs-node", e))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| demo_err("no stdout from child"))?;
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(START_TIMEOUT, lines.next_line()).await;
         let line = match line {
@@ -173,7 +190,9 @@ async fn form_cluster(nodes: &[DemoNode]) -> Result<()> {
     })
     .await?;
     for node in &nodes[1..] {
-        let req = proto::AddLearnerRequest { address: node.addr.clone() };
+        let req = proto::AddLearnerRequest {
+            address: node.addr.clone(),
+        };
         leader
             .add_learner(req)
             .await
@@ -181,13 +200,23 @@ async fn form_cluster(nodes: &[DemoNode]) -> Result<()> {
         poll("the new node to catch up", || {
             let mut c = leader.clone();
             async move {
-                let members = c.list_members(proto::ListMembersRequest {}).await.ok()?.into_inner();
-                members.members.iter().any(|m| m.id == node.id && m.lag == 0).then_some(())
+                let members = c
+                    .list_members(proto::ListMembersRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                members
+                    .members
+                    .iter()
+                    .any(|m| m.id == node.id && m.lag == 0)
+                    .then_some(())
             }
         })
         .await?;
         leader
-            .promote_member(proto::PromoteMemberRequest { id: node.id.clone() })
+            .promote_member(proto::PromoteMemberRequest {
+                id: node.id.clone(),
+            })
             .await
             .map_err(|s| demo_err(format!("promoting {}: {}", node.addr, s.message())))?;
     }
@@ -197,7 +226,10 @@ async fn form_cluster(nodes: &[DemoNode]) -> Result<()> {
 fn print_summary(nodes: &[DemoNode], log_dir: &std::path::Path) {
     let endpoints: Vec<&str> = nodes.iter().map(|n| n.addr.as_str()).collect();
     let endpoints = endpoints.join(",");
-    println!("kvs demo: {} nodes on 127.0.0.1, in memory (all data is gone when the demo stops)", nodes.len());
+    println!(
+        "kvs demo: {} nodes on 127.0.0.1, in memory (all data is gone when the demo stops)",
+        nodes.len()
+    );
     for (i, node) in nodes.iter().enumerate() {
         println!("  node {i}  id {}  client {}", node.id, node.addr);
     }
@@ -228,7 +260,10 @@ async fn stop_all(nodes: &mut [DemoNode]) {
     }
     for node in nodes.iter_mut() {
         let grace = Duration::from_millis(GRACE_MS + 1000);
-        if tokio::time::timeout(grace, node.child.wait()).await.is_err() {
+        if tokio::time::timeout(grace, node.child.wait())
+            .await
+            .is_err()
+        {
             eprintln!("node {} did not stop in time; killing it", node.id);
             let _ = node.child.kill().await;
         }

@@ -56,7 +56,10 @@ impl Identity {
 
     /// The cluster this node belongs to, if any.
     pub(crate) fn cluster_id(&self) -> Option<String> {
-        self.cluster_id.read().expect("identity lock poisoned").clone()
+        self.cluster_id
+            .read()
+            .expect("identity lock poisoned")
+            .clone()
     }
 
     /// Creates a cluster ID for a cluster this node is initializing; returns the existing one if
@@ -135,7 +138,10 @@ mod tests {
         let cluster = me.cluster_id().expect("created");
         assert_eq!(
             me.admit(&cluster, 6, true),
-            Err(Mismatch::WrongNode { addressed: 6, actual: 7 })
+            Err(Mismatch::WrongNode {
+                addressed: 6,
+                actual: 7
+            })
         );
         assert_eq!(me.admit(&cluster, 7, false), Ok(()));
     }
@@ -146,6 +152,9 @@ mod tests {
         assert_eq!(me.admit("c1", 1, false), Err(Mismatch::NoCluster));
         assert_eq!(me.admit("c1", 1, true), Ok(()));
         assert_eq!(me.cluster_id().as_deref(), Some("c1"));
-        assert!(matches!(me.admit("c2", 1, true), Err(Mismatch::WrongCluster { .. })));
+        assert!(matches!(
+            me.admit("c2", 1, true),
+            Err(Mismatch::WrongCluster { .. })
+        ));
     }
 }

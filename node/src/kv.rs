@@ -21,9 +21,9 @@ use crate::replica::Leadership;
 use crate::replica::Replica;
 use crate::store::command::Batch;
 use crate::store::command::BatchOutcome;
+use crate::store::command::COMMAND_FORMAT;
 use crate::store::command::Command;
 use crate::store::command::Compare;
-use crate::store::command::COMMAND_FORMAT;
 use crate::store::command::Op;
 use crate::store::command::Outcome;
 use crate::store::command::PutExpiry;
@@ -55,18 +55,20 @@ impl Replica {
             await_linearizable(self, &deadline).await?;
         }
         let now = self.cluster_now_ms();
-        Ok(self.state.read(|data, index| match data.get(&req.key, now) {
-            Some((value, expires_at_ms)) => proto::GetResponse {
-                found: true,
-                value,
-                expires_at_ms,
-                index,
-            },
-            None => proto::GetResponse {
-                index,
-                ..Default::default()
-            },
-        }))
+        Ok(self
+            .state
+            .read(|data, index| match data.get(&req.key, now) {
+                Some((value, expires_at_ms)) => proto::GetResponse {
+                    found: true,
+                    value,
+                    expires_at_ms,
+                    index,
+                },
+                None => proto::GetResponse {
+                    index,
+                    ..Default::default()
+                },
+            }))
     }
 
     /// Applies one conditional batch through the leader.
@@ -77,7 +79,9 @@ impl Replica {
             Leadership::Here => match self.propose(req.clone(), &deadline).await {
                 // Leadership moved before the entry was appended: the new leader can still take it.
                 Err(Error::NotLeader { .. }) => match self.leadership() {
-                    Leadership::There { addr, .. } => self.forward_write(&addr.addr, req, &deadline).await,
+                    Leadership::There { addr, .. } => {
+                        self.forward_write(&addr.addr, req, &deadline).await
+                    }
                     _ => Err(self.not_leader()),
                 },
                 other => other,
@@ -87,15 +91,25 @@ impl Replica {
         }
     }
 
-    async fn forward_write(&self, leader: &str, req: proto::BatchRequest, deadline: &Deadline) -> Result<proto::BatchResponse> {
+    async fn forward_write(
+        &self,
+        leader: &str,
+        req: proto::BatchRequest,
+        deadline: &Deadline,
+    ) -> Result<proto::BatchResponse> {
         let mut client = self.forwarder.kv(leader, deadline).await?;
         let mut request = tonic::Request::new(req);
         request.set_timeout(deadline.remaining());
-        self.forwarder.relay(leader, deadline, true, client.batch(request)).await
+        self.forwarder
+            .relay(leader, deadline, true, client.batch(request))
+            .await
     }
 
-    async fn propose(&self, req: proto::BatchRequest, deadline: &Deadline) -> Result<proto::BatchResponse> {
-        self.check_quorum_contact()?;
+    async fn propose(
+        &self,
+        req: proto::BatchRequest,
+        deadline: &Deadline,
+    ) -> Result<proto::BatchResponse> {
         let stamp_ms = self.cluster_now_ms();
         let cmd = Command {
             format: COMMAND_FORMAT,
@@ -105,7 +119,11 @@ impl Replica {
                 sequence: w.sequence,
             }),
             batch: Batch {
-                compares: req.compares.into_iter().map(compare_from_proto).collect::<Result<_>>()?,
+                compares: req
+                    .compares
+                    .into_iter()
+                    .map(compare_from_proto)
+                    .collect::<Result<_>>()?,
                 ops: ops_from_proto(req.ops, stamp_ms)?,
                 else_ops: ops_from_proto(req.else_ops, stamp_ms)?,
                 return_previous: req.return_previous,
@@ -117,12 +135,16 @@ impl Replica {
             .map_err(|()| Error::WriteTimeout(deadline.total_ms()))?;
         match written {
             Ok(resp) => outcome_to_proto(resp.log_id.index, resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
-                leader: f.leader_node.map(|n| n.addr),
-            }),
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => Err(Error::OutcomeUnknown(format!(
-                "leadership changed while the write was in flight ({f})"
-            ))),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader {
+                    leader: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
+                Err(Error::OutcomeUnknown(format!(
+                    "leadership changed while the write was in flight ({f})"
+                )))
+            }
             Err(RaftError::APIError(e)) => Err(Error::OutcomeUnknown(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(Error::Fatal(e.to_string())),
         }
@@ -137,7 +159,9 @@ impl Replica {
             return Ok(0);
         }
         let stamp_ms = self.cluster_now_ms();
-        let expired = self.state.read(|data, _| data.expired_keys(stamp_ms, limit));
+        let expired = self
+            .state
+            .read(|data, _| data.expired_keys(stamp_ms, limit));
         if expired.is_empty() {
             return Ok(0);
         }
@@ -169,7 +193,10 @@ impl Replica {
             return Err(Error::InvalidArgument("key must not be empty".into()));
         }
         if key.len() > max {
-            return Err(Error::KeyTooLarge { len: key.len(), max });
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                max,
+            });
         }
         Ok(())
     }
@@ -177,7 +204,10 @@ impl Replica {
     fn check_value(&self, value: &[u8]) -> Result<()> {
         let max = self.config.max_value_bytes;
         if value.len() > max {
-            return Err(Error::ValueTooLarge { len: value.len(), max });
+            return Err(Error::ValueTooLarge {
+                len: value.len(),
+                max,
+            });
         }
         Ok(())
     }
@@ -220,14 +250,20 @@ impl Replica {
 
 fn op_key_value(op: &proto::Op) -> Result<(&Bytes, Option<&Bytes>)> {
     use proto::op::Op as P;
-    Ok(match op.op.as_ref().ok_or_else(|| Error::InvalidArgument("empty op".into()))? {
-        P::Put(p) => (&p.key, Some(&p.value)),
-        P::Append(a) => (&a.key, Some(&a.value)),
-        P::Delete(d) => (&d.key, None),
-        P::Increment(i) => (&i.key, None),
-        P::Expire(e) => (&e.key, None),
-        P::Persist(p) => (&p.key, None),
-    })
+    Ok(
+        match op
+            .op
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("empty op".into()))?
+        {
+            P::Put(p) => (&p.key, Some(&p.value)),
+            P::Append(a) => (&a.key, Some(&a.value)),
+            P::Delete(d) => (&d.key, None),
+            P::Increment(i) => (&i.key, None),
+            P::Expire(e) => (&e.key, None),
+            P::Persist(p) => (&p.key, None),
+        },
+    )
 }
 
 fn compare_from_proto(c: proto::Compare) -> Result<Compare> {
@@ -243,42 +279,55 @@ fn ops_from_proto(ops: Vec<proto::Op>, stamp_ms: u64) -> Result<Vec<Op>> {
     use proto::op::Op as P;
     ops.into_iter()
         .map(|op| {
-            Ok(match op.op.ok_or_else(|| Error::InvalidArgument("empty op".into()))? {
-                P::Put(p) => Op::Put {
-                    expiry: match (p.ttl_ms, p.keep_ttl) {
-                        (Some(_), true) => {
-                            return Err(Error::InvalidArgument("a put cannot both set a TTL and keep the TTL".into()));
-                        }
-                        (Some(0), false) => return Err(Error::InvalidArgument("TTL must be positive".into())),
-                        (Some(ttl), false) => PutExpiry::At(stamp_ms.saturating_add(ttl)),
-                        (None, true) => PutExpiry::Keep,
-                        (None, false) => PutExpiry::Clear,
+            Ok(
+                match op
+                    .op
+                    .ok_or_else(|| Error::InvalidArgument("empty op".into()))?
+                {
+                    P::Put(p) => Op::Put {
+                        expiry: match (p.ttl_ms, p.keep_ttl) {
+                            (Some(_), true) => {
+                                return Err(Error::InvalidArgument(
+                                    "a put cannot both set a TTL and keep the TTL".into(),
+                                ));
+                            }
+                            (Some(0), false) => {
+                                return Err(Error::InvalidArgument("TTL must be positive".into()));
+                            }
+                            (Some(ttl), false) => PutExpiry::At(stamp_ms.saturating_add(ttl)),
+                            (None, true) => PutExpiry::Keep,
+                            (None, false) => PutExpiry::Clear,
+                        },
+                        key: p.key,
+                        value: p.value,
                     },
-                    key: p.key,
-                    value: p.value,
+                    P::Delete(d) => Op::Delete { key: d.key },
+                    P::Increment(i) => Op::Increment {
+                        key: i.key,
+                        delta: i.delta,
+                    },
+                    P::Append(a) => Op::Append {
+                        key: a.key,
+                        value: a.value,
+                    },
+                    P::Expire(e) => Op::Expire {
+                        key: e.key,
+                        at_ms: e.expires_at_ms,
+                    },
+                    P::Persist(p) => Op::Persist { key: p.key },
                 },
-                P::Delete(d) => Op::Delete { key: d.key },
-                P::Increment(i) => Op::Increment {
-                    key: i.key,
-                    delta: i.delta,
-                },
-                P::Append(a) => Op::Append {
-                    key: a.key,
-                    value: a.value,
-                },
-                P::Expire(e) => Op::Expire {
-                    key: e.key,
-                    at_ms: e.expires_at_ms,
-                },
-                P::Persist(p) => Op::Persist { key: p.key },
-            })
+            )
         })
         .collect()
 }
 
-fn outcome_to_proto(index: u64, outcome: Outcome) -> Result<proto::BatchResponse> {
+fn outcome_to_proto(entry_index: u64, outcome: Outcome) -> Result<proto::BatchResponse> {
     match outcome {
-        Outcome::Applied(BatchOutcome { succeeded, results }) => Ok(proto::BatchResponse {
+        Outcome::Applied(BatchOutcome {
+            index,
+            succeeded,
+            results,
+        }) => Ok(proto::BatchResponse {
             index,
             succeeded,
             results: results
@@ -299,7 +348,7 @@ fn outcome_to_proto(index: u64, outcome: Outcome) -> Result<proto::BatchResponse
              ({oldest_remembered}); whether it was applied cannot be told"
         ))),
         Outcome::Refused(refusal) => Ok(proto::BatchResponse {
-            index,
+            index: entry_index,
             error: refusal_message(&refusal),
             ..Default::default()
         }),

@@ -26,5 +26,6 @@ pub mod peer_proto {
 pub use config::NodeConfig;
 pub use error::Error;
 pub use error::Result;
+pub use raft::network::PEER_FORMAT;
 pub use server::Listeners;
 pub use server::run;

@@ -33,7 +33,10 @@ enum Cmd {
 
 /// Resolves on SIGTERM or SIGINT, or when stdin closes if `watch_stdin`.
 async fn shutdown_signal(watch_stdin: bool) {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };
@@ -71,7 +74,9 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             Ok(()) => match Listeners::bind(&cli.node).await {
-                Ok(listeners) => kvs_node::run(listeners, cli.node, shutdown_signal(cli.exit_with_parent)).await,
+                Ok(listeners) => {
+                    kvs_node::run(listeners, cli.node, shutdown_signal(cli.exit_with_parent)).await
+                }
                 Err(e) => Err(e),
             },
         },

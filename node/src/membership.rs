@@ -46,7 +46,7 @@ impl Replica {
             role: role.into(),
             durable: false,
             applied_index: metrics.last_applied.map_or(0, |id| id.index),
-            leader: metrics.current_leader.map(node_id_string).unwrap_or_default(),
+            leader: self.leader_id().map(node_id_string).unwrap_or_default(),
         }
     }
 
@@ -55,7 +55,7 @@ impl Replica {
         let metrics = self.metrics();
         proto::StatusResponse {
             cluster_id: self.identity.cluster_id().unwrap_or_default(),
-            leader: metrics.current_leader.map(node_id_string).unwrap_or_default(),
+            leader: self.leader_id().map(node_id_string).unwrap_or_default(),
             term: metrics.current_term,
             commit_index: metrics.local_committed.map_or(0, |id| id.index),
             applied_index: metrics.last_applied.map_or(0, |id| id.index),
@@ -66,7 +66,11 @@ impl Replica {
     /// Forms a one-member cluster if this node has no state; otherwise reports the cluster it has.
     pub(crate) async fn initialize(&self) -> Result<proto::InitializeResponse> {
         let _serial = self.init_lock.lock().await;
-        let initialized = self.raft.is_initialized().await.map_err(|e| Error::Fatal(e.to_string()))?;
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Fatal(e.to_string()))?;
         if initialized || self.identity.cluster_id().is_some() {
             return match self.identity.cluster_id() {
                 Some(cluster_id) => Ok(proto::InitializeResponse {
@@ -79,8 +83,13 @@ impl Replica {
             };
         }
         let cluster_id = self.identity.create_cluster();
-        let members = [(self.identity.node_id(), self.advertised.clone())].into_iter().collect::<std::collections::BTreeMap<_, _>>();
-        self.raft.initialize(members).await.map_err(|e| Error::Membership(e.to_string()))?;
+        let members = [(self.identity.node_id(), self.advertised.clone())]
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>();
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| Error::Membership(e.to_string()))?;
         tracing::info!(cluster_id, "initialized a new cluster");
         Ok(proto::InitializeResponse {
             cluster_id,
@@ -96,7 +105,12 @@ impl Replica {
             Leadership::There { addr, .. } => {
                 let mut client = self.forwarder.cluster(&addr.addr, &deadline).await?;
                 self.forwarder
-                    .relay(&addr.addr, &deadline, false, client.list_members(proto::ListMembersRequest {}))
+                    .relay(
+                        &addr.addr,
+                        &deadline,
+                        false,
+                        client.list_members(proto::ListMembersRequest {}),
+                    )
                     .await
             }
             Leadership::Unknown => Err(self.not_leader()),
@@ -124,7 +138,11 @@ impl Replica {
                     id: node_id_string(*id),
                     address: addr.addr.clone(),
                     peer_address: addr.peer_addr.clone(),
-                    role: if voters.contains(id) { proto::Role::Voter } else { proto::Role::Learner } as i32,
+                    role: if voters.contains(id) {
+                        proto::Role::Voter
+                    } else {
+                        proto::Role::Learner
+                    } as i32,
                     is_leader: metrics.current_leader == Some(*id),
                     matched_index,
                     lag: last_index.saturating_sub(matched_index),
@@ -140,7 +158,10 @@ impl Replica {
         if let Some(leader) = self.leader_elsewhere()? {
             let mut client = self.forwarder.cluster(&leader, &deadline).await?;
             let req = proto::AddLearnerRequest { address };
-            return self.forwarder.relay(&leader, &deadline, true, client.add_learner(req)).await;
+            return self
+                .forwarder
+                .relay(&leader, &deadline, true, client.add_learner(req))
+                .await;
         }
         let info = self.dial_node_info(&address, &deadline).await?;
         if info.address != address {
@@ -149,8 +170,12 @@ impl Replica {
                 info.address
             )));
         }
-        let id = parse_node_id(&info.node_id)
-            .ok_or_else(|| Error::Membership(format!("the node at {address} reported a malformed ID {:?}", info.node_id)))?;
+        let id = parse_node_id(&info.node_id).ok_or_else(|| {
+            Error::Membership(format!(
+                "the node at {address} reported a malformed ID {:?}",
+                info.node_id
+            ))
+        })?;
         let own_cluster = self.identity.cluster_id().unwrap_or_default();
         if !info.cluster_id.is_empty() && info.cluster_id != own_cluster {
             return Err(Error::Membership(format!(
@@ -159,7 +184,10 @@ impl Replica {
             )));
         }
         let membership = self.membership();
-        if let Some((other, _)) = membership.nodes().find(|(other, a)| a.addr == address && **other != id) {
+        if let Some((other, _)) = membership
+            .nodes()
+            .find(|(other, a)| a.addr == address && **other != id)
+        {
             return Err(Error::Membership(format!(
                 "address {address} belongs to member {}; remove that member first",
                 node_id_string(*other)
@@ -170,9 +198,22 @@ impl Replica {
             peer_addr: info.peer_address.clone(),
         };
         if membership.get_node(&id).is_none() {
-            self.change(ChangeMembers::AddNodes([(id, node)].into_iter().collect()), true, &deadline)
-                .await?;
+            self.change(
+                ChangeMembers::AddNodes([(id, node)].into_iter().collect()),
+                true,
+                &deadline,
+            )
+            .await?;
         }
+        // The change is committed, but the metrics that list members may lag a moment behind.
+        self.raft
+            .wait(Some(deadline.remaining()))
+            .metrics(
+                |m| m.membership_config.get_node(&id).is_some(),
+                "new learner listed",
+            )
+            .await
+            .map_err(|_| Error::WriteTimeout(deadline.total_ms()))?;
         let member = self
             .members_here()
             .members
@@ -187,26 +228,40 @@ impl Replica {
         if let Some(leader) = self.leader_elsewhere()? {
             let mut client = self.forwarder.cluster(&leader, &deadline).await?;
             let req = proto::PromoteMemberRequest { id };
-            return self.forwarder.relay(&leader, &deadline, true, client.promote_member(req)).await.map(drop);
+            return self
+                .forwarder
+                .relay(&leader, &deadline, true, client.promote_member(req))
+                .await
+                .map(drop);
         }
         let node_id = self.known_member(&id)?;
         if self.membership().voter_ids().any(|v| v == node_id) {
             return Ok(());
         }
-        self.change(ChangeMembers::AddVoterIds([node_id].into()), true, &deadline).await
+        self.change(
+            ChangeMembers::AddVoterIds([node_id].into()),
+            true,
+            &deadline,
+        )
+        .await
     }
 
     /// Removes a member entirely; the leader hands leadership off before removing itself.
     pub(crate) async fn remove(&self, id: String) -> Result<()> {
         let (_guard, deadline) = self.admit()?;
-        let node_id = parse_node_id(&id).ok_or_else(|| Error::InvalidArgument(format!("malformed member ID {id:?}")))?;
+        let node_id = parse_node_id(&id)
+            .ok_or_else(|| Error::InvalidArgument(format!("malformed member ID {id:?}")))?;
         if node_id == self.identity.node_id() && matches!(self.leadership(), Leadership::Here) {
             self.hand_off_leadership(None, &deadline).await?;
         }
         if let Some(leader) = self.leader_elsewhere()? {
             let mut client = self.forwarder.cluster(&leader, &deadline).await?;
             let req = proto::RemoveMemberRequest { id };
-            return self.forwarder.relay(&leader, &deadline, true, client.remove_member(req)).await.map(drop);
+            return self
+                .forwarder
+                .relay(&leader, &deadline, true, client.remove_member(req))
+                .await
+                .map(drop);
         }
         let membership = self.membership();
         if membership.get_node(&node_id).is_none() {
@@ -216,14 +271,27 @@ impl Replica {
             if membership.voter_ids().count() == 1 {
                 return Err(Error::Membership("cannot remove the last voter".into()));
             }
-            self.change(ChangeMembers::RemoveVoters([node_id].into()), false, &deadline).await
+            self.change(
+                ChangeMembers::RemoveVoters([node_id].into()),
+                false,
+                &deadline,
+            )
+            .await
         } else {
-            self.change(ChangeMembers::RemoveNodes([node_id].into()), false, &deadline).await
+            self.change(
+                ChangeMembers::RemoveNodes([node_id].into()),
+                false,
+                &deadline,
+            )
+            .await
         }
     }
 
     /// Moves leadership to `to` (or the most up-to-date other voter) and waits until it moved.
-    pub(crate) async fn transfer_leader(&self, to: String) -> Result<proto::TransferLeaderResponse> {
+    pub(crate) async fn transfer_leader(
+        &self,
+        to: String,
+    ) -> Result<proto::TransferLeaderResponse> {
         let (_guard, deadline) = self.admit()?;
         let to = match to.as_str() {
             "" => None,
@@ -234,7 +302,10 @@ impl Replica {
             let req = proto::TransferLeaderRequest {
                 to: to.map(node_id_string).unwrap_or_default(),
             };
-            return self.forwarder.relay(&leader, &deadline, true, client.transfer_leader(req)).await;
+            return self
+                .forwarder
+                .relay(&leader, &deadline, true, client.transfer_leader(req))
+                .await;
         }
         let leader = self.hand_off_leadership(to, &deadline).await?;
         Ok(proto::TransferLeaderResponse {
@@ -243,19 +314,26 @@ impl Replica {
     }
 
     /// Transfers leadership away from this node; returns the new leader.
-    pub(crate) async fn hand_off_leadership(&self, to: Option<u64>, deadline: &Deadline) -> Result<u64> {
+    pub(crate) async fn hand_off_leadership(
+        &self,
+        to: Option<u64>,
+        deadline: &Deadline,
+    ) -> Result<u64> {
         let me = self.identity.node_id();
         let target = match to {
             Some(id) => id,
-            None => self.most_caught_up_voter().ok_or_else(|| {
-                Error::Membership("no other voter to hand leadership to".into())
-            })?,
+            None => self
+                .most_caught_up_voter()
+                .ok_or_else(|| Error::Membership("no other voter to hand leadership to".into()))?,
         };
         if target == me {
             return Ok(me);
         }
         if !self.membership().voter_ids().any(|v| v == target) {
-            return Err(Error::Membership(format!("{} is not a voter", node_id_string(target))));
+            return Err(Error::Membership(format!(
+                "{} is not a voter",
+                node_id_string(target)
+            )));
         }
         self.raft
             .trigger()
@@ -270,7 +348,9 @@ impl Replica {
                 "leadership moved",
             )
             .await
-            .map_err(|_| Error::NoQuorum("leadership did not move within the request deadline".into()))?;
+            .map_err(|_| {
+                Error::NoQuorum("leadership did not move within the request deadline".into())
+            })?;
         Ok(moved.current_leader.unwrap_or(target))
     }
 
@@ -296,24 +376,36 @@ impl Replica {
     }
 
     fn known_member(&self, id: &str) -> Result<u64> {
-        let node_id = parse_node_id(id).ok_or_else(|| Error::InvalidArgument(format!("malformed member ID {id:?}")))?;
+        let node_id = parse_node_id(id)
+            .ok_or_else(|| Error::InvalidArgument(format!("malformed member ID {id:?}")))?;
         if self.membership().get_node(&node_id).is_none() {
             return Err(Error::Membership(format!("{id} is not a member")));
         }
         Ok(node_id)
     }
 
-    async fn dial_node_info(&self, address: &str, deadline: &Deadline) -> Result<proto::NodeInfoResponse> {
-        let unreachable = |why: String| Error::Membership(format!("cannot reach a kvs node at {address}: {why}"));
-        let ep = crate::raft::network::endpoint(address, deadline.remaining().min(Duration::from_secs(2)))
-            .map_err(|e| unreachable(e.to_string()))?;
+    async fn dial_node_info(
+        &self,
+        address: &str,
+        deadline: &Deadline,
+    ) -> Result<proto::NodeInfoResponse> {
+        let unreachable =
+            |why: String| Error::Membership(format!("cannot reach a kvs node at {address}: {why}"));
+        let ep = crate::raft::network::endpoint(
+            address,
+            deadline.remaining().min(Duration::from_secs(2)),
+        )
+        .map_err(|e| unreachable(e.to_string()))?;
         let channel = deadline
             .run(ep.connect())
             .await
             .map_err(|()| unreachable("timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
         let mut client = proto::cluster_client::ClusterClient::new(channel);
-        match deadline.run(client.node_info(proto::NodeInfoRequest {})).await {
+        match deadline
+            .run(client.node_info(proto::NodeInfoRequest {}))
+            .await
+        {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(unreachable(status.message().to_string())),
             Err(()) => Err(unreachable("timed out".into())),
@@ -332,13 +424,17 @@ impl Replica {
             .map_err(|()| Error::WriteTimeout(deadline.total_ms()))?;
         match changed {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
-                leader: f.leader_node.map(|n| n.addr),
-            }),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(e)))) => {
-                Err(Error::Busy(e.to_string()))
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader {
+                    leader: f.leader_node.map(|n| n.addr),
+                })
             }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(Error::Membership(e.to_string())),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(e),
+            ))) => Err(Error::Busy(e.to_string())),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(Error::Membership(e.to_string()))
+            }
             Err(RaftError::APIError(e)) => Err(Error::OutcomeUnknown(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(Error::Fatal(e.to_string())),
         }

@@ -11,8 +11,8 @@ use std::time::Instant;
 use openraft::Instant as _;
 use openraft::RaftMetrics;
 use openraft::ServerState;
-use openraft::async_runtime::WatchReceiver;
 use openraft::alias::StoredMembershipOf;
+use openraft::async_runtime::WatchReceiver;
 
 use crate::config::NodeConfig;
 use crate::drain::Drain;
@@ -77,15 +77,23 @@ impl Deadline {
     }
 
     /// Runs `fut` within the deadline; `Err(())` when time ran out.
-    pub(crate) async fn run<F: std::future::Future>(&self, fut: F) -> std::result::Result<F::Output, ()> {
-        tokio::time::timeout(self.remaining(), fut).await.map_err(|_| ())
+    pub(crate) async fn run<F: std::future::Future>(
+        &self,
+        fut: F,
+    ) -> std::result::Result<F::Output, ()> {
+        tokio::time::timeout(self.remaining(), fut)
+            .await
+            .map_err(|_| ())
     }
 }
 
 impl Replica {
     /// Admits a request and gives it the node's deadline.
     pub(crate) fn admit(&self) -> Result<(RequestGuard, Deadline)> {
-        Ok((self.drain.enter()?, Deadline::after(self.config.request_timeout())))
+        Ok((
+            self.drain.enter()?,
+            Deadline::after(self.config.request_timeout()),
+        ))
     }
 
     /// A copy of openraft's current metrics.
@@ -98,18 +106,41 @@ impl Replica {
     }
 
     pub(crate) fn is_member(&self) -> bool {
-        self.membership().get_node(&self.identity.node_id()).is_some()
+        self.membership()
+            .get_node(&self.identity.node_id())
+            .is_some()
     }
 
+    /// Who leads, as far as this node can tell. A leader that has not heard from a quorum within
+    /// its lease (an election timeout's worth) is no leader for clients: it cannot commit, and
+    /// the rest of the cluster may well have elected another.
     pub(crate) fn leadership(&self) -> Leadership {
         let metrics = self.metrics();
+        let me = self.identity.node_id();
         match metrics.current_leader {
-            Some(id) if id == self.identity.node_id() && metrics.state == ServerState::Leader => Leadership::Here,
-            Some(id) if id != self.identity.node_id() => match metrics.membership_config.get_node(&id) {
-                Some(addr) => Leadership::There { id, addr: addr.clone() },
+            Some(id) if id == me && metrics.state == ServerState::Leader => {
+                match self.lease_lost(&metrics) {
+                    None => Leadership::Here,
+                    Some(_) => Leadership::Unknown,
+                }
+            }
+            Some(id) if id != me => match metrics.membership_config.get_node(&id) {
+                Some(addr) => Leadership::There {
+                    id,
+                    addr: addr.clone(),
+                },
                 None => Leadership::Unknown,
             },
             _ => Leadership::Unknown,
+        }
+    }
+
+    /// The leader's node ID, when one is known (see [`Replica::leadership`]).
+    pub(crate) fn leader_id(&self) -> Option<u64> {
+        match self.leadership() {
+            Leadership::Here => Some(self.identity.node_id()),
+            Leadership::There { id, .. } => Some(id),
+            Leadership::Unknown => None,
         }
     }
 
@@ -127,24 +158,37 @@ impl Replica {
         if !self.is_member() {
             return Error::NotMember;
         }
+        let metrics = self.metrics();
+        if metrics.state == ServerState::Leader
+            && let Some(reason) = self.lease_lost(&metrics)
+        {
+            return Error::NoQuorum(reason);
+        }
         Error::NotLeader {
             leader: self.leader_hint(),
         }
     }
 
-    /// Refuses a proposal up front when this leader has not heard from a quorum for longer than
-    /// an election timeout: the write could not commit, and refusing now is a sure "not applied"
-    /// where proposing would end in an unknown outcome.
-    pub(crate) fn check_quorum_contact(&self) -> Result<()> {
-        let metrics = self.metrics();
-        let limit = Duration::from_millis(self.config.election_timeout_ms * 2);
-        match metrics.last_quorum_acked {
-            Some(acked) if acked.elapsed() <= limit => Ok(()),
-            Some(acked) => Err(Error::NoQuorum(format!(
-                "the leader has not heard from a quorum for {} ms",
+    /// Why this leader's quorum lease has run out, if it has: no quorum acknowledged it within
+    /// the maximum election timeout (openraft's own lease, after which it refuses proposals).
+    fn lease_lost(&self, metrics: &RaftMetrics<TypeConfig>) -> Option<String> {
+        let me = self.identity.node_id();
+        if metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .all(|v| v == me)
+        {
+            return None;
+        }
+        let lease = Duration::from_millis(self.config.election_timeout_ms * 2);
+        match &metrics.last_quorum_acked {
+            Some(acked) if acked.elapsed() <= lease => None,
+            Some(acked) => Some(format!(
+                "this leader has not heard from a quorum for {} ms",
                 acked.elapsed().as_millis()
-            ))),
-            None => Err(Error::NoQuorum("the leader has not been acknowledged by a quorum yet".into())),
+            )),
+            None => Some("this leader has not been acknowledged by a quorum yet".into()),
         }
     }
 }

@@ -71,14 +71,21 @@ impl Listeners {
 }
 
 /// Runs a node until `shutdown` resolves, then stops it gracefully within the grace period.
-pub async fn run(listeners: Listeners, config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    listeners: Listeners,
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     config.validate()?;
     let client_addr = Listeners::local_addr(&listeners.client)?;
     let peer_addr = match &listeners.peer {
         Some(l) => Listeners::local_addr(l)?,
         None => client_addr,
     };
-    let advertised_client = config.advertise.clone().unwrap_or_else(|| client_addr.to_string());
+    let advertised_client = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| client_addr.to_string());
     let advertised = MemberAddr {
         peer_addr: match (&config.peer_advertise, &listeners.peer) {
             (Some(a), _) => a.clone(),
@@ -91,7 +98,11 @@ pub async fn run(listeners: Listeners, config: NodeConfig, shutdown: impl Future
     let node_id = new_node_id();
     let identity = Identity::new(node_id);
     let max_message = config.max_message_bytes();
-    let peers = PeerNetwork::new(identity.clone(), max_message, Duration::from_millis(config.heartbeat_interval_ms.max(500)));
+    let peers = PeerNetwork::new(
+        identity.clone(),
+        max_message,
+        Duration::from_millis(config.heartbeat_interval_ms.max(500)),
+    );
     let state = StateMachine::default();
     let raft = Raft::new(
         node_id,
@@ -116,7 +127,11 @@ pub async fn run(listeners: Listeners, config: NodeConfig, shutdown: impl Future
     });
     if config.bootstrap {
         let init = replica.initialize().await?;
-        tracing::info!(cluster_id = init.cluster_id, created = init.initialized, "bootstrap");
+        tracing::info!(
+            cluster_id = init.cluster_id,
+            created = init.initialized,
+            "bootstrap"
+        );
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -149,9 +164,10 @@ pub async fn run(listeners: Listeners, config: NodeConfig, shutdown: impl Future
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), stopped()),
         )),
         Some(peer_listener) => {
-            servers.push(tokio::spawn(
-                client_router.serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), stopped()),
-            ));
+            servers.push(tokio::spawn(client_router.serve_with_incoming_shutdown(
+                TcpListenerStream::new(listeners.client),
+                stopped(),
+            )));
             servers.push(tokio::spawn(
                 Server::builder()
                     .add_service(peer_service)
@@ -171,7 +187,11 @@ pub async fn run(listeners: Listeners, config: NodeConfig, shutdown: impl Future
     if matches!(replica.leadership(), Leadership::Here) {
         // A healthy voter takes over within a couple of election timeouts; waiting longer would
         // only eat the time Raft needs to stop.
-        let hand_off = Deadline::after(grace.remaining().min(Duration::from_millis(3 * config.election_timeout_ms)));
+        let hand_off = Deadline::after(
+            grace
+                .remaining()
+                .min(Duration::from_millis(3 * config.election_timeout_ms)),
+        );
         match replica.hand_off_leadership(None, &hand_off).await {
             Ok(to) => tracing::info!(to = node_id_string(to), "handed leadership off"),
             Err(e) => tracing::warn!(error = %e, "could not hand leadership off"),

@@ -99,7 +99,12 @@ fn target_dir(root: &Path, from_env: Option<&OsStr>) -> PathBuf {
 fn check_fresh(binary: &Path, root: &Path, dirs: &[&str], excludes: &[&str]) -> Result<(), String> {
     let built = std::fs::metadata(binary)
         .and_then(|m| m.modified())
-        .map_err(|e| format!("kvs-tests: binary {} not found after the build: {e}", binary.display()))?;
+        .map_err(|e| {
+            format!(
+                "kvs-tests: binary {} not found after the build: {e}",
+                binary.display()
+            )
+        })?;
     let excludes: Vec<PathBuf> = excludes.iter().map(|d| root.join(d)).collect();
     let mut newest: Option<(PathBuf, SystemTime)> = None;
     for dir in dirs {
@@ -130,8 +135,13 @@ fn newest_source(dir: &Path, excludes: &[PathBuf], newest: &mut Option<(PathBuf,
             newest_source(&path, excludes, newest);
             continue;
         }
-        let is_source = matches!(path.extension().and_then(OsStr::to_str), Some("rs" | "proto"));
-        let Ok(modified) = meta.modified() else { continue };
+        let is_source = matches!(
+            path.extension().and_then(OsStr::to_str),
+            Some("rs" | "proto")
+        );
+        let Ok(modified) = meta.modified() else {
+            continue;
+        };
         if is_source && newest.as_ref().is_none_or(|(_, t)| modified > *t) {
             *newest = Some((path, modified));
         }
@@ -161,9 +171,18 @@ mod tests {
     fn target_dir_follows_cargo_target_dir() {
         let root = Path::new("/ws");
         assert_eq!(target_dir(root, None), Path::new("/ws/target"));
-        assert_eq!(target_dir(root, Some(OsStr::new(""))), Path::new("/ws/target"));
-        assert_eq!(target_dir(root, Some(OsStr::new("out"))), Path::new("/ws/out"));
-        assert_eq!(target_dir(root, Some(OsStr::new("/abs/t"))), Path::new("/abs/t"));
+        assert_eq!(
+            target_dir(root, Some(OsStr::new(""))),
+            Path::new("/ws/target")
+        );
+        assert_eq!(
+            target_dir(root, Some(OsStr::new("out"))),
+            Path::new("/ws/out")
+        );
+        assert_eq!(
+            target_dir(root, Some(OsStr::new("/abs/t"))),
+            Path::new("/abs/t")
+        );
     }
 
     #[test]
@@ -171,9 +190,15 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let now = SystemTime::now();
         let bin = root.path().join("target/debug/kvs-node");
-        touch(&root.path().join("node/src/lib.rs"), now - Duration::from_secs(60));
+        touch(
+            &root.path().join("node/src/lib.rs"),
+            now - Duration::from_secs(60),
+        );
         touch(&bin, now - Duration::from_secs(30));
-        assert_eq!(check_fresh(&bin, root.path(), NODE_SOURCES, NODE_EXCLUDES), Ok(()));
+        assert_eq!(
+            check_fresh(&bin, root.path(), NODE_SOURCES, NODE_EXCLUDES),
+            Ok(())
+        );
 
         touch(&root.path().join("client/proto/kvs.proto"), now);
         let err = check_fresh(&bin, root.path(), NODE_SOURCES, NODE_EXCLUDES).expect_err("stale");
@@ -188,13 +213,17 @@ mod tests {
         touch(&bin, now - Duration::from_secs(30));
         touch(&root.path().join("client/src/bin/kvsctl.rs"), now);
         touch(&root.path().join("node/src/notes.txt"), now);
-        assert_eq!(check_fresh(&bin, root.path(), NODE_SOURCES, NODE_EXCLUDES), Ok(()));
+        assert_eq!(
+            check_fresh(&bin, root.path(), NODE_SOURCES, NODE_EXCLUDES),
+            Ok(())
+        );
     }
 
     #[test]
     fn a_missing_binary_is_refused() {
         let root = tempfile::tempdir().expect("tempdir");
-        let err = check_fresh(&root.path().join("nope"), root.path(), NODE_SOURCES, &[]).expect_err("missing");
+        let err = check_fresh(&root.path().join("nope"), root.path(), NODE_SOURCES, &[])
+            .expect_err("missing");
         assert!(err.contains("not found"), "{err}");
     }
 }

@@ -23,13 +23,18 @@ impl ClusterService {
     }
 
     fn answer<T>(&self, result: Result<T, Error>) -> Result<Response<T>, Status> {
-        result.map(Response::new).map_err(|e| to_status(e, self.replica.leader_hint()))
+        result
+            .map(Response::new)
+            .map_err(|e| to_status(e, self.replica.leader_hint()))
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn node_info(&self, _: Request<proto::NodeInfoRequest>) -> Result<Response<proto::NodeInfoResponse>, Status> {
+    async fn node_info(
+        &self,
+        _: Request<proto::NodeInfoRequest>,
+    ) -> Result<Response<proto::NodeInfoResponse>, Status> {
         Ok(Response::new(self.replica.node_info()))
     }
 
@@ -40,7 +45,10 @@ impl Cluster for ClusterService {
         self.answer(self.replica.initialize().await)
     }
 
-    async fn status(&self, _: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
         Ok(Response::new(self.replica.status()))
     }
 

@@ -18,12 +18,17 @@ fn serving(replica: &Replica) -> bool {
     let metrics = replica.metrics();
     let me = replica.identity.node_id();
     let member = metrics.membership_config.get_node(&me).is_some();
-    let caught_up = metrics.last_applied.map(|l| l.index) >= metrics.local_committed.map(|l| l.index);
-    member && metrics.current_leader.is_some() && caught_up && !replica.drain.is_closing()
+    let caught_up =
+        metrics.last_applied.map(|l| l.index) >= metrics.local_committed.map(|l| l.index);
+    member && replica.leader_id().is_some() && caught_up && !replica.drain.is_closing()
 }
 
 /// Keeps the reported status current until `stop` resolves.
-pub(crate) async fn report(replica: Arc<Replica>, reporter: HealthReporter, stop: impl std::future::Future<Output = ()>) {
+pub(crate) async fn report(
+    replica: Arc<Replica>,
+    reporter: HealthReporter,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let mut metrics = replica.raft.metrics();
     let mut last = None;
     let mut stop = std::pin::pin!(stop);
@@ -31,7 +36,11 @@ pub(crate) async fn report(replica: Arc<Replica>, reporter: HealthReporter, stop
     loop {
         let now = serving(&replica);
         if last != Some(now) {
-            let status = if now { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if now {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             for service in SERVICES {
                 reporter.set_service_status(service, status).await;
             }
@@ -45,6 +54,8 @@ pub(crate) async fn report(replica: Arc<Replica>, reporter: HealthReporter, stop
         }
     }
     for service in SERVICES {
-        reporter.set_service_status(service, ServingStatus::NotServing).await;
+        reporter
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
     }
 }

@@ -42,12 +42,22 @@ fn op(op: proto::op::Op) -> proto::Op {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn get(&self, request: Request<proto::GetRequest>) -> Result<Response<proto::GetResponse>, Status> {
-        let resp = self.replica.get(request.into_inner()).await.map_err(|e| self.fail(e))?;
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::GetResponse>, Status> {
+        let resp = self
+            .replica
+            .get(request.into_inner())
+            .await
+            .map_err(|e| self.fail(e))?;
         Ok(Response::new(resp))
     }
 
-    async fn put(&self, request: Request<proto::PutRequest>) -> Result<Response<proto::PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<proto::PutRequest>,
+    ) -> Result<Response<proto::PutResponse>, Status> {
         let req = request.into_inner();
         let resp = self
             .batch_of(proto::BatchRequest {
@@ -68,7 +78,10 @@ impl Kv for KvService {
         }))
     }
 
-    async fn delete(&self, request: Request<proto::DeleteRequest>) -> Result<Response<proto::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<proto::DeleteRequest>,
+    ) -> Result<Response<proto::DeleteResponse>, Status> {
         let req = request.into_inner();
         let resp = self
             .batch_of(proto::BatchRequest {
@@ -96,7 +109,11 @@ impl Kv for KvService {
         let target = match req.expect {
             Some(Expect::ExpectValue(v)) => proto::compare::Target::ValueEquals(v),
             Some(Expect::ExpectAbsent(_)) => proto::compare::Target::Exists(false),
-            None => return Err(self.fail(Error::InvalidArgument("compare-and-swap needs an expectation".into()))),
+            None => {
+                return Err(self.fail(Error::InvalidArgument(
+                    "compare-and-swap needs an expectation".into(),
+                )));
+            }
         };
         let action = match req.action {
             Some(Action::NewValue(value)) => proto::op::Op::Put(proto::PutOp {
@@ -105,8 +122,14 @@ impl Kv for KvService {
                 ttl_ms: None,
                 keep_ttl: false,
             }),
-            Some(Action::Delete(_)) => proto::op::Op::Delete(proto::DeleteOp { key: req.key.clone() }),
-            None => return Err(self.fail(Error::InvalidArgument("compare-and-swap needs a new value or delete".into()))),
+            Some(Action::Delete(_)) => proto::op::Op::Delete(proto::DeleteOp {
+                key: req.key.clone(),
+            }),
+            None => {
+                return Err(self.fail(Error::InvalidArgument(
+                    "compare-and-swap needs a new value or delete".into(),
+                )));
+            }
         };
         let resp = self
             .batch_of(proto::BatchRequest {
@@ -122,11 +145,20 @@ impl Kv for KvService {
         if !resp.succeeded {
             return Err(self.fail(Error::CompareFailed));
         }
-        Ok(Response::new(proto::CompareAndSwapResponse { index: resp.index }))
+        Ok(Response::new(proto::CompareAndSwapResponse {
+            index: resp.index,
+        }))
     }
 
-    async fn batch(&self, request: Request<proto::BatchRequest>) -> Result<Response<proto::BatchResponse>, Status> {
-        let resp = self.replica.write(request.into_inner()).await.map_err(|e| self.fail(e))?;
+    async fn batch(
+        &self,
+        request: Request<proto::BatchRequest>,
+    ) -> Result<Response<proto::BatchResponse>, Status> {
+        let resp = self
+            .replica
+            .write(request.into_inner())
+            .await
+            .map_err(|e| self.fail(e))?;
         Ok(Response::new(resp))
     }
 }

@@ -64,12 +64,18 @@ impl PeerService {
         }
         self.replica
             .identity
-            .admit(&envelope.cluster_id, envelope.to, adopt == Adopt::FromLeader)
+            .admit(
+                &envelope.cluster_id,
+                envelope.to,
+                adopt == Adopt::FromLeader,
+            )
             .map_err(|mismatch| {
                 tracing::warn!(%mismatch, from = envelope.from, "rejected peer message");
                 let code = mismatch.code();
                 let mut status = to_status(Error::PeerIdentity(mismatch), None);
-                status.metadata_mut().insert("kvs-peer-reject", MetadataValue::from_static(code));
+                status
+                    .metadata_mut()
+                    .insert("kvs-peer-reject", MetadataValue::from_static(code));
                 status
             })
     }
@@ -89,8 +95,11 @@ impl PeerService {
     {
         let msg = request.into_inner();
         self.admit(&msg, adopt)?;
-        let req: Req = decode(&msg.payload).map_err(|e| Status::invalid_argument(format!("bad peer payload: {e}")))?;
-        let resp = f(req).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let req: Req = decode(&msg.payload)
+            .map_err(|e| Status::invalid_argument(format!("bad peer payload: {e}")))?;
+        let resp = f(req)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(PeerMessage {
             envelope: None,
             payload: encode(&resp),
@@ -101,21 +110,36 @@ impl PeerService {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        self.handle(request, Adopt::Never, |req| self.replica.raft.vote(req)).await
-    }
-
-    async fn pre_vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        self.handle(request, Adopt::Never, |req| self.replica.raft.pre_vote(req)).await
-    }
-
-    async fn append_entries(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        self.handle(request, Adopt::FromLeader, |req| self.replica.raft.append_entries(req))
+        self.handle(request, Adopt::Never, |req| self.replica.raft.vote(req))
             .await
     }
 
-    async fn transfer_leader(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        self.handle(request, Adopt::Never, |req| self.replica.raft.handle_transfer_leader(req))
+    async fn pre_vote(
+        &self,
+        request: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
+        self.handle(request, Adopt::Never, |req| self.replica.raft.pre_vote(req))
             .await
+    }
+
+    async fn append_entries(
+        &self,
+        request: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
+        self.handle(request, Adopt::FromLeader, |req| {
+            self.replica.raft.append_entries(req)
+        })
+        .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
+        self.handle(request, Adopt::Never, |req| {
+            self.replica.raft.handle_transfer_leader(req)
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -124,18 +148,28 @@ impl Peer for PeerService {
     ) -> Result<Response<PeerMessage>, Status> {
         let mut items = request.into_inner();
         let head = match items.next().await {
-            Some(Ok(SnapshotItem { item: Some(Item::Head(head)) })) => head,
+            Some(Ok(SnapshotItem {
+                item: Some(Item::Head(head)),
+            })) => head,
             Some(Err(status)) => return Err(status),
-            _ => return Err(Status::invalid_argument("snapshot stream must start with its head")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "snapshot stream must start with its head",
+                ));
+            }
         };
         self.admit(&head, Adopt::FromLeader)?;
-        let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
-            decode(&head.payload).map_err(|e| Status::invalid_argument(format!("bad snapshot head: {e}")))?;
+        let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) = decode(&head.payload)
+            .map_err(|e| Status::invalid_argument(format!("bad snapshot head: {e}")))?;
         let mut data = BytesMut::new();
         while let Some(item) = items.next().await {
             match item?.item {
-                Some(Item::Chunk(chunk)) if data.len() + chunk.len() <= MAX_SNAPSHOT_BYTES => data.extend_from_slice(&chunk),
-                Some(Item::Chunk(_)) => return Err(Status::resource_exhausted("snapshot too large")),
+                Some(Item::Chunk(chunk)) if data.len() + chunk.len() <= MAX_SNAPSHOT_BYTES => {
+                    data.extend_from_slice(&chunk)
+                }
+                Some(Item::Chunk(_)) => {
+                    return Err(Status::resource_exhausted("snapshot too large"));
+                }
                 _ => return Err(Status::invalid_argument("a snapshot stream has one head")),
             }
         }
@@ -155,7 +189,10 @@ impl Peer for PeerService {
         }))
     }
 
-    async fn read_index(&self, request: Request<PeerMessage>) -> Result<Response<ReadIndexResponse>, Status> {
+    async fn read_index(
+        &self,
+        request: Request<PeerMessage>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
         let msg = request.into_inner();
         self.admit(&msg, Adopt::Never)?;
         let (_guard, deadline) = self.replica.admit().map_err(|e| to_status(e, None))?;

@@ -53,7 +53,9 @@ pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
         _ => None,
     };
     let mut status = Status::new(code, message);
-    status.metadata_mut().insert(ORIGIN_HEADER, MetadataValue::from_static("1"));
+    status
+        .metadata_mut()
+        .insert(ORIGIN_HEADER, MetadataValue::from_static("1"));
     if let Some(value) = hint.and_then(|h| MetadataValue::try_from(h).ok()) {
         status.metadata_mut().insert(LEADER_HEADER, value);
     }

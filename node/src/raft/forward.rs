@@ -37,7 +37,12 @@ impl Forwarder {
     }
 
     async fn channel(&self, addr: &str, deadline: &Deadline) -> Result<Channel, Error> {
-        if let Some(ch) = self.channels.lock().expect("forwarder lock poisoned").get(addr) {
+        if let Some(ch) = self
+            .channels
+            .lock()
+            .expect("forwarder lock poisoned")
+            .get(addr)
+        {
             return Ok(ch.clone());
         }
         let not_reached = |why: String| {
@@ -57,29 +62,48 @@ impl Forwarder {
     }
 
     fn forget(&self, addr: &str) {
-        self.channels.lock().expect("forwarder lock poisoned").remove(addr);
+        self.channels
+            .lock()
+            .expect("forwarder lock poisoned")
+            .remove(addr);
     }
 
-    pub(crate) async fn kv(&self, addr: &str, deadline: &Deadline) -> Result<KvClient<Channel>, Error> {
+    pub(crate) async fn kv(
+        &self,
+        addr: &str,
+        deadline: &Deadline,
+    ) -> Result<KvClient<Channel>, Error> {
         Ok(KvClient::new(self.channel(addr, deadline).await?)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
 
-    pub(crate) async fn cluster(&self, addr: &str, deadline: &Deadline) -> Result<ClusterClient<Channel>, Error> {
+    pub(crate) async fn cluster(
+        &self,
+        addr: &str,
+        deadline: &Deadline,
+    ) -> Result<ClusterClient<Channel>, Error> {
         Ok(ClusterClient::new(self.channel(addr, deadline).await?))
     }
 
     /// Runs one forwarded call within the deadline and classifies its failure.
     /// `may_apply` tells whether the call changes state (a write) or not (reads, lookups).
-    pub(crate) async fn relay<T, F>(&self, addr: &str, deadline: &Deadline, may_apply: bool, call: F) -> Result<T, Error>
+    pub(crate) async fn relay<T, F>(
+        &self,
+        addr: &str,
+        deadline: &Deadline,
+        may_apply: bool,
+        call: F,
+    ) -> Result<T, Error>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut timed = std::pin::pin!(call);
         match deadline.run(&mut timed).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) if status.metadata().contains_key(ORIGIN_HEADER) => Err(Error::Forwarded(status)),
+            Ok(Err(status)) if status.metadata().contains_key(ORIGIN_HEADER) => {
+                Err(Error::Forwarded(status))
+            }
             Ok(Err(status)) => {
                 self.forget(addr);
                 if may_apply {

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+use openraft::EntryPayload;
 use openraft::RaftNetworkFactory;
 use openraft::alias::SnapshotOf;
 use openraft::alias::VoteOf;
@@ -27,7 +28,6 @@ use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
-use openraft::EntryPayload;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
@@ -43,7 +43,7 @@ use crate::raft::MemberAddr;
 use crate::raft::TypeConfig;
 
 /// Version of the peer payload encoding (postcard of openraft 0.10 messages).
-pub(crate) const PEER_FORMAT: u32 = 1;
+pub const PEER_FORMAT: u32 = 1;
 
 /// Snapshot data is streamed in chunks of this size.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
@@ -57,7 +57,10 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::E
 }
 
 /// Builds an endpoint for a `host:port` address with the node's timeouts and message limits.
-pub(crate) fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
+pub(crate) fn endpoint(
+    addr: &str,
+    connect_timeout: Duration,
+) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
@@ -74,7 +77,11 @@ pub(crate) struct PeerNetwork {
 }
 
 impl PeerNetwork {
-    pub(crate) fn new(identity: Identity, max_message_bytes: usize, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        identity: Identity,
+        max_message_bytes: usize,
+        connect_timeout: Duration,
+    ) -> Self {
         Self {
             identity,
             max_message_bytes,
@@ -137,9 +144,9 @@ fn unreachable(msg: impl ToString) -> RPCError<TypeConfig> {
 /// (openraft backs off); anything else is a network error it may retry at once.
 fn status_error(status: tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::FailedPrecondition | tonic::Code::DeadlineExceeded => {
-            unreachable(status.message())
-        }
+        tonic::Code::Unavailable
+        | tonic::Code::FailedPrecondition
+        | tonic::Code::DeadlineExceeded => unreachable(status.message()),
         _ => RPCError::Network(NetworkError::from_string(status.message())),
     }
 }
@@ -170,8 +177,12 @@ impl PeerConnection {
             .await
             .map_err(|_| unreachable(format!("no reply from {} within {ttl:?}", self.addr)))?
             .map_err(status_error)?;
-        decode(&reply.into_inner().payload)
-            .map_err(|e| RPCError::Network(NetworkError::from_string(format!("bad reply from {}: {e}", self.addr))))
+        decode(&reply.into_inner().payload).map_err(|e| {
+            RPCError::Network(NetworkError::from_string(format!(
+                "bad reply from {}: {e}",
+                self.addr
+            )))
+        })
     }
 }
 
@@ -180,7 +191,12 @@ fn entry_bytes(payload: &EntryPayload<crate::store::command::Command, u64, Membe
     match payload {
         EntryPayload::Blank => 32,
         EntryPayload::Normal(cmd) => cmd.encoded_len_hint(),
-        EntryPayload::Membership(m) => 64 + m.nodes().map(|(_, n)| 32 + n.addr.len() + n.peer_addr.len()).sum::<usize>(),
+        EntryPayload::Membership(m) => {
+            64 + m
+                .nodes()
+                .map(|(_, n)| 32 + n.addr.len() + n.peer_addr.len())
+                .sum::<usize>()
+        }
     }
 }
 
@@ -209,20 +225,35 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             rpc.entries.truncate(keep);
         }
         let last_sent = rpc.entries.last().map(|e| e.log_id);
-        let resp: AppendEntriesResponse<TypeConfig> =
-            self.call(&rpc, &option, |mut c, r| async move { c.append_entries(r).await }).await?;
+        let resp: AppendEntriesResponse<TypeConfig> = self
+            .call(&rpc, &option, |mut c, r| async move {
+                c.append_entries(r).await
+            })
+            .await?;
         Ok(match resp {
-            AppendEntriesResponse::Success if truncated => AppendEntriesResponse::PartialSuccess(last_sent),
+            AppendEntriesResponse::Success if truncated => {
+                AppendEntriesResponse::PartialSuccess(last_sent)
+            }
             other => other,
         })
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {
-        self.call(&rpc, &option, |mut c, r| async move { c.vote(r).await }).await
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<VoteResponse<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, r| async move { c.vote(r).await })
+            .await
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {
-        self.call(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await }).await
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<VoteResponse<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await })
+            .await
     }
 
     async fn transfer_leader(
@@ -230,7 +261,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<TransferLeaderResponse<TypeConfig>> {
-        self.call(&req, &option, |mut c, r| async move { c.transfer_leader(r).await }).await
+        self.call(&req, &option, |mut c, r| async move {
+            c.transfer_leader(r).await
+        })
+        .await
     }
 
     async fn full_snapshot(
@@ -240,8 +274,12 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let client = self.client().map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
-        let head = self.network.message(self.target, encode(&(vote, &snapshot.meta)));
+        let client = self
+            .client()
+            .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
+        let head = self
+            .network
+            .message(self.target, encode(&(vote, &snapshot.meta)));
         let send = send_snapshot(client, head, snapshot.snapshot, self.addr.clone());
         let ttl = option.hard_ttl().max(Duration::from_secs(60));
         tokio::select! {
@@ -261,13 +299,26 @@ async fn send_snapshot(
     addr: String,
 ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
     let chunks = (0..data.len().div_ceil(SNAPSHOT_CHUNK_BYTES)).map(move |i| SnapshotItem {
-        item: Some(Item::Chunk(data.slice(i * SNAPSHOT_CHUNK_BYTES..((i + 1) * SNAPSHOT_CHUNK_BYTES).min(data.len())))),
+        item: Some(Item::Chunk(data.slice(
+            i * SNAPSHOT_CHUNK_BYTES..((i + 1) * SNAPSHOT_CHUNK_BYTES).min(data.len()),
+        ))),
     });
-    let items = futures::stream::iter(std::iter::once(SnapshotItem { item: Some(Item::Head(head)) }).chain(chunks));
-    let reply = client.install_snapshot(items).await.map_err(|s| match status_error(s) {
-        RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-        other => StreamingError::Network(NetworkError::from_string(other)),
-    })?;
-    decode::<SnapshotResponse<TypeConfig>>(&reply.into_inner().payload)
-        .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("bad reply from {addr}: {e}"))))
+    let items = futures::stream::iter(
+        std::iter::once(SnapshotItem {
+            item: Some(Item::Head(head)),
+        })
+        .chain(chunks),
+    );
+    let reply = client
+        .install_snapshot(items)
+        .await
+        .map_err(|s| match status_error(s) {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => StreamingError::Network(NetworkError::from_string(other)),
+        })?;
+    decode::<SnapshotResponse<TypeConfig>>(&reply.into_inner().payload).map_err(|e| {
+        StreamingError::Network(NetworkError::from_string(format!(
+            "bad reply from {addr}: {e}"
+        )))
+    })
 }

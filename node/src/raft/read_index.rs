@@ -14,24 +14,36 @@ use crate::replica::Leadership;
 use crate::replica::Replica;
 
 /// The index a linearizable read started now must observe, confirmed by a quorum.
-pub(crate) async fn leader_read_index(replica: &Replica, deadline: &Deadline) -> Result<u64, Error> {
+pub(crate) async fn leader_read_index(
+    replica: &Replica,
+    deadline: &Deadline,
+) -> Result<u64, Error> {
     let read = deadline
         .run(replica.raft.get_read_log_id(ReadPolicy::ReadIndex))
         .await
         .map_err(|()| Error::ReadTimeout(deadline.total_ms()))?;
     match read {
         Ok((read_log_id, _applied)) => Ok(read_log_id.index()),
-        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => Err(replica.not_leader()),
-        Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => Err(Error::NoQuorum(e.to_string())),
+        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
+            Err(replica.not_leader())
+        }
+        Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
+            Err(Error::NoQuorum(e.to_string()))
+        }
         Err(RaftError::Fatal(e)) => Err(Error::Fatal(e.to_string())),
     }
 }
 
 /// Waits until this node has applied everything a linearizable read started now must see.
-pub(crate) async fn await_linearizable(replica: &Replica, deadline: &Deadline) -> Result<(), Error> {
+pub(crate) async fn await_linearizable(
+    replica: &Replica,
+    deadline: &Deadline,
+) -> Result<(), Error> {
     let index = match replica.leadership() {
         Leadership::Here => leader_read_index(replica, deadline).await?,
-        Leadership::There { id, addr } => ask_leader(replica, id, &addr.peer_addr, deadline).await?,
+        Leadership::There { id, addr } => {
+            ask_leader(replica, id, &addr.peer_addr, deadline).await?
+        }
         Leadership::Unknown => return Err(replica.not_leader()),
     };
     replica
@@ -43,7 +55,12 @@ pub(crate) async fn await_linearizable(replica: &Replica, deadline: &Deadline) -
     Ok(())
 }
 
-async fn ask_leader(replica: &Replica, leader: u64, peer_addr: &str, deadline: &Deadline) -> Result<u64, Error> {
+async fn ask_leader(
+    replica: &Replica,
+    leader: u64,
+    peer_addr: &str,
+    deadline: &Deadline,
+) -> Result<u64, Error> {
     let unreachable = || Error::NotLeader {
         leader: replica.leader_hint(),
     };

@@ -74,16 +74,33 @@ pub(crate) enum PutExpiry {
 /// One operation of a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Op {
-    Put { key: Bytes, value: Bytes, expiry: PutExpiry },
-    Delete { key: Bytes },
+    Put {
+        key: Bytes,
+        value: Bytes,
+        expiry: PutExpiry,
+    },
+    Delete {
+        key: Bytes,
+    },
     /// Adds `delta` to the value read as a decimal i64 (absent counts as 0).
-    Increment { key: Bytes, delta: i64 },
+    Increment {
+        key: Bytes,
+        delta: i64,
+    },
     /// Appends to the value (absent counts as empty).
-    Append { key: Bytes, value: Bytes },
+    Append {
+        key: Bytes,
+        value: Bytes,
+    },
     /// Sets an absolute expiry; no effect on an absent key.
-    Expire { key: Bytes, at_ms: u64 },
+    Expire {
+        key: Bytes,
+        at_ms: u64,
+    },
     /// Clears the expiry; no effect on an absent key.
-    Persist { key: Bytes },
+    Persist {
+        key: Bytes,
+    },
 }
 
 /// What applying a command produced; also what a deduplicated retry is answered with.
@@ -97,6 +114,8 @@ pub(crate) enum Outcome {
 /// The result of a batch that was applied.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct BatchOutcome {
+    /// The log index the batch was applied at; a deduplicated retry reports the first one.
+    pub(crate) index: u64,
     /// True when the compares held and `ops` ran.
     pub(crate) succeeded: bool,
     /// One per op that ran, in order.
@@ -124,24 +143,36 @@ pub(crate) enum Refusal {
     Overflow { op: usize },
     /// The write's sequence is older than what the node still remembers for that client, so
     /// whether it was applied before cannot be told.
-    SequenceTooOld { sequence: u64, oldest_remembered: u64 },
+    SequenceTooOld {
+        sequence: u64,
+        oldest_remembered: u64,
+    },
 }
 
 impl Command {
     /// An upper bound of the command's encoded size, cheap to compute: used to cut replication
     /// batches by bytes without encoding them twice.
     pub(crate) fn encoded_len_hint(&self) -> usize {
-        let key_value = |key: &Bytes, value: Option<&Bytes>| 16 + key.len() + value.map_or(0, |v| v.len());
+        let key_value =
+            |key: &Bytes, value: Option<&Bytes>| 16 + key.len() + value.map_or(0, |v| v.len());
         let compares = self.batch.compares.iter().map(|c| match c {
             Compare::ValueEquals { key, value } => key_value(key, Some(value)),
             Compare::Exists { key, .. } | Compare::Expired { key } => key_value(key, None),
         });
-        let ops = self.batch.ops.iter().chain(&self.batch.else_ops).map(|op| match op {
-            Op::Put { key, value, .. } | Op::Append { key, value } => key_value(key, Some(value)) + 10,
-            Op::Delete { key } | Op::Increment { key, .. } | Op::Expire { key, .. } | Op::Persist { key } => {
-                key_value(key, None) + 10
-            }
-        });
+        let ops = self
+            .batch
+            .ops
+            .iter()
+            .chain(&self.batch.else_ops)
+            .map(|op| match op {
+                Op::Put { key, value, .. } | Op::Append { key, value } => {
+                    key_value(key, Some(value)) + 10
+                }
+                Op::Delete { key }
+                | Op::Increment { key, .. }
+                | Op::Expire { key, .. }
+                | Op::Persist { key } => key_value(key, None) + 10,
+            });
         64 + compares.sum::<usize>() + ops.sum::<usize>()
     }
 }
@@ -162,7 +193,12 @@ impl fmt::Display for Command {
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Outcome::Applied(o) => write!(f, "applied(succeeded: {}, {} results)", o.succeeded, o.results.len()),
+            Outcome::Applied(o) => write!(
+                f,
+                "applied(succeeded: {}, {} results)",
+                o.succeeded,
+                o.results.len()
+            ),
             Outcome::Refused(r) => write!(f, "refused({r:?})"),
         }
     }

@@ -80,7 +80,10 @@ impl StateData {
                 }
             }
         }
-        let outcome = run_batch(&mut self.keyspace, &cmd.batch, now_ms);
+        let mut outcome = run_batch(&mut self.keyspace, &cmd.batch, now_ms);
+        if let Outcome::Applied(applied) = &mut outcome {
+            applied.index = log_index;
+        }
         if let Some(id) = cmd.write_id {
             self.sessions.record(id, log_index, outcome.clone());
         }
@@ -194,7 +197,11 @@ fn run_batch(keyspace: &mut Keyspace, batch: &Batch, now_ms: u64) -> Outcome {
             } => keyspace.insert(key, &value, expires_at_ms),
         }
     }
-    Outcome::Applied(BatchOutcome { succeeded, results })
+    Outcome::Applied(BatchOutcome {
+        succeeded,
+        results,
+        ..BatchOutcome::default()
+    })
 }
 
 fn holds(keyspace: &Keyspace, compare: &Compare, now_ms: u64) -> bool {
@@ -1096,6 +1103,7 @@ mod tests {
         assert_eq!(
             r.apply(1, cas("1", "2")),
             Outcome::Applied(BatchOutcome {
+                index: 2,
                 succeeded: true,
                 results: vec![result(true, None, 0)]
             })
@@ -1103,6 +1111,7 @@ mod tests {
         assert_eq!(
             r.apply(1, cas("1", "3")),
             Outcome::Applied(BatchOutcome {
+                index: 3,
                 succeeded: false,
                 results: vec![result(false, None, 0)]
             })
@@ -1424,9 +1433,18 @@ mod tests {
                 integer,
             });
         prop_oneof![
-            (any::<bool>(), prop::collection::vec(op_result, 0..3)).prop_map(
-                |(succeeded, results)| Outcome::Applied(BatchOutcome { succeeded, results })
-            ),
+            (
+                any::<u64>(),
+                any::<bool>(),
+                prop::collection::vec(op_result, 0..3)
+            )
+                .prop_map(|(index, succeeded, results)| Outcome::Applied(
+                    BatchOutcome {
+                        index,
+                        succeeded,
+                        results
+                    }
+                )),
             (0usize..100).prop_map(|op| Outcome::Refused(Refusal::NotAnInteger { op })),
             (any::<u64>(), any::<u64>()).prop_map(
                 |(sequence, oldest_remembered)| Outcome::Refused(Refusal::SequenceTooOld {

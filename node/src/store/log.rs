@@ -76,7 +76,10 @@ impl RaftLogStorage<TypeConfig> for MemLog {
         Ok(())
     }
 
-    async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogIdOf<TypeConfig>>,
+    ) -> Result<(), io::Error> {
         self.with(|log| log.committed = committed);
         Ok(())
     }
@@ -85,7 +88,11 @@ impl RaftLogStorage<TypeConfig> for MemLog {
         Ok(self.with(|log| log.committed))
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = EntryOf<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -99,7 +106,10 @@ impl RaftLogStorage<TypeConfig> for MemLog {
         Ok(())
     }
 
-    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
+    async fn truncate_after(
+        &mut self,
+        last_log_id: Option<LogIdOf<TypeConfig>>,
+    ) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
         self.with(|log| drop(log.entries.split_off(&from)));
         Ok(())

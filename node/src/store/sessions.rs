@@ -209,6 +209,7 @@ mod tests {
     fn a_retry_gets_the_first_outcome() {
         let mut sessions = Sessions::default();
         let applied = Outcome::Applied(BatchOutcome {
+            index: 10,
             succeeded: true,
             results: vec![],
         });

@@ -12,6 +12,7 @@ use std::sync::RwLock;
 use bytes::Bytes;
 use futures::Stream;
 use futures::TryStreamExt;
+use openraft::EntryPayload;
 use openraft::RaftSnapshotBuilder;
 use openraft::alias::LogIdOf;
 use openraft::alias::SnapshotMetaOf;
@@ -20,7 +21,6 @@ use openraft::alias::StoredMembershipOf;
 use openraft::entry::RaftEntry;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
-use openraft::EntryPayload;
 
 use crate::raft::TypeConfig;
 use crate::store::command::COMMAND_FORMAT;
@@ -45,7 +45,10 @@ impl StateMachine {
     /// Runs `f` on the current state with the index of the last applied entry.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&StateData, u64) -> T) -> T {
         let applied = self.inner.read().expect("state machine lock poisoned");
-        f(&applied.data, applied.last_applied.map_or(0, |id| id.index()))
+        f(
+            &applied.data,
+            applied.last_applied.map_or(0, |id| id.index()),
+        )
     }
 
     /// Cluster time as the last applied entry stamped it.
@@ -80,7 +83,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta,
             snapshot: encoded,
         };
-        self.inner.write().expect("state machine lock poisoned").snapshot = Some(snapshot.clone());
+        self.inner
+            .write()
+            .expect("state machine lock poisoned")
+            .snapshot = Some(snapshot.clone());
         tracing::info!(last_log_id = ?snapshot.meta.last_log_id, bytes = snapshot.snapshot.len(), "built snapshot");
         Ok(snapshot)
     }
@@ -119,13 +125,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Some(applied.data.apply(log_id.index(), cmd))
                     }
                     EntryPayload::Membership(m) => {
-                        applied.last_membership = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m.clone());
+                        applied.last_membership =
+                            StoredMembershipOf::<TypeConfig>::new(Some(log_id), m.clone());
                         None
                     }
                 }
             };
             if let Some(responder) = responder {
-                responder.send(outcome.unwrap_or(crate::store::command::Outcome::Applied(Default::default())));
+                responder.send(
+                    outcome.unwrap_or(crate::store::command::Outcome::Applied(Default::default())),
+                );
             }
         }
         Ok(())
@@ -135,7 +144,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, snapshot: Bytes) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: Bytes,
+    ) -> Result<(), io::Error> {
         let data = tokio::task::spawn_blocking({
             let snapshot = snapshot.clone();
             move || StateData::decode(&mut snapshot.as_ref())
@@ -154,7 +167,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Bytes>>, io::Error> {
-        Ok(self.inner.read().expect("state machine lock poisoned").snapshot.clone())
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, Bytes>>, io::Error> {
+        Ok(self
+            .inner
+            .read()
+            .expect("state machine lock poisoned")
+            .snapshot
+            .clone())
     }
 }

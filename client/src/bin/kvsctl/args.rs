@@ -47,12 +47,13 @@ pub(crate) enum Format {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Set a key to a value; prints OK.
+    /// Set a key to a value; prints OK. Without VALUE the value is read from standard input
+    /// (all of it, byte for byte), as etcdctl does.
     Put {
         /// The key.
         key: String,
         /// The value.
-        value: String,
+        value: Option<String>,
     },
     /// Print a key's value (nothing when the key is absent).
     Get {

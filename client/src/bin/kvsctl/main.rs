@@ -46,6 +46,9 @@ enum Failure {
     Output(std::io::Error),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    /// `put` without a value could not read it from standard input.
+    #[error("cannot read the value from standard input: {0}")]
+    Input(std::io::Error),
 }
 
 fn main() -> ExitCode {
@@ -84,7 +87,7 @@ fn exit_code(failure: &Failure) -> u8 {
         ) => USAGE,
         Failure::Client(err) if err.is_definitely_not_applied() => NOT_APPLIED,
         Failure::Client(_) => OUTCOME_UNKNOWN,
-        Failure::EndpointsDown { .. } | Failure::Runtime(_) => NOT_APPLIED,
+        Failure::EndpointsDown { .. } | Failure::Runtime(_) | Failure::Input(_) => NOT_APPLIED,
         // The learner is a member now, which the command's caller may not expect; and once a
         // command ran, failing to print its result says nothing about whether it applied.
         Failure::NotPromoted { .. } | Failure::Output(_) => OUTCOME_UNKNOWN,
@@ -100,6 +103,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let format = cli.output;
     let printed = match cli.command {
         Command::Put { key, value } => {
+            let value = match value {
+                Some(value) => value.into_bytes(),
+                None => read_stdin().await?,
+            };
             client.put(key, value, None).await?;
             output::ok(format)
         }
@@ -210,6 +217,16 @@ async fn promote_when_caught_up(
 /// Whether a learner may be promoted: it has acknowledged entries and is only a little behind.
 fn caught_up(member: &proto::Member) -> bool {
     member.matched_index > 0 && member.lag <= MAX_PROMOTION_LAG
+}
+
+async fn read_stdin() -> Result<Vec<u8>, Failure> {
+    use tokio::io::AsyncReadExt;
+    let mut value = Vec::new();
+    tokio::io::stdin()
+        .read_to_end(&mut value)
+        .await
+        .map_err(Failure::Input)?;
+    Ok(value)
 }
 
 fn print(bytes: &[u8]) -> Result<(), Failure> {

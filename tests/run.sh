@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The one script that runs every check and test of kvs, on a fresh Debian machine that has the
+# Rust toolchain (rustup). Idempotent: it installs only what is missing, then runs
+# fmt, clippy, the build and all tests, and exits non-zero at the first failure.
+#
+#   bash tests/run.sh
+#
+# Environment: KVS_TEST_PROFILE=release makes the cluster tests build and run release binaries.
+set -Eeuo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# ----------------------------------------------------------------------------------------------
+# System packages the tests need, installed with apt-get when any is missing. Nothing beyond the
+# Rust toolchain yet; tests that drive other servers add theirs here (e.g. redis-server
+# redis-tools etcd-server).
+DEBIAN_PACKAGES=()
+# ----------------------------------------------------------------------------------------------
+
+trap 'echo "run.sh: FAILED: ${BASH_COMMAND}" >&2' ERR
+
+run() {
+    printf '\n+ %s\n' "$*" >&2
+    "$@"
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        run "$@"
+    else
+        run sudo "$@"
+    fi
+}
+
+ensure_debian_packages() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+            missing+=("$pkg")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null; then
+        echo "run.sh: missing packages ${missing[*]} and no apt-get to install them" >&2
+        exit 1
+    fi
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+ensure_rust_components() {
+    if ! command -v cargo >/dev/null; then
+        echo "run.sh: cargo not found; install the Rust toolchain (https://rustup.rs) first" >&2
+        exit 1
+    fi
+    local component
+    for component in rustfmt clippy; do
+        if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+            run rustup component add "$component"
+        fi
+    done
+}
+
+ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
+ensure_rust_components
+
+run cargo fmt --all -- --check
+run cargo clippy --workspace --all-targets -- -D warnings
+run cargo build --workspace --bins
+# Unit and in-process tests in parallel; the multi-process cluster tests one at a time.
+run cargo test --workspace --exclude kvs-tests
+run cargo test -p kvs-tests -- --test-threads=1
+
+echo "run.sh: all checks and tests passed" >&2

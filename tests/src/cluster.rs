@@ -1,0 +1,627 @@
+//! A cluster of real `kvs-node` processes on 127.0.0.1, driven the way an operator would: node 0
+//! bootstraps, the others are added with `kvsctl member add`, faults are signals.
+//!
+//! Each node gets explicit ports picked up front, so a node started again comes back on the same
+//! address, and the harness also waits for the node's `serving` line to learn its ID. Clusters
+//! are serialized through a process-wide lock: tests are multi-process and timing-sensitive, so
+//! two clusters must never compete for the CPU of one test run.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kvs_client::proto::GetRequest;
+use kvs_client::proto::ListMembersRequest;
+use kvs_client::proto::Member;
+use kvs_client::proto::NodeInfoRequest;
+use kvs_client::proto::NodeInfoResponse;
+use kvs_client::proto::Role;
+use kvs_client::proto::StatusRequest;
+use kvs_client::proto::StatusResponse;
+use kvs_client::proto::cluster_client::ClusterClient;
+use kvs_client::proto::kv_client::KvClient;
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+use tokio::sync::Mutex;
+use tokio::sync::OwnedMutexGuard;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+
+use crate::binaries::Binaries;
+use crate::binaries::binaries;
+use crate::kvsctl::Kvsctl;
+use crate::kvsctl::KvsctlOutput;
+use crate::process::NodeProcess;
+use crate::process::free_port;
+use crate::process::log_path;
+use crate::process::log_tail;
+use crate::process::spawn_node;
+use crate::wait::wait_for;
+use crate::wait::wait_until;
+use crate::writer::WriteLog;
+
+/// How long a node may take from spawn to its `serving` line (a debug build on a busy box).
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on one status/info call made while polling; a paused node must not stall a poll.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Largest gRPC message the harness sends or accepts (values up to the 1 MiB default and more).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Lines of each node's log printed when a test fails.
+const LOG_TAIL_LINES: usize = 60;
+
+/// One cluster at a time per test process (see the module docs).
+static SERIAL: LazyLock<Arc<Mutex<()>>> = LazyLock::new(|| Arc::new(Mutex::new(())));
+
+/// Node flags for every node of a cluster. The defaults suit a loaded two-core CI machine.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// `--election-timeout-ms`.
+    pub election_timeout: Duration,
+    /// `--heartbeat-interval-ms`.
+    pub heartbeat_interval: Duration,
+    /// `--request-timeout-ms`.
+    pub request_timeout: Duration,
+    /// `--shutdown-grace-ms`; the node's default when `None`.
+    pub shutdown_grace: Option<Duration>,
+    /// `--max-key-bytes`; the node's default when `None`.
+    pub max_key_bytes: Option<usize>,
+    /// `--max-value-bytes`; the node's default when `None`.
+    pub max_value_bytes: Option<usize>,
+    /// `--max-batch-ops`; the node's default when `None`.
+    pub max_batch_ops: Option<usize>,
+    /// Serve peers on a port of their own (`--peer-listen`) instead of the client port.
+    pub separate_peer_port: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            election_timeout: Duration::from_millis(1500),
+            heartbeat_interval: Duration::from_millis(300),
+            request_timeout: Duration::from_millis(5000),
+            shutdown_grace: None,
+            max_key_bytes: None,
+            max_value_bytes: None,
+            max_batch_ops: None,
+            separate_peer_port: false,
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// The node's own default grace when the flag is not passed.
+    const NODE_DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+    /// How long an election may take, generously: several election rounds plus start-up.
+    pub fn leader_timeout(&self) -> Duration {
+        self.election_timeout * 10 + Duration::from_secs(10)
+    }
+
+    /// The shutdown grace period nodes run with.
+    pub fn grace(&self) -> Duration {
+        self.shutdown_grace.unwrap_or(Self::NODE_DEFAULT_GRACE)
+    }
+
+    fn node_args(
+        &self,
+        client_port: u16,
+        peer_port: Option<u16>,
+        bootstrap: bool,
+    ) -> Vec<OsString> {
+        let mut args: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{client_port}")];
+        if let Some(peer_port) = peer_port {
+            args.extend(["--peer-listen".into(), format!("127.0.0.1:{peer_port}")]);
+        }
+        if bootstrap {
+            args.push("--bootstrap".into());
+        }
+        args.push("--in-memory".into());
+        let ms = |d: Duration| d.as_millis().to_string();
+        args.extend(["--election-timeout-ms".into(), ms(self.election_timeout)]);
+        args.extend([
+            "--heartbeat-interval-ms".into(),
+            ms(self.heartbeat_interval),
+        ]);
+        args.extend(["--request-timeout-ms".into(), ms(self.request_timeout)]);
+        let optional = [
+            ("--max-key-bytes", self.max_key_bytes.map(|n| n.to_string())),
+            (
+                "--max-value-bytes",
+                self.max_value_bytes.map(|n| n.to_string()),
+            ),
+            ("--max-batch-ops", self.max_batch_ops.map(|n| n.to_string())),
+            ("--shutdown-grace-ms", self.shutdown_grace.map(ms)),
+        ];
+        for (flag, value) in optional {
+            if let Some(value) = value {
+                args.extend([flag.into(), value]);
+            }
+        }
+        args.into_iter().map(OsString::from).collect()
+    }
+}
+
+/// One seat of the cluster: fixed addresses and the process currently (or last) running there.
+#[derive(Debug)]
+pub struct Node {
+    client_port: u16,
+    peer_port: Option<u16>,
+    process: Option<NodeProcess>,
+    /// ID of the current process, or of the last one after it stopped.
+    node_id: String,
+    /// Processes started at this seat so far; names the log files.
+    generation: u32,
+    logs: Vec<PathBuf>,
+    channel: Channel,
+}
+
+impl Node {
+    fn new(client_port: u16, peer_port: Option<u16>, request_timeout: Duration) -> Self {
+        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{client_port}"))
+            .expect("a valid URI")
+            .connect_timeout(PROBE_TIMEOUT)
+            .timeout(request_timeout * 2 + Duration::from_secs(5))
+            .connect_lazy();
+        Self {
+            client_port,
+            peer_port,
+            process: None,
+            node_id: String::new(),
+            generation: 0,
+            logs: Vec::new(),
+            channel,
+        }
+    }
+
+    /// The client address, `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// The peer address: its own port with `separate_peer_port`, else the client address.
+    pub fn peer_address(&self) -> String {
+        self.peer_port
+            .map_or_else(|| self.address(), |port| format!("127.0.0.1:{port}"))
+    }
+
+    /// The node ID (16 hex digits) of the running process, or of the last one.
+    pub fn id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Whether a process is running (or paused) at this seat.
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    async fn launch(
+        &mut self,
+        bins: &Binaries,
+        options: &ClusterOptions,
+        dir: &Path,
+        index: usize,
+        bootstrap: bool,
+    ) {
+        assert!(self.process.is_none(), "node {index} is already running");
+        self.generation += 1;
+        let log = log_path(dir, index, self.generation);
+        self.logs.push(log.clone());
+        let args = options.node_args(self.client_port, self.peer_port, bootstrap);
+        let process = spawn_node(&bins.node, &args, &log, ANNOUNCE_TIMEOUT)
+            .await
+            .unwrap_or_else(|msg| panic!("node {index}: {msg}"));
+        assert_eq!(
+            (
+                process.announce.client.as_str(),
+                process.announce.peer.as_str()
+            ),
+            (self.address().as_str(), self.peer_address().as_str()),
+            "node {index} announced other addresses than it was told to listen on"
+        );
+        self.node_id = process.announce.node_id.clone();
+        self.process = Some(process);
+    }
+}
+
+/// A running test cluster. Dropping it kills every node; if the test is failing, the tail of
+/// every node's log is printed first and the directory holding the logs is kept.
+#[derive(Debug)]
+pub struct Cluster {
+    nodes: Vec<Node>,
+    options: ClusterOptions,
+    bins: &'static Binaries,
+    dir: Option<TempDir>,
+    _serial: OwnedMutexGuard<()>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes: node 0 with `--bootstrap`, the rest added one by one with
+    /// `kvsctl member add`; returns once all `n` are voters.
+    pub async fn start(n: usize, options: ClusterOptions) -> Cluster {
+        assert!(n >= 1, "a cluster has at least one node");
+        let serial = SERIAL.clone().lock_owned().await;
+        let bins = match tokio::task::spawn_blocking(binaries).await {
+            Ok(bins) => bins,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("kvs-{}-", test_name()))
+            .tempdir()
+            .expect("create a temp dir for node logs");
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            options,
+            bins,
+            dir: Some(dir),
+            _serial: serial,
+        };
+        for _ in 0..n {
+            cluster.nodes.push(cluster.new_seat());
+        }
+        let (bins, options, dir) = (cluster.bins, &cluster.options, cluster.dir_path());
+        let launches = cluster
+            .nodes
+            .iter_mut()
+            .enumerate()
+            .map(|(i, node)| node.launch(bins, options, &dir, i, i == 0));
+        futures::future::join_all(launches).await;
+
+        let first = cluster.nodes[0].id().to_string();
+        wait_until(
+            cluster.options.leader_timeout(),
+            "node 0 leads its one-member cluster",
+            || async {
+                cluster
+                    .node_info(0)
+                    .await
+                    .is_ok_and(|info| info.leader == first)
+            },
+        )
+        .await;
+        for i in 1..n {
+            cluster.join(i).await;
+        }
+        cluster
+    }
+
+    fn new_seat(&self) -> Node {
+        let peer_port = self.options.separate_peer_port.then(free_port);
+        Node::new(free_port(), peer_port, self.options.request_timeout)
+    }
+
+    fn dir_path(&self) -> PathBuf {
+        self.dir
+            .as_ref()
+            .expect("the dir lives as long as the cluster")
+            .path()
+            .to_path_buf()
+    }
+
+    /// The options every node runs with.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.options
+    }
+
+    /// Number of seats, running or not.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Never true: a cluster has at least one seat.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Seat `i`.
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i]
+    }
+
+    /// Indices of the seats with a running process.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
+            .collect()
+    }
+
+    /// The running seat whose process has this node ID.
+    pub fn index_of(&self, node_id: &str) -> Option<usize> {
+        self.running()
+            .into_iter()
+            .find(|&i| self.nodes[i].node_id == node_id)
+    }
+
+    /// Client addresses of the running nodes.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.running()
+            .into_iter()
+            .map(|i| self.nodes[i].address())
+            .collect()
+    }
+
+    // ------------------------------------------------------------------ faults
+
+    /// SIGKILL node `i` and reap it.
+    pub fn kill(&mut self, i: usize) {
+        let mut process = self.nodes[i]
+            .process
+            .take()
+            .unwrap_or_else(|| panic!("node {i} is not running"));
+        process.child.kill();
+    }
+
+    /// SIGTERM node `i` and wait for it to exit, at most the grace period plus a margin; panics
+    /// if it does not exit by then. Returns its exit status.
+    pub async fn terminate(&mut self, i: usize) -> ExitStatus {
+        let bound = self.options.grace() + Duration::from_secs(5);
+        let process = self.nodes[i]
+            .process
+            .as_mut()
+            .unwrap_or_else(|| panic!("node {i} is not running"));
+        process.child.signal(Signal::SIGTERM).expect("signal node");
+        let status = process.child.wait_exit(bound).await;
+        let mut process = self.nodes[i].process.take().expect("checked above");
+        match status {
+            Some(status) => status,
+            None => {
+                process.child.kill();
+                panic!("node {i} did not exit within {bound:?} of SIGTERM");
+            }
+        }
+    }
+
+    /// SIGSTOP node `i`: it keeps its sockets but answers nothing.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, Signal::SIGSTOP);
+    }
+
+    /// SIGCONT node `i`.
+    pub fn resume(&self, i: usize) {
+        self.signal(i, Signal::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, signal: Signal) {
+        let process = self.nodes[i]
+            .process
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {i} is not running"));
+        process
+            .child
+            .signal(signal)
+            .unwrap_or_else(|e| panic!("{signal} to node {i}: {e}"));
+    }
+
+    /// Starts a new process at seat `i` (killing the old one if running), on the same addresses.
+    /// Nodes keep their state in memory, so it comes back as a new node with a new ID that is
+    /// not a member of anything until added.
+    pub async fn restart(&mut self, i: usize) {
+        if self.nodes[i].is_running() {
+            self.kill(i);
+        }
+        let (bins, dir) = (self.bins, self.dir_path());
+        self.nodes[i]
+            .launch(bins, &self.options, &dir, i, false)
+            .await;
+    }
+
+    // ------------------------------------------------------------- membership
+
+    /// Starts a fresh node on new ports without adding it; returns its index.
+    pub async fn start_node(&mut self) -> usize {
+        let seat = self.new_seat();
+        self.nodes.push(seat);
+        let i = self.nodes.len() - 1;
+        let (bins, dir) = (self.bins, self.dir_path());
+        self.nodes[i]
+            .launch(bins, &self.options, &dir, i, false)
+            .await;
+        i
+    }
+
+    /// Starts a fresh node and adds it as a voter; returns its index.
+    pub async fn add_node(&mut self) -> usize {
+        let i = self.start_node().await;
+        self.join(i).await;
+        i
+    }
+
+    /// Adds running node `i` with `kvsctl member add` on the leader and waits until the leader
+    /// lists it as a voter.
+    pub async fn join(&mut self, i: usize) {
+        let leader = self.leader().await;
+        let address = self.nodes[i].address();
+        // Adding waits for the node to catch up: allow more than kvsctl's default deadline.
+        let args = ["--timeout", "60s", "member", "add", address.as_str()];
+        let out = self.kvsctl_at(leader, args).await;
+        assert!(out.success(), "adding node {i} ({address}): {out}");
+        let id = self.nodes[i].id().to_string();
+        wait_until(
+            Duration::from_secs(30),
+            &format!("node {i} is a voter"),
+            || async {
+                let Some(leader) = self.try_leader().await else {
+                    return false;
+                };
+                self.members(leader).await.is_ok_and(|members| {
+                    members
+                        .iter()
+                        .any(|m| m.id == id && m.role == Role::Voter as i32)
+                })
+            },
+        )
+        .await;
+    }
+
+    // ------------------------------------------------------------------ probes
+
+    /// The leader, if a running node claims leadership at the highest term any running node
+    /// reports. Nodes are asked concurrently, each bounded, so a paused node cannot stall this.
+    pub async fn try_leader(&self) -> Option<usize> {
+        let statuses =
+            futures::future::join_all(self.running().into_iter().map(|i| self.status(i))).await;
+        let statuses: Vec<StatusResponse> = statuses.into_iter().flatten().collect();
+        let term = statuses.iter().map(|s| s.term).max()?;
+        statuses
+            .iter()
+            .filter(|s| s.term == term && !s.leader.is_empty() && s.leader == s.node_id)
+            .find_map(|s| self.index_of(&s.node_id))
+    }
+
+    /// Waits (bounded by [`ClusterOptions::leader_timeout`]) for a leader and returns it.
+    pub async fn leader(&self) -> usize {
+        wait_for(self.options.leader_timeout(), "a leader is elected", || {
+            self.try_leader()
+        })
+        .await
+    }
+
+    /// `Cluster.Status` on node `i`, bounded.
+    pub async fn status(&self, i: usize) -> Result<StatusResponse, tonic::Status> {
+        let mut client = self.cluster_client(i);
+        probe(client.status(StatusRequest {})).await
+    }
+
+    /// `Cluster.NodeInfo` on node `i`, bounded.
+    pub async fn node_info(&self, i: usize) -> Result<NodeInfoResponse, tonic::Status> {
+        let mut client = self.cluster_client(i);
+        probe(client.node_info(NodeInfoRequest {})).await
+    }
+
+    /// `Cluster.ListMembers` on node `i`, bounded.
+    pub async fn members(&self, i: usize) -> Result<Vec<Member>, tonic::Status> {
+        let mut client = self.cluster_client(i);
+        probe(client.list_members(ListMembersRequest {}))
+            .await
+            .map(|r| r.members)
+    }
+
+    /// A raw `kvs.v1.Kv` client for node `i`.
+    pub fn kv(&self, i: usize) -> KvClient<Channel> {
+        KvClient::new(self.nodes[i].channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// A raw `kvs.v1.Cluster` client for node `i`.
+    pub fn cluster_client(&self, i: usize) -> ClusterClient<Channel> {
+        ClusterClient::new(self.nodes[i].channel.clone())
+    }
+
+    /// A linearizable get on node `i`: `None` when the key is absent.
+    pub async fn get(
+        &self,
+        i: usize,
+        key: impl Into<Bytes>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        let request = GetRequest {
+            key: key.into(),
+            serializable: false,
+        };
+        let response = self.kv(i).get(request).await?.into_inner();
+        Ok(response.found.then_some(response.value))
+    }
+
+    /// Checks with linearizable gets on node `i` that every acknowledged put of `log` is there
+    /// with its value, and every put reported "not applied" is absent.
+    pub async fn assert_writes_durable(&self, i: usize, log: &WriteLog) {
+        let read = |key: String| async move {
+            let what = format!("a linearizable get of {key} on node {i} succeeds");
+            wait_for(Duration::from_secs(20), &what, || {
+                let key = key.clone();
+                async move { self.get(i, key).await.ok() }
+            })
+            .await
+        };
+        for (key, value) in &log.acked {
+            let found = read(key.clone()).await;
+            assert_eq!(
+                found.as_deref(),
+                Some(value.as_bytes()),
+                "acknowledged put of {key} is lost or wrong on node {i}"
+            );
+        }
+        for (key, out) in &log.not_applied {
+            let found = read(key.clone()).await;
+            assert_eq!(
+                found, None,
+                "put of {key} was reported not applied but is there: {out}"
+            );
+        }
+    }
+
+    // ------------------------------------------------------------------ kvsctl
+
+    /// A `kvsctl` pointed at every running node.
+    pub fn cli(&self) -> Kvsctl {
+        Kvsctl::new(self.bins.kvsctl.clone(), self.endpoints())
+    }
+
+    /// A `kvsctl` pointed at node `i` only.
+    pub fn cli_at(&self, i: usize) -> Kvsctl {
+        Kvsctl::new(self.bins.kvsctl.clone(), vec![self.nodes[i].address()])
+    }
+
+    /// Runs `kvsctl --endpoints <every running node> args…`.
+    pub async fn kvsctl<I, S>(&self, args: I) -> KvsctlOutput
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cli().run(args).await
+    }
+
+    /// Runs `kvsctl --endpoints <node i> args…`.
+    pub async fn kvsctl_at<I, S>(&self, i: usize, args: I) -> KvsctlOutput
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cli_at(i).run(args).await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            for log in &node.logs {
+                eprintln!(
+                    "===== node {i} ({}) — last lines of {} =====",
+                    node.node_id,
+                    log.display()
+                );
+                eprintln!("{}", log_tail(log, LOG_TAIL_LINES));
+            }
+        }
+        if let Some(dir) = self.dir.take() {
+            eprintln!("===== node logs kept in {} =====", dir.keep().display());
+        }
+    }
+}
+
+async fn probe<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(PROBE_TIMEOUT, call).await {
+        Ok(result) => result.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded("harness probe timed out")),
+    }
+}
+
+/// The running test's name (libtest names the thread after it), usable in a file name.
+fn test_name() -> String {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("test");
+    let name = name.rsplit("::").next().unwrap_or(name);
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(60)
+        .collect()
+}

@@ -1,0 +1,26 @@
+//! End-to-end tests of kvs: real `kvs-node` processes driven through `kvsctl` and the gRPC API,
+//! one module per area. Clusters are multi-process and timing-sensitive, so the harness runs one
+//! at a time (and `tests/run.sh` runs this binary with `--test-threads=1`).
+
+mod t10_replication;
+mod t20_failover;
+mod t30_membership;
+mod t40_unavailability;
+mod t50_cas;
+mod t60_identity;
+mod t70_limits;
+mod t80_shutdown;
+
+use std::time::Duration;
+
+/// Slack on top of a configured bound for process start-up, scheduling and retries.
+const MARGIN: Duration = Duration::from_secs(5);
+
+/// The index of some running node other than `than`.
+fn other_than(cluster: &kvs_tests::Cluster, than: usize) -> usize {
+    cluster
+        .running()
+        .into_iter()
+        .find(|&i| i != than)
+        .expect("another node is running")
+}
