@@ -52,7 +52,7 @@ ensure_debian_packages() {
 
 ensure_rust_components() {
     if ! command -v cargo >/dev/null; then
-        echo "run.sh: cargo not found; install the Rust toolchain (https://rustup.rs) first" >&2
+        echo "run.sh: cargo not found; install the Rust toolchain first" >&2
         exit 1
     fi
     local component
