@@ -65,11 +65,12 @@ impl Replica {
 
     /// Forms a one-member cluster if this node has no state; otherwise reports the cluster it has.
     pub(crate) async fn initialize(&self) -> Result<proto::InitializeResponse> {
+        let deadline = Deadline::after(self.config.request_timeout());
         let _serial = self.init_lock.lock().await;
-        let initialized = self
-            .raft
-            .is_initialized()
+        let initialized = deadline
+            .run(self.raft.is_initialized())
             .await
+            .map_err(|()| Error::Busy("timed out reading the Raft state".into()))?
             .map_err(|e| Error::Fatal(e.to_string()))?;
         if initialized || self.identity.cluster_id().is_some() {
             return match self.identity.cluster_id() {
@@ -86,9 +87,10 @@ impl Replica {
         let members = [(self.identity.node_id(), self.advertised.clone())]
             .into_iter()
             .collect::<std::collections::BTreeMap<_, _>>();
-        self.raft
-            .initialize(members)
+        deadline
+            .run(self.raft.initialize(members))
             .await
+            .map_err(|()| Error::WriteTimeout(deadline.total_ms()))?
             .map_err(|e| Error::Membership(e.to_string()))?;
         tracing::info!(cluster_id, "initialized a new cluster");
         Ok(proto::InitializeResponse {

@@ -123,3 +123,27 @@ impl RaftLogStorage<TypeConfig> for MemLog {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::StorageError;
+    use openraft::testing::log::StoreBuilder;
+    use openraft::testing::log::Suite;
+
+    use super::*;
+    use crate::store::state_machine::StateMachine;
+
+    struct MemStores;
+
+    impl StoreBuilder<TypeConfig, MemLog, StateMachine> for MemStores {
+        async fn build(&self) -> Result<((), MemLog, StateMachine), StorageError<TypeConfig>> {
+            Ok(((), MemLog::default(), StateMachine::default()))
+        }
+    }
+
+    /// openraft's own storage conformance suite, run over the log and the state machine.
+    #[tokio::test]
+    async fn the_stores_pass_openrafts_storage_suite() {
+        Suite::test_all(MemStores).await.expect("storage suite");
+    }
+}
