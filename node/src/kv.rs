@@ -29,6 +29,7 @@ use crate::store::command::Outcome;
 use crate::store::command::PutExpiry;
 use crate::store::command::Refusal;
 use crate::store::command::WriteId;
+use crate::store::data::StateData;
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub(crate) fn wall_clock_ms() -> u64 {
@@ -45,19 +46,9 @@ impl Replica {
 
     /// Reads one key, linearizably unless `serializable`.
     pub(crate) async fn get(&self, req: proto::GetRequest) -> Result<proto::GetResponse> {
-        let (_guard, deadline) = self.admit()?;
         self.check_key(&req.key)?;
-        if req.serializable {
-            if !self.is_member() {
-                return Err(Error::NotMember);
-            }
-        } else {
-            await_linearizable(self, &deadline).await?;
-        }
-        let now = self.cluster_now_ms();
-        Ok(self
-            .state
-            .read(|data, index| match data.get(&req.key, now) {
+        self.read(req.serializable, |data, index, now| {
+            match data.get(&req.key, now) {
                 Some((value, expires_at_ms)) => proto::GetResponse {
                     found: true,
                     value,
@@ -68,7 +59,28 @@ impl Replica {
                     index,
                     ..Default::default()
                 },
-            }))
+            }
+        })
+        .await
+    }
+
+    /// Runs `f` on the state as of now — linearizably unless `serializable` — with the applied
+    /// log index and the cluster time to judge expiry by. Every read of every face goes here.
+    pub(crate) async fn read<T>(
+        &self,
+        serializable: bool,
+        f: impl FnOnce(&StateData, u64, u64) -> T,
+    ) -> Result<T> {
+        let (_guard, deadline) = self.admit()?;
+        if serializable {
+            if !self.is_member() {
+                return Err(Error::NotMember);
+            }
+        } else {
+            await_linearizable(self, &deadline).await?;
+        }
+        let now = self.cluster_now_ms();
+        Ok(self.state.read(|data, index| f(data, index, now)))
     }
 
     /// Applies one conditional batch through the leader.
