@@ -11,10 +11,10 @@ set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # ----------------------------------------------------------------------------------------------
-# System packages the tests need, installed with apt-get when any is missing. Nothing beyond the
-# Rust toolchain yet; tests that drive other servers add theirs here (e.g. redis-server
-# redis-tools etcd-server).
-DEBIAN_PACKAGES=()
+# System packages the tests need, installed with apt-get when any is missing; tests that drive
+# other servers add theirs here. redis-server and redis-tools (redis-cli, redis-benchmark): the
+# RESP face is compared against a real Redis (t90_resp).
+DEBIAN_PACKAGES=(redis-server redis-tools)
 # ----------------------------------------------------------------------------------------------
 
 trap 'echo "run.sh: FAILED: ${BASH_COMMAND}" >&2' ERR

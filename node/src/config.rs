@@ -2,6 +2,7 @@
 //! validated before anything starts so a bad flag is a clear message, never a half-started node.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -34,7 +35,18 @@ pub struct NodeConfig {
     #[arg(long, env = "KVS_BOOTSTRAP")]
     pub bootstrap: bool,
 
-    /// Keep all state in memory: a restarted node is a new member and its data is gone.
+    /// Directory of this node's durable state (Raft log, snapshots, identity). One node per
+    /// directory: a second process on the same directory is refused.
+    #[arg(
+        long,
+        env = "KVS_DATA_DIR",
+        default_value = "kvs-data",
+        conflicts_with = "in_memory"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Keep all state in memory instead: nothing survives the process, and a restarted node is
+    /// a new member.
     #[arg(long, env = "KVS_IN_MEMORY")]
     pub in_memory: bool,
 
@@ -70,6 +82,35 @@ pub struct NodeConfig {
     /// On SIGTERM: how long to finish in-flight requests and hand leadership off before exiting.
     #[arg(long, env = "KVS_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+
+    /// Memory quota for stored keys and values (approximate: payload plus per-key overhead).
+    /// Past it, writes that add data are refused (RESOURCE_EXHAUSTED) while reads and deletes
+    /// still work. Default: half of the machine's physical memory.
+    #[arg(long, env = "KVS_QUOTA_BYTES")]
+    pub quota_bytes: Option<u64>,
+
+    /// Snapshot the state machine every N applied entries and purge the log behind it; a
+    /// lagging or new member then catches up from the snapshot.
+    #[arg(long, env = "KVS_SNAPSHOT_EVERY", default_value_t = 20_000)]
+    pub snapshot_every: u64,
+
+    /// Address to serve the Redis protocol (RESP2) on; no RESP listener without it.
+    #[arg(long, env = "KVS_RESP_LISTEN")]
+    pub resp_listen: Option<SocketAddr>,
+
+    /// Allow RESP FLUSHDB and FLUSHALL, which empty the whole replicated keyspace.
+    #[arg(long, env = "KVS_RESP_ALLOW_FLUSH")]
+    pub resp_allow_flush: bool,
+
+    /// Serve RESP reads from this node's local state without ReadIndex (may be stale), as if
+    /// every connection had sent READONLY.
+    #[arg(long, env = "KVS_RESP_SERIALIZABLE_READS")]
+    pub resp_serializable_reads: bool,
+
+    /// A RESP connection that neither sends a request nor takes its replies for this long is
+    /// closed.
+    #[arg(long, env = "KVS_RESP_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
+    pub resp_idle_timeout_ms: u64,
 }
 
 /// The most a value may be configured to: replication messages must stay bounded.
@@ -79,12 +120,8 @@ impl NodeConfig {
     /// Checks every flag and the flags against each other.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(msg));
-        if !self.in_memory {
-            return bad(
-                "durable storage is not available in this version; pass --in-memory (state is \
-                 lost when the process exits)"
-                    .into(),
-            );
+        if !self.in_memory && self.data_dir.as_os_str().is_empty() {
+            return bad("--data-dir must not be empty".into());
         }
         if self.listen.ip().is_unspecified() && self.advertise.is_none() {
             return bad(format!(
@@ -127,6 +164,12 @@ impl NodeConfig {
                 "--max-key-bytes must be > 0 and --max-value-bytes at most {MAX_VALUE_LIMIT}"
             ));
         }
+        if self.snapshot_every < 10 {
+            return bad(format!(
+                "--snapshot-every ({}) must be at least 10",
+                self.snapshot_every
+            ));
+        }
         if self.max_batch_ops == 0 {
             return bad("--max-batch-ops must be > 0".into());
         }
@@ -137,7 +180,19 @@ impl NodeConfig {
                 self.max_key_bytes + self.max_value_bytes
             ));
         }
+        if self.resp_idle_timeout_ms < 1000 {
+            return bad(format!(
+                "--resp-idle-timeout-ms ({}) must be at least 1000",
+                self.resp_idle_timeout_ms
+            ));
+        }
         Ok(())
+    }
+
+    /// The memory quota: `--quota-bytes`, or half of physical memory (8 GiB if unknown).
+    pub(crate) fn quota_bytes(&self) -> u64 {
+        self.quota_bytes
+            .unwrap_or_else(|| physical_memory().map_or(8 << 30, |total| total / 2))
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {
@@ -163,14 +218,23 @@ impl NodeConfig {
             install_snapshot_timeout: self.request_timeout_ms.max(2000),
             max_payload_entries: 256,
             // Keep the log bounded while the log is in memory: snapshot and purge behind it.
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            // Keep a short tail behind the snapshot so briefly lagging followers need no snapshot.
+            max_in_snapshot_log_to_keep: (self.snapshot_every / 10).min(1_000),
             enable_pre_vote: Some(true),
             ..Default::default()
         }
         .validate()
         .map_err(|e| Error::Config(e.to_string()))
     }
+}
+
+/// Total physical memory from `/proc/meminfo`, if it can be read.
+fn physical_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn check_host_port(flag: &str, addr: &str) -> Result<()> {

@@ -30,10 +30,15 @@ pub struct DemoArgs {
     /// How many nodes to run.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
     pub nodes: u16,
-    /// Client port of node 0; node i listens on base-port + i.
+    /// Client port of node 0; node i listens on base-port + i, and serves RESP (Redis clients)
+    /// on base-port + 100 + i.
     #[arg(long, default_value_t = 7379)]
     pub base_port: u16,
-    /// Keep all state in memory (currently the only mode).
+    /// Directory for the nodes' data and logs: node i keeps its state in DIR/node-i and logs
+    /// to DIR/node-i.log. Running the demo again on the same directory resumes the cluster.
+    #[arg(long, default_value = "kvs-demo")]
+    pub dir: PathBuf,
+    /// Keep all state in memory: nothing survives the demo.
     #[arg(long)]
     pub in_memory: bool,
 }
@@ -43,7 +48,11 @@ struct DemoNode {
     child: Child,
     id: String,
     addr: String,
+    resp: String,
 }
+
+/// Node i serves RESP on its client port plus this.
+const RESP_PORT_OFFSET: u16 = 100;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const GRACE_MS: u64 = 5000;
@@ -60,15 +69,16 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
         .map(|i| {
             args.base_port
                 .checked_add(i)
+                .filter(|port| port.checked_add(RESP_PORT_OFFSET).is_some())
                 .ok_or_else(|| demo_err("--base-port is too high for that many nodes"))
         })
         .collect::<Result<_>>()?;
-    let log_dir = std::env::temp_dir().join(format!("kvs-demo-{}", args.base_port));
+    let log_dir = args.dir.clone();
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| Error::io(format!("cannot create {}", log_dir.display()), e))?;
 
     let mut nodes = Vec::new();
-    let started = start_all(&exe, &ports, &log_dir, &mut nodes).await;
+    let started = start_all(&exe, &ports, &log_dir, args.in_memory, &mut nodes).await;
     let formed = match started {
         Ok(()) => form_cluster(&nodes).await,
         Err(e) => Err(e),
@@ -77,7 +87,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
         stop_all(&mut nodes).await;
         return Err(e);
     }
-    print_summary(&nodes, &log_dir);
+    print_summary(&nodes, &log_dir, args.in_memory);
 
     let mut shutdown = std::pin::pin!(shutdown);
     let mut watch = tokio::time::interval(Duration::from_secs(1));
@@ -97,23 +107,33 @@ async fn start_all(
     exe: &PathBuf,
     ports: &[u16],
     log_dir: &std::path::Path,
+    in_memory: bool,
     nodes: &mut Vec<DemoNode>,
 ) -> Result<()> {
     for (i, port) in ports.iter().enumerate() {
         let log_path = log_dir.join(format!("node-{i}.log"));
-        let log = std::fs::File::create(&log_path)
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
             .map_err(|e| Error::io(format!("cannot create {}", log_path.display()), e))?;
         let mut cmd = Command::new(exe);
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
-            .arg("--in-memory")
             .arg("--shutdown-grace-ms")
             .arg(GRACE_MS.to_string())
             .arg("--exit-with-parent")
+            .arg("--resp-listen")
+            .arg(format!("127.0.0.1:{}", port + RESP_PORT_OFFSET))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
             .kill_on_drop(true);
+        if in_memory {
+            cmd.arg("--in-memory");
+        } else {
+            cmd.arg("--data-dir").arg(log_dir.join(format!("node-{i}")));
+        }
         if i == 0 {
             cmd.arg("--bootstrap");
         }
@@ -145,6 +165,7 @@ async fn start_all(
             child,
             id,
             addr: format!("127.0.0.1:{port}"),
+            resp: format!("127.0.0.1:{}", port + RESP_PORT_OFFSET),
         });
     }
     Ok(())
@@ -181,11 +202,12 @@ where
 async fn form_cluster(nodes: &[DemoNode]) -> Result<()> {
     let first = &nodes[0];
     let mut leader = cluster_client(&first.addr).await?;
-    poll("node 0 to lead", || {
+    // A resumed cluster may elect any member; node 0 forwards to whoever leads.
+    poll("a leader", || {
         let mut c = leader.clone();
         async move {
             let status = c.status(proto::StatusRequest {}).await.ok()?.into_inner();
-            (status.leader == first.id).then_some(())
+            (!status.leader.is_empty()).then_some(())
         }
     })
     .await?;
@@ -223,23 +245,37 @@ async fn form_cluster(nodes: &[DemoNode]) -> Result<()> {
     Ok(())
 }
 
-fn print_summary(nodes: &[DemoNode], log_dir: &std::path::Path) {
+fn print_summary(nodes: &[DemoNode], log_dir: &std::path::Path, in_memory: bool) {
     let endpoints: Vec<&str> = nodes.iter().map(|n| n.addr.as_str()).collect();
     let endpoints = endpoints.join(",");
-    println!(
-        "kvs demo: {} nodes on 127.0.0.1, in memory (all data is gone when the demo stops)",
-        nodes.len()
-    );
-    for (i, node) in nodes.iter().enumerate() {
-        println!("  node {i}  id {}  client {}", node.id, node.addr);
+    if in_memory {
+        println!(
+            "kvs demo: {} nodes on 127.0.0.1, in memory (all data is gone when the demo stops)",
+            nodes.len()
+        );
+    } else {
+        println!(
+            "kvs demo: {} nodes on 127.0.0.1, data in {} (kept after the demo stops; delete it to start afresh)",
+            nodes.len(),
+            log_dir.display()
+        );
     }
-    println!("logs:      {}", log_dir.display());
+    for (i, node) in nodes.iter().enumerate() {
+        println!(
+            "  node {i}  id {}  client {}  resp {}",
+            node.id, node.addr, node.resp
+        );
+    }
+    println!("logs:      {}/node-*.log", log_dir.display());
     println!("endpoints: {endpoints}");
     println!();
     println!("try:");
     println!("  kvsctl --endpoints {endpoints} put greeting hello");
     println!("  kvsctl --endpoints {endpoints} get greeting");
     println!("  kvsctl --endpoints {endpoints} member list");
+    if let Some((_, port)) = nodes.first().and_then(|n| n.resp.rsplit_once(':')) {
+        println!("  redis-cli -p {port} set greeting hello");
+    }
     println!();
     println!("Ctrl-C stops the cluster.");
 }

@@ -2,7 +2,7 @@
 //!
 //! Variants say what went wrong and, for a write, whether it may have been applied: that
 //! distinction is what clients build safe retries on. They are mapped to gRPC statuses in one
-//! place (`grpc::status`); the RESP face will map them in one place of its own.
+//! place per face: `grpc::status` for gRPC, `resp::status` for RESP.
 
 use crate::identity::Mismatch;
 
@@ -69,6 +69,14 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// The memory quota is used up; writes that add data are refused until space is freed.
+    #[error("memory quota exceeded: {used} of {quota} bytes used; delete keys to free space")]
+    QuotaExceeded {
+        /// Approximate bytes used.
+        used: u64,
+        /// The quota (`--quota-bytes`).
+        quota: u64,
+    },
     /// A request is malformed.
     #[error("invalid request: {0}")]
     InvalidArgument(String),
@@ -101,6 +109,10 @@ pub enum Error {
     /// The demo cluster could not be started.
     #[error("demo: {0}")]
     Demo(String),
+    /// The node's stored state cannot be opened or read; it does not start rather than serve
+    /// wrong data.
+    #[error("{0}")]
+    Storage(String),
     /// Raft stopped (storage failure or shutdown).
     #[error("raft stopped: {0}")]
     Fatal(String),

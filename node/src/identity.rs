@@ -5,8 +5,12 @@
 //! when a cluster is initialized and adopted by each node when it is first added. IDs are
 //! numbers inside and 16 / 32 lowercase hex digits everywhere a person or a program sees them.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::RwLock;
+
+use crate::store::data_dir::StoredIdentity;
+use crate::store::data_dir::save_identity;
 
 /// Formats a node ID the way every interface shows it.
 pub fn node_id_string(id: u64) -> String {
@@ -40,13 +44,40 @@ fn new_cluster_id() -> String {
 pub(crate) struct Identity {
     node_id: u64,
     cluster_id: Arc<RwLock<Option<String>>>,
+    /// The identity file of a durable node, rewritten when the node joins a cluster.
+    file: Option<PathBuf>,
 }
 
 impl Identity {
+    /// A volatile identity: gone with the process.
     pub(crate) fn new(node_id: u64) -> Self {
         Self {
             node_id,
             cluster_id: Arc::new(RwLock::new(None)),
+            file: None,
+        }
+    }
+
+    /// A durable identity, as stored in (and saved back to) `file`.
+    pub(crate) fn stored(stored: StoredIdentity, file: PathBuf) -> Self {
+        Self {
+            node_id: stored.node_id,
+            cluster_id: Arc::new(RwLock::new(stored.cluster_id)),
+            file: Some(file),
+        }
+    }
+
+    /// Records a newly learned cluster ID before anyone relies on it.
+    fn save(&self, cluster_id: &str) {
+        let Some(file) = &self.file else { return };
+        let stored = StoredIdentity {
+            node_id: self.node_id,
+            cluster_id: Some(cluster_id.to_string()),
+        };
+        if let Err(e) = save_identity(file, &stored) {
+            // The cluster ID is re-learned from the leader after a restart; the node ID is
+            // already on disk, so identity safety does not depend on this write.
+            tracing::error!(error = %e, "cannot save the cluster ID");
         }
     }
 
@@ -66,7 +97,13 @@ impl Identity {
     /// the node already has one.
     pub(crate) fn create_cluster(&self) -> String {
         let mut guard = self.cluster_id.write().expect("identity lock poisoned");
-        guard.get_or_insert_with(new_cluster_id).clone()
+        if let Some(existing) = guard.as_ref() {
+            return existing.clone();
+        }
+        let created = new_cluster_id();
+        self.save(&created);
+        *guard = Some(created.clone());
+        created
     }
 
     /// Checks a peer message's identity envelope, adopting the sender's cluster ID when this node
@@ -87,6 +124,7 @@ impl Identity {
             }),
             None if may_adopt && !cluster_id.is_empty() => {
                 tracing::info!(cluster_id, "joined cluster");
+                self.save(cluster_id);
                 *guard = Some(cluster_id.to_string());
                 Ok(())
             }

@@ -117,11 +117,41 @@ impl Replica {
             .await
     }
 
+    /// Approximate memory the stored data takes: payload plus per-key overhead
+    /// (`docs/architecture.md`, "The keyspace and its memory").
+    pub(crate) fn memory_used(&self) -> u64 {
+        const PER_KEY_OVERHEAD: u64 = 96;
+        self.state
+            .read(|data, _| data.bytes_used() as u64 + data.len() as u64 * PER_KEY_OVERHEAD)
+    }
+
+    /// Refuses a batch that would add data once the quota is used up; deletes, expiries and
+    /// compare-only batches still pass, so space can always be freed.
+    fn check_quota(&self, req: &proto::BatchRequest) -> Result<()> {
+        use proto::op::Op as P;
+        let grows = req
+            .ops
+            .iter()
+            .chain(&req.else_ops)
+            .any(|op| matches!(op.op, Some(P::Put(_) | P::Append(_) | P::Increment(_))));
+        let (used, quota) = (self.memory_used(), self.config.quota_bytes());
+        if grows && used >= quota {
+            return Err(Error::QuotaExceeded { used, quota });
+        }
+        Ok(())
+    }
+
     async fn propose(
         &self,
         req: proto::BatchRequest,
         deadline: &Deadline,
     ) -> Result<proto::BatchResponse> {
+        self.check_quota(&req)?;
+        let _slot = deadline
+            .run(self.proposals.acquire())
+            .await
+            .map_err(|()| Error::Busy("too many writes in flight on the leader".into()))?
+            .map_err(|_| Error::ShuttingDown)?;
         let stamp_ms = self.cluster_now_ms();
         let cmd = Command {
             format: COMMAND_FORMAT,
@@ -243,8 +273,10 @@ impl Replica {
         }
         for op in req.ops.iter().chain(&req.else_ops) {
             let (key, value) = op_key_value(op)?;
-            self.check_key(key)?;
-            bytes += key.len();
+            if let Some(key) = key {
+                self.check_key(key)?;
+                bytes += key.len();
+            }
             if let Some(v) = value {
                 self.check_value(v)?;
                 bytes += v.len();
@@ -260,7 +292,13 @@ impl Replica {
     }
 }
 
-fn op_key_value(op: &proto::Op) -> Result<(&Bytes, Option<&Bytes>)> {
+/// Wraps one op for a batch.
+pub(crate) fn op(op: proto::op::Op) -> proto::Op {
+    proto::Op { op: Some(op) }
+}
+
+/// The key (none for a clear) and value an op carries.
+fn op_key_value(op: &proto::Op) -> Result<(Option<&Bytes>, Option<&Bytes>)> {
     use proto::op::Op as P;
     Ok(
         match op
@@ -268,12 +306,13 @@ fn op_key_value(op: &proto::Op) -> Result<(&Bytes, Option<&Bytes>)> {
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("empty op".into()))?
         {
-            P::Put(p) => (&p.key, Some(&p.value)),
-            P::Append(a) => (&a.key, Some(&a.value)),
-            P::Delete(d) => (&d.key, None),
-            P::Increment(i) => (&i.key, None),
-            P::Expire(e) => (&e.key, None),
-            P::Persist(p) => (&p.key, None),
+            P::Put(p) => (Some(&p.key), Some(&p.value)),
+            P::Append(a) => (Some(&a.key), Some(&a.value)),
+            P::Delete(d) => (Some(&d.key), None),
+            P::Increment(i) => (Some(&i.key), None),
+            P::Expire(e) => (Some(&e.key), None),
+            P::Persist(p) => (Some(&p.key), None),
+            P::Clear(_) => (None, None),
         },
     )
 }
@@ -297,18 +336,21 @@ fn ops_from_proto(ops: Vec<proto::Op>, stamp_ms: u64) -> Result<Vec<Op>> {
                     .ok_or_else(|| Error::InvalidArgument("empty op".into()))?
                 {
                     P::Put(p) => Op::Put {
-                        expiry: match (p.ttl_ms, p.keep_ttl) {
-                            (Some(_), true) => {
+                        expiry: match (p.ttl_ms, p.keep_ttl, p.expires_at_ms) {
+                            (Some(_), true, _) | (Some(_), _, Some(_)) | (_, true, Some(_)) => {
                                 return Err(Error::InvalidArgument(
-                                    "a put cannot both set a TTL and keep the TTL".into(),
+                                    "a put takes at most one of a TTL, an absolute expiry and \
+                                     keeping the TTL"
+                                        .into(),
                                 ));
                             }
-                            (Some(0), false) => {
+                            (Some(0), false, None) => {
                                 return Err(Error::InvalidArgument("TTL must be positive".into()));
                             }
-                            (Some(ttl), false) => PutExpiry::At(stamp_ms.saturating_add(ttl)),
-                            (None, true) => PutExpiry::Keep,
-                            (None, false) => PutExpiry::Clear,
+                            (Some(ttl), false, None) => PutExpiry::At(stamp_ms.saturating_add(ttl)),
+                            (None, false, Some(at_ms)) => PutExpiry::At(at_ms),
+                            (None, true, None) => PutExpiry::Keep,
+                            (None, false, None) => PutExpiry::Clear,
                         },
                         key: p.key,
                         value: p.value,
@@ -323,10 +365,19 @@ fn ops_from_proto(ops: Vec<proto::Op>, stamp_ms: u64) -> Result<Vec<Op>> {
                         value: a.value,
                     },
                     P::Expire(e) => Op::Expire {
+                        at_ms: match (e.ttl_ms, e.expires_at_ms) {
+                            (Some(ttl), 0) => stamp_ms.saturating_add(ttl),
+                            (None, at_ms) => at_ms,
+                            (Some(_), _) => {
+                                return Err(Error::InvalidArgument(
+                                    "an expire takes a TTL or an absolute expiry, not both".into(),
+                                ));
+                            }
+                        },
                         key: e.key,
-                        at_ms: e.expires_at_ms,
                     },
                     P::Persist(p) => Op::Persist { key: p.key },
+                    P::Clear(_) => Op::Clear,
                 },
             )
         })

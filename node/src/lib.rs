@@ -14,6 +14,7 @@ mod kv;
 mod membership;
 mod raft;
 mod replica;
+mod resp;
 mod server;
 mod store;
 

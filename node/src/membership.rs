@@ -44,7 +44,7 @@ impl Replica {
             peer_address: self.advertised.peer_addr.clone(),
             is_member: role != "none",
             role: role.into(),
-            durable: false,
+            durable: !self.config.in_memory,
             applied_index: metrics.last_applied.map_or(0, |id| id.index),
             leader: self.leader_id().map(node_id_string).unwrap_or_default(),
         }
@@ -60,7 +60,17 @@ impl Replica {
             commit_index: metrics.local_committed.map_or(0, |id| id.index),
             applied_index: metrics.last_applied.map_or(0, |id| id.index),
             node_id: node_id_string(self.identity.node_id()),
+            alarms: self.alarms(),
         }
+    }
+
+    /// The alarms this node raises (see `StatusResponse.alarms`).
+    fn alarms(&self) -> Vec<String> {
+        let mut alarms = Vec::new();
+        if self.memory_used() >= self.config.quota_bytes() {
+            alarms.push("NOSPACE".to_string());
+        }
+        alarms
     }
 
     /// Forms a one-member cluster if this node has no state; otherwise reports the cluster it has.

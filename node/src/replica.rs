@@ -38,6 +38,9 @@ pub(crate) struct Replica {
     pub(crate) peers: PeerNetwork,
     pub(crate) forwarder: Forwarder,
     pub(crate) drain: Drain,
+    /// Bounds the writes being proposed at once, so overload slows clients down instead of
+    /// growing queues without limit.
+    pub(crate) proposals: tokio::sync::Semaphore,
     /// Serializes Initialize calls.
     pub(crate) init_lock: tokio::sync::Mutex<()>,
 }

@@ -35,7 +35,12 @@ use crate::raft::network::PeerNetwork;
 use crate::replica::Deadline;
 use crate::replica::Leadership;
 use crate::replica::Replica;
+use crate::store::data_dir::DataDir;
+use crate::store::data_dir::StoredIdentity;
+use crate::store::data_dir::save_identity;
+use crate::store::disk_log::DiskLog;
 use crate::store::log::MemLog;
+use crate::store::snapshot_file::SnapshotFiles;
 use crate::store::state_machine::StateMachine;
 
 /// The sockets a node serves on.
@@ -44,6 +49,8 @@ pub struct Listeners {
     pub client: TcpListener,
     /// Separate peer API, if configured.
     pub peer: Option<TcpListener>,
+    /// The Redis protocol (RESP) face, if configured.
+    pub resp: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -57,6 +64,10 @@ impl Listeners {
         Ok(Self {
             client: bind(config.listen).await?,
             peer: match config.peer_listen {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            },
+            resp: match config.resp_listen {
                 Some(addr) => Some(bind(addr).await?),
                 None => None,
             },
@@ -95,23 +106,23 @@ pub async fn run(
         addr: advertised_client,
     };
 
-    let node_id = new_node_id();
-    let identity = Identity::new(node_id);
+    let storage = Storage::open(&config)?;
+    let identity = storage.identity.clone();
+    let node_id = identity.node_id();
     let max_message = config.max_message_bytes();
     let peers = PeerNetwork::new(
         identity.clone(),
         max_message,
         Duration::from_millis(config.heartbeat_interval_ms.max(500)),
     );
-    let state = StateMachine::default();
-    let raft = Raft::new(
-        node_id,
-        Arc::new(config.raft_config()?),
-        peers.clone(),
-        MemLog::default(),
-        state.clone(),
-    )
-    .await
+    let state = storage.state.clone();
+    let raft_config = Arc::new(config.raft_config()?);
+    let raft = match storage.log {
+        Log::Memory(log) => {
+            Raft::new(node_id, raft_config, peers.clone(), log, state.clone()).await
+        }
+        Log::Disk(log) => Raft::new(node_id, raft_config, peers.clone(), log, state.clone()).await,
+    }
     .map_err(|e| Error::Fatal(e.to_string()))?;
 
     let replica = Arc::new(Replica {
@@ -123,6 +134,7 @@ pub async fn run(
         peers,
         forwarder: Forwarder::new(max_message),
         drain: Drain::default(),
+        proposals: tokio::sync::Semaphore::new(MAX_PROPOSALS_IN_FLIGHT),
         init_lock: tokio::sync::Mutex::new(()),
     });
     if config.bootstrap {
@@ -144,6 +156,12 @@ pub async fn run(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(health::report(replica.clone(), reporter, stopped()));
     let purge_task = tokio::spawn(purge_expired(replica.clone(), stopped()));
+    let resp_task = listeners.resp.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving RESP");
+        }
+        tokio::spawn(crate::resp::serve(listener, replica.clone(), stopped()))
+    });
 
     let peer_service = PeerServer::new(PeerService::new(replica.clone()))
         .max_decoding_message_size(max_message)
@@ -208,6 +226,9 @@ pub async fn run(
     }
     let _ = grace.run(health_task).await;
     let _ = grace.run(purge_task).await;
+    if let Some(resp_task) = resp_task {
+        let _ = grace.run(resp_task).await;
+    }
     if grace.run(raft.shutdown()).await.is_err() {
         tracing::warn!("raft did not stop within the grace period");
     }
@@ -229,6 +250,65 @@ async fn purge_expired(replica: Arc<Replica>, stop: impl Future<Output = ()>) {
         if let Err(e) = replica.purge_expired(PER_ROUND).await {
             tracing::debug!(error = %e, "purging expired keys");
         }
+    }
+}
+
+/// Writes a leader proposes at once; more wait (within their deadline) for a slot.
+const MAX_PROPOSALS_IN_FLIGHT: usize = 4096;
+
+/// A node's state and where it lives.
+struct Storage {
+    identity: Identity,
+    state: StateMachine,
+    log: Log,
+    /// Held (locked) for the life of the node.
+    _data_dir: Option<DataDir>,
+}
+
+enum Log {
+    Memory(MemLog),
+    Disk(DiskLog),
+}
+
+impl Storage {
+    /// Opens the data directory (or nothing, in memory): identity first, so a node that fails
+    /// later still has one stable ID.
+    fn open(config: &NodeConfig) -> Result<Storage> {
+        if config.in_memory {
+            return Ok(Storage {
+                identity: Identity::new(new_node_id()),
+                state: StateMachine::default(),
+                log: Log::Memory(MemLog::default()),
+                _data_dir: None,
+            });
+        }
+        let dir = DataDir::open(&config.data_dir)?;
+        let stored = match dir.load_identity()? {
+            Some(stored) => stored,
+            None => {
+                let fresh = StoredIdentity {
+                    node_id: new_node_id(),
+                    cluster_id: None,
+                };
+                save_identity(&dir.identity_path(), &fresh)?;
+                fresh
+            }
+        };
+        let fail = |what: &str, e: std::io::Error| {
+            Error::Storage(format!("{what} in {}: {e}", dir.path().display()))
+        };
+        let files = SnapshotFiles::new(dir.snapshot_dir())
+            .map_err(|e| fail("cannot open the snapshots", e))?;
+        let state = StateMachine::open(files).map_err(|e| fail("cannot load the snapshot", e))?;
+        let log = DiskLog::open(&dir.raft_dir(), &dir.path().join("log-watermark"))
+            .map_err(|e| fail("cannot open the Raft log", e))?;
+        tracing::info!(data_dir = %dir.path().display(), node_id = node_id_string(stored.node_id), "opened data directory");
+        Ok(Storage {
+            identity: Identity::stored(stored, dir.identity_path()),
+            state,
+            log: Log::Disk(log),
+            _data_dir: Some(dir),
+        })
     }
 }
 

@@ -76,6 +76,17 @@ pub struct ClusterOptions {
     pub max_batch_ops: Option<usize>,
     /// Serve peers on a port of their own (`--peer-listen`) instead of the client port.
     pub separate_peer_port: bool,
+    /// Serve the Redis protocol on a port of its own (`--resp-listen`); see [`Node::resp_address`].
+    pub resp: bool,
+    /// `--resp-allow-flush`.
+    pub resp_allow_flush: bool,
+    /// Keep each node's state in a data directory of its own (`--data-dir`) instead of
+    /// `--in-memory`, so a restarted node is the same member with the same data.
+    pub durable: bool,
+    /// `--snapshot-every`; the node's default when `None`.
+    pub snapshot_every: Option<u64>,
+    /// `--quota-bytes`; the node's default when `None`.
+    pub quota_bytes: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -89,6 +100,11 @@ impl Default for ClusterOptions {
             max_value_bytes: None,
             max_batch_ops: None,
             separate_peer_port: false,
+            resp: false,
+            resp_allow_flush: false,
+            durable: false,
+            snapshot_every: None,
+            quota_bytes: None,
         }
     }
 }
@@ -107,20 +123,26 @@ impl ClusterOptions {
         self.shutdown_grace.unwrap_or(Self::NODE_DEFAULT_GRACE)
     }
 
-    fn node_args(
-        &self,
-        client_port: u16,
-        peer_port: Option<u16>,
-        bootstrap: bool,
-    ) -> Vec<OsString> {
-        let mut args: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{client_port}")];
-        if let Some(peer_port) = peer_port {
-            args.extend(["--peer-listen".into(), format!("127.0.0.1:{peer_port}")]);
+    fn node_args(&self, node: &Node, bootstrap: bool, data_dir: &Path) -> Vec<OsString> {
+        let mut args: Vec<String> = vec!["--listen".into(), node.address()];
+        if node.peer_port.is_some() {
+            args.extend(["--peer-listen".into(), node.peer_address()]);
+        }
+        if let Some(resp) = node.resp_address() {
+            args.extend(["--resp-listen".into(), resp]);
+        }
+        if self.resp_allow_flush {
+            args.push("--resp-allow-flush".into());
         }
         if bootstrap {
             args.push("--bootstrap".into());
         }
-        args.push("--in-memory".into());
+        if self.durable {
+            let dir = data_dir.to_str().expect("test directories are UTF-8");
+            args.extend(["--data-dir".into(), dir.into()]);
+        } else {
+            args.push("--in-memory".into());
+        }
         let ms = |d: Duration| d.as_millis().to_string();
         args.extend(["--election-timeout-ms".into(), ms(self.election_timeout)]);
         args.extend([
@@ -135,6 +157,11 @@ impl ClusterOptions {
                 self.max_value_bytes.map(|n| n.to_string()),
             ),
             ("--max-batch-ops", self.max_batch_ops.map(|n| n.to_string())),
+            (
+                "--snapshot-every",
+                self.snapshot_every.map(|n| n.to_string()),
+            ),
+            ("--quota-bytes", self.quota_bytes.map(|n| n.to_string())),
             ("--shutdown-grace-ms", self.shutdown_grace.map(ms)),
         ];
         for (flag, value) in optional {
@@ -151,6 +178,7 @@ impl ClusterOptions {
 pub struct Node {
     client_port: u16,
     peer_port: Option<u16>,
+    resp_port: Option<u16>,
     process: Option<NodeProcess>,
     /// ID of the current process, or of the last one after it stopped.
     node_id: String,
@@ -161,7 +189,12 @@ pub struct Node {
 }
 
 impl Node {
-    fn new(client_port: u16, peer_port: Option<u16>, request_timeout: Duration) -> Self {
+    fn new(
+        client_port: u16,
+        peer_port: Option<u16>,
+        resp_port: Option<u16>,
+        request_timeout: Duration,
+    ) -> Self {
         let channel = Endpoint::from_shared(format!("http://127.0.0.1:{client_port}"))
             .expect("a valid URI")
             .connect_timeout(PROBE_TIMEOUT)
@@ -170,6 +203,7 @@ impl Node {
         Self {
             client_port,
             peer_port,
+            resp_port,
             process: None,
             node_id: String::new(),
             generation: 0,
@@ -189,9 +223,28 @@ impl Node {
             .map_or_else(|| self.address(), |port| format!("127.0.0.1:{port}"))
     }
 
+    /// The RESP address, `127.0.0.1:PORT`, when the cluster serves RESP.
+    pub fn resp_address(&self) -> Option<String> {
+        self.resp_port.map(|port| format!("127.0.0.1:{port}"))
+    }
+
     /// The node ID (16 hex digits) of the running process, or of the last one.
     pub fn id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The process ID of the node running at this seat.
+    pub fn pid(&self) -> u32 {
+        self.process
+            .as_ref()
+            .expect("the node is running")
+            .child
+            .pid()
+    }
+
+    /// The log (stderr) of the process that runs, or last ran, at this seat.
+    pub fn log_path(&self) -> &Path {
+        self.logs.last().expect("a node has run at this seat")
     }
 
     /// Whether a process is running (or paused) at this seat.
@@ -211,7 +264,7 @@ impl Node {
         self.generation += 1;
         let log = log_path(dir, index, self.generation);
         self.logs.push(log.clone());
-        let args = options.node_args(self.client_port, self.peer_port, bootstrap);
+        let args = options.node_args(self, bootstrap, &dir.join(format!("data{index}")));
         let process = spawn_node(&bins.node, &args, &log, ANNOUNCE_TIMEOUT)
             .await
             .unwrap_or_else(|msg| panic!("node {index}: {msg}"));
@@ -291,7 +344,18 @@ impl Cluster {
 
     fn new_seat(&self) -> Node {
         let peer_port = self.options.separate_peer_port.then(free_port);
-        Node::new(free_port(), peer_port, self.options.request_timeout)
+        let resp_port = self.options.resp.then(free_port);
+        Node::new(
+            free_port(),
+            peer_port,
+            resp_port,
+            self.options.request_timeout,
+        )
+    }
+
+    /// The data directory node `i` runs with when the cluster is `durable`.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir_path().join(format!("data{i}"))
     }
 
     fn dir_path(&self) -> PathBuf {
@@ -397,8 +461,8 @@ impl Cluster {
     }
 
     /// Starts a new process at seat `i` (killing the old one if running), on the same addresses.
-    /// Nodes keep their state in memory, so it comes back as a new node with a new ID that is
-    /// not a member of anything until added.
+    /// In memory it comes back as a new node with a new ID that is not a member of anything
+    /// until added; with `durable` it is the same member, recovered from its data directory.
     pub async fn restart(&mut self, i: usize) {
         if self.nodes[i].is_running() {
             self.kill(i);

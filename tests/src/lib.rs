@@ -13,6 +13,7 @@ mod binaries;
 mod cluster;
 mod kvsctl;
 mod process;
+mod redis_server;
 mod wait;
 mod writer;
 
@@ -25,6 +26,10 @@ pub use kvsctl::Kvsctl;
 pub use kvsctl::KvsctlOutput;
 pub use kvsctl::exit;
 pub use process::free_port;
+pub use redis_server::RawResp;
+pub use redis_server::RedisServer;
+pub use redis_server::array_elements;
+pub use redis_server::multibulk;
 pub use wait::holds_for;
 pub use wait::wait_for;
 pub use wait::wait_until;

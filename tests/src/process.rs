@@ -57,7 +57,6 @@ impl ChildGuard {
         })
     }
 
-    #[cfg(test)]
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }

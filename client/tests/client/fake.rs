@@ -436,6 +436,7 @@ impl Cluster for Service {
                 commit_index: 10,
                 applied_index: 10,
                 node_id: state.node_id.clone(),
+                alarms: Vec::new(),
             })
         })
         .await

@@ -354,7 +354,8 @@ async fn status_json_shape() {
             "leader",
             "term",
             "commit_index",
-            "applied_index"
+            "applied_index",
+            "alarms"
         ])
     );
     assert_eq!(status["leader"], node.node_id());

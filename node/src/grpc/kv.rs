@@ -11,6 +11,7 @@ use tonic::Status;
 
 use crate::error::Error;
 use crate::grpc::status::to_status;
+use crate::kv::op;
 use crate::replica::Replica;
 
 /// Serves the key-value API from a replica.
@@ -34,10 +35,6 @@ impl KvService {
         }
         Ok(resp)
     }
-}
-
-fn op(op: proto::op::Op) -> proto::Op {
-    proto::Op { op: Some(op) }
 }
 
 #[tonic::async_trait]
@@ -66,6 +63,7 @@ impl Kv for KvService {
                     value: req.value,
                     ttl_ms: req.ttl_ms,
                     keep_ttl: false,
+                    expires_at_ms: None,
                 }))],
                 write_id: req.write_id,
                 return_previous: req.return_previous,
@@ -121,6 +119,7 @@ impl Kv for KvService {
                 value,
                 ttl_ms: None,
                 keep_ttl: false,
+                expires_at_ms: None,
             }),
             Some(Action::Delete(_)) => proto::op::Op::Delete(proto::DeleteOp {
                 key: req.key.clone(),

@@ -28,6 +28,7 @@ pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
         | Error::ReadTimeout(_)
         | Error::Busy(_) => Code::Unavailable,
         Error::WriteTimeout(_) => Code::DeadlineExceeded,
+        Error::QuotaExceeded { .. } => Code::ResourceExhausted,
         Error::OutcomeUnknown(_) => Code::Unknown,
         Error::KeyTooLarge { .. }
         | Error::ValueTooLarge { .. }
@@ -36,12 +37,16 @@ pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
         | Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::CompareFailed | Error::Refused(_) | Error::Membership(_) => Code::FailedPrecondition,
         Error::PeerIdentity(_) => Code::FailedPrecondition,
-        Error::Config(_) | Error::Io { .. } | Error::Fatal(_) | Error::Demo(_) => Code::Internal,
+        Error::Config(_)
+        | Error::Io { .. }
+        | Error::Fatal(_)
+        | Error::Demo(_)
+        | Error::Storage(_) => Code::Internal,
         Error::Forwarded(_) => unreachable!("returned above"),
     };
     let message = match &err {
         // Internal detail goes to the log, not to the client.
-        Error::Io { .. } | Error::Fatal(_) | Error::Config(_) => {
+        Error::Io { .. } | Error::Fatal(_) | Error::Config(_) | Error::Storage(_) => {
             tracing::error!(error = %err, "internal error");
             "internal error; see the node's log".to_string()
         }

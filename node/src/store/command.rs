@@ -101,6 +101,8 @@ pub(crate) enum Op {
     Persist {
         key: Bytes,
     },
+    /// Deletes every key (Redis FLUSHDB).
+    Clear,
 }
 
 /// What applying a command produced; also what a deduplicated retry is answered with.
@@ -130,7 +132,7 @@ pub(crate) struct OpResult {
     /// The value before the op, when the batch asked for previous values.
     pub(crate) previous: Option<Bytes>,
     /// The new value of an increment; the new length after an append (what Redis APPEND
-    /// answers).
+    /// answers); 1 when a persist removed an expiry (what Redis PERSIST answers).
     pub(crate) integer: i64,
 }
 
@@ -172,6 +174,7 @@ impl Command {
                 | Op::Increment { key, .. }
                 | Op::Expire { key, .. }
                 | Op::Persist { key } => key_value(key, None) + 10,
+                Op::Clear => 16,
             });
         64 + compares.sum::<usize>() + ops.sum::<usize>()
     }

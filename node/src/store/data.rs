@@ -110,31 +110,23 @@ impl StateData {
     pub(crate) fn last_stamp_ms(&self) -> u64 {
         self.last_stamp_ms
     }
-}
 
-/// Views for faces not wired yet; drop the `expect` when they are.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "for the RESP face (DBSIZE, SCAN) and metrics, not wired yet"
-    )
-)]
-impl StateData {
-    /// Number of stored keys, counting expired keys not purged yet.
+    /// Number of stored keys, counting expired keys not purged yet (as Redis DBSIZE does).
     pub(crate) fn len(&self) -> usize {
         self.keyspace.len()
-    }
-
-    /// Bytes of stored keys and values, without per-key overhead.
-    pub(crate) fn bytes_used(&self) -> usize {
-        self.keyspace.bytes_used()
     }
 
     /// One step of a SCAN over the keys live at `now_ms`: see [`Keyspace::scan`].
     pub(crate) fn scan(&self, cursor: u64, count: usize, now_ms: u64) -> (u64, Vec<Bytes>) {
         self.keyspace
             .scan(cursor, count, |e| !is_expired(e.expires_at_ms(), now_ms))
+    }
+}
+
+impl StateData {
+    /// Bytes of stored keys and values, without per-key overhead.
+    pub(crate) fn bytes_used(&self) -> usize {
+        self.keyspace.bytes_used()
     }
 }
 
@@ -173,6 +165,7 @@ fn run_batch(keyspace: &mut Keyspace, batch: &Batch, now_ms: u64) -> Outcome {
         keyspace,
         now_ms,
         staged: BTreeMap::new(),
+        cleared: false,
     };
     let results = ops
         .iter()
@@ -183,7 +176,13 @@ fn run_batch(keyspace: &mut Keyspace, batch: &Batch, now_ms: u64) -> Outcome {
         Ok(results) => results,
         Err(refusal) => return Outcome::Refused(refusal),
     };
-    for (key, staged) in overlay.staged {
+    let Overlay {
+        staged, cleared, ..
+    } = overlay;
+    if cleared {
+        *keyspace = Keyspace::default();
+    }
+    for (key, staged) in staged {
         match staged {
             Staged::Absent => {
                 keyspace.remove(key);
@@ -234,6 +233,8 @@ struct Overlay<'k, 'c> {
     keyspace: &'k Keyspace,
     now_ms: u64,
     staged: BTreeMap<&'c [u8], Staged<'c>>,
+    /// A clear ran: keys not staged since are absent.
+    cleared: bool,
 }
 
 impl<'c> Overlay<'_, 'c> {
@@ -250,6 +251,11 @@ impl<'c> Overlay<'_, 'c> {
             | Op::Append { key, .. }
             | Op::Expire { key, .. }
             | Op::Persist { key } => key,
+            Op::Clear => {
+                self.cleared = true;
+                self.staged.clear();
+                return Ok(OpResult::default());
+            }
         };
         // None when absent; the expiry (0 = none) when present.
         let current_expiry = self.current(key).map(|(_, expires_at_ms)| expires_at_ms);
@@ -321,8 +327,13 @@ impl<'c> Overlay<'_, 'c> {
                     self.staged.insert(key, Staged::Absent);
                 }
             },
+            // Returned above: a clear touches no one key.
+            Op::Clear => {}
             Op::Persist { .. } => match current_expiry {
-                Some(_) => self.restage_expiry(key, 0),
+                Some(expiry) => {
+                    integer = i64::from(expiry != 0);
+                    self.restage_expiry(key, 0);
+                }
                 None => {
                     self.staged.insert(key, Staged::Absent);
                 }
@@ -346,6 +357,7 @@ impl<'c> Overlay<'_, 'c> {
                 value,
                 expires_at_ms,
             }) => Some((value, *expires_at_ms)),
+            None if self.cleared => None,
             None => live(self.keyspace, key, self.now_ms).map(|e| (e.value(), e.expires_at_ms())),
         }
     }
@@ -356,6 +368,7 @@ impl<'c> Overlay<'_, 'c> {
             Some(Staged::Absent) => None,
             Some(Staged::Stored { .. }) => self.keyspace.get(key).map(|e| e.value_bytes()),
             Some(Staged::Written { value, .. }) => Some(Bytes::copy_from_slice(value)),
+            None if self.cleared => None,
             None => live(self.keyspace, key, self.now_ms).map(|e| e.value_bytes()),
         }
     }
@@ -1042,6 +1055,49 @@ mod tests {
             1,
             "an expiry at the present deletes the key at once"
         );
+    }
+
+    #[test]
+    fn persist_reports_whether_it_removed_an_expiry() {
+        let mut r = Replica::new();
+        r.apply(
+            10,
+            ops(vec![
+                put("plain", "1"),
+                put_with("ttl", "1", PutExpiry::At(99)),
+            ]),
+        );
+        let persist = |k: &str| Op::Persist { key: key(k) };
+        assert_eq!(
+            r.results(
+                10,
+                ops(vec![persist("plain"), persist("ttl"), persist("nope")])
+            ),
+            [
+                result(true, None, 0),
+                result(true, None, 1),
+                result(false, None, 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn clear_empties_the_keyspace_and_later_ops_of_the_batch_start_from_nothing() {
+        let mut r = Replica::new();
+        r.apply(10, ops(vec![put("a", "1"), put("b", "2")]));
+        let results = r.results(
+            10,
+            with_previous(vec![put("c", "3"), Op::Clear, incr("a", 5), put("d", "4")]),
+        );
+        assert_eq!(
+            results[2],
+            result(false, None, 5),
+            "a is gone after the clear"
+        );
+        assert_eq!(r.value("a", 10), Some(("5".to_owned(), 0)));
+        assert_eq!(r.value("d", 10), Some(("4".to_owned(), 0)));
+        assert_eq!((r.value("b", 10), r.value("c", 10)), (None, None));
+        assert_eq!(r.data.len(), 2);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 
 pub(crate) mod command;
 pub(crate) mod data;
+pub(crate) mod data_dir;
+pub(crate) mod disk_log;
 pub(crate) mod keyspace;
 pub(crate) mod log;
 pub(crate) mod sessions;
+pub(crate) mod snapshot_file;
 pub(crate) mod state_machine;

@@ -25,6 +25,7 @@ use openraft::storage::RaftStateMachine;
 use crate::raft::TypeConfig;
 use crate::store::command::COMMAND_FORMAT;
 use crate::store::data::StateData;
+use crate::store::snapshot_file::SnapshotFiles;
 
 /// What the state machine holds besides the data: where it is in the log.
 #[derive(Default)]
@@ -39,9 +40,46 @@ struct Applied {
 #[derive(Clone, Default)]
 pub(crate) struct StateMachine {
     inner: Arc<RwLock<Applied>>,
+    /// Where snapshots are kept on a durable node; `None` in memory.
+    files: Option<SnapshotFiles>,
 }
 
 impl StateMachine {
+    /// A state machine that keeps its snapshots in `files`, starting from the newest one there.
+    pub(crate) fn open(files: SnapshotFiles) -> io::Result<Self> {
+        let mut applied = Applied::default();
+        if let Some((meta, bytes)) = files.load_latest()? {
+            applied.data = StateData::decode(&mut bytes.as_ref()).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("snapshot in {}: {e}", files.dir().display()),
+                )
+            })?;
+            applied.last_applied = meta.last_log_id;
+            applied.last_membership = meta.last_membership.clone();
+            tracing::info!(last_log_id = ?meta.last_log_id, keys = applied.data.len(), "loaded snapshot");
+            applied.snapshot = Some(SnapshotOf::<TypeConfig, Bytes> {
+                meta,
+                snapshot: bytes,
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(RwLock::new(applied)),
+            files: Some(files),
+        })
+    }
+
+    /// Stores a snapshot durably before anything relies on it (a log purge, a restart).
+    async fn persist(&self, snapshot: &SnapshotOf<TypeConfig, Bytes>) -> io::Result<()> {
+        let Some(files) = self.files.clone() else {
+            return Ok(());
+        };
+        let (meta, data) = (snapshot.meta.clone(), snapshot.snapshot.clone());
+        tokio::task::spawn_blocking(move || files.save(&meta, &data))
+            .await
+            .map_err(io::Error::other)?
+    }
+
     /// Runs `f` on the current state with the index of the last applied entry.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&StateData, u64) -> T) -> T {
         let applied = self.inner.read().expect("state machine lock poisoned");
@@ -83,6 +121,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta,
             snapshot: encoded,
         };
+        self.persist(&snapshot).await?;
         self.inner
             .write()
             .expect("state machine lock poisoned")
@@ -155,14 +194,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(io::Error::other)??;
+        let snapshot = SnapshotOf::<TypeConfig, Bytes> {
+            meta: meta.clone(),
+            snapshot,
+        };
+        self.persist(&snapshot).await?;
         let mut applied = self.inner.write().expect("state machine lock poisoned");
         applied.data = data;
         applied.last_applied = meta.last_log_id;
         applied.last_membership = meta.last_membership.clone();
-        applied.snapshot = Some(SnapshotOf::<TypeConfig, Bytes> {
-            meta: meta.clone(),
-            snapshot,
-        });
+        applied.snapshot = Some(snapshot);
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }

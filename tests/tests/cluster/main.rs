@@ -4,12 +4,15 @@
 
 mod t10_replication;
 mod t20_failover;
+mod t25_durability;
+mod t27_quota;
 mod t30_membership;
 mod t40_unavailability;
 mod t50_cas;
 mod t60_identity;
 mod t70_limits;
 mod t80_shutdown;
+mod t90_resp;
 
 use std::time::Duration;
 

@@ -88,6 +88,7 @@ pub(crate) fn status(format: Format, status: &proto::StatusResponse) -> Vec<u8> 
                 vec!["commit index:".into(), status.commit_index.to_string()],
                 vec!["applied index:".into(), status.applied_index.to_string()],
                 vec!["answered by:".into(), or_dash(&status.node_id)],
+                vec!["alarms:".into(), or_dash(&status.alarms.join(","))],
             ],
         ),
         Format::Json => json_line(&json!({
@@ -96,6 +97,7 @@ pub(crate) fn status(format: Format, status: &proto::StatusResponse) -> Vec<u8> 
             "term": status.term,
             "commit_index": status.commit_index,
             "applied_index": status.applied_index,
+            "alarms": status.alarms,
         })),
     }
 }

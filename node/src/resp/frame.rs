@@ -1,0 +1,510 @@
+//! The RESP2 wire format: requests in (multibulk `*N\r\n$L\r\n...` or a Redis "inline" line
+//! such as `SET k v\r\n` typed into telnet), replies out.
+//!
+//! [`parse_request`] never blocks and never buffers on its own: it looks at the bytes received so
+//! far and answers "a complete request of this many bytes", "not complete yet", or a
+//! [`ProtocolError`]. Every size a client declares is checked against [`Limits`] *before*
+//! anything waits for or allocates those bytes, so a client can make the connection hold at most
+//! one bounded request. Protocol errors use Redis's own wording where Redis has one; the
+//! connection answers `-ERR Protocol error: ...` and closes, as Redis does.
+
+use std::fmt;
+
+use bytes::Bytes;
+use bytes::BytesMut;
+
+/// A request: the command name and its arguments, as sent.
+pub(crate) type Args = Vec<Bytes>;
+
+/// How much one request may claim.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Longest bulk string (one argument).
+    pub(crate) max_bulk: usize,
+    /// Most arguments in one request, the command name included.
+    pub(crate) max_args: usize,
+    /// Most bytes of one request: all its arguments and framing.
+    pub(crate) max_request: usize,
+    /// Longest inline request line, and longest `*N` / `$N` header line.
+    pub(crate) max_inline: usize,
+}
+
+/// Why the bytes received are not RESP; the connection is closed after saying so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProtocolError {
+    TooBigInline,
+    UnbalancedQuotes,
+    TooBigMultibulkCount,
+    InvalidMultibulkLength,
+    TooBigBulkCount,
+    ExpectedDollar(u8),
+    InvalidBulkLength,
+    ExpectedCrlf,
+    RequestTooLarge(usize),
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Protocol error: ")?;
+        match self {
+            ProtocolError::TooBigInline => f.write_str("too big inline request"),
+            ProtocolError::UnbalancedQuotes => f.write_str("unbalanced quotes in request"),
+            ProtocolError::TooBigMultibulkCount => f.write_str("too big mbulk count string"),
+            ProtocolError::InvalidMultibulkLength => f.write_str("invalid multibulk length"),
+            ProtocolError::TooBigBulkCount => f.write_str("too big bulk count string"),
+            ProtocolError::ExpectedDollar(got) => {
+                write!(f, "expected '$', got '{}'", char::from(*got))
+            }
+            ProtocolError::InvalidBulkLength => f.write_str("invalid bulk length"),
+            ProtocolError::ExpectedCrlf => f.write_str("expected CRLF after a bulk string"),
+            ProtocolError::RequestTooLarge(max) => {
+                write!(f, "request is larger than {max} bytes")
+            }
+        }
+    }
+}
+
+/// What the bytes at the front of a buffer hold.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Parsed {
+    /// A complete request taking `len` bytes; `args` is empty for an empty request (a blank
+    /// inline line or `*0`), which Redis silently skips.
+    Request { args: Args, len: usize },
+    /// More bytes are needed.
+    Incomplete,
+}
+
+/// Parses the request at the front of `buf`.
+pub(crate) fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, ProtocolError> {
+    match buf.first() {
+        None => Ok(Parsed::Incomplete),
+        Some(b'*') => parse_multibulk(buf, limits),
+        Some(_) => parse_inline(buf, limits),
+    }
+}
+
+fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Parsed, ProtocolError> {
+    let Some(newline) = buf.iter().position(|&b| b == b'\n') else {
+        return if buf.len() > limits.max_inline {
+            Err(ProtocolError::TooBigInline)
+        } else {
+            Ok(Parsed::Incomplete)
+        };
+    };
+    if newline > limits.max_inline {
+        return Err(ProtocolError::TooBigInline);
+    }
+    let line = buf[..newline]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[..newline]);
+    let args = split_inline(line)?;
+    if args.len() > limits.max_args {
+        return Err(ProtocolError::InvalidMultibulkLength);
+    }
+    Ok(Parsed::Request {
+        args,
+        len: newline + 1,
+    })
+}
+
+/// Splits an inline line into arguments as Redis's `sdssplitargs` does: blanks separate,
+/// `"..."` understands `\n \r \t \b \a \\ \"` and `\xHH`, `'...'` understands `\'`, and a
+/// closing quote must be followed by a blank or the end of the line.
+fn split_inline(line: &[u8]) -> Result<Args, ProtocolError> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == line.len() {
+            return Ok(args);
+        }
+        let mut arg = Vec::new();
+        let mut quote = None;
+        loop {
+            let Some(&c) = line.get(i) else {
+                if quote.is_some() {
+                    return Err(ProtocolError::UnbalancedQuotes);
+                }
+                break;
+            };
+            match quote {
+                None if c.is_ascii_whitespace() => break,
+                None if c == b'"' || c == b'\'' => quote = Some(c),
+                None => arg.push(c),
+                Some(q) if c == q => {
+                    if line.get(i + 1).is_some_and(|n| !n.is_ascii_whitespace()) {
+                        return Err(ProtocolError::UnbalancedQuotes);
+                    }
+                    i += 1;
+                    break;
+                }
+                Some(b'"') if c == b'\\' && i + 1 < line.len() => {
+                    let hex = line
+                        .get(i + 2..i + 4)
+                        .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                        .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+                    match (line[i + 1], hex) {
+                        (b'x', Some(byte)) => {
+                            arg.push(byte);
+                            i += 2;
+                        }
+                        (escaped, _) => arg.push(match escaped {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'a' => 0x07,
+                            other => other,
+                        }),
+                    }
+                    i += 1;
+                }
+                Some(b'\'') if c == b'\\' && line.get(i + 1) == Some(&b'\'') => {
+                    arg.push(b'\'');
+                    i += 1;
+                }
+                Some(_) => arg.push(c),
+            }
+            i += 1;
+        }
+        args.push(Bytes::from(arg));
+    }
+}
+
+fn parse_multibulk(buf: &[u8], limits: &Limits) -> Result<Parsed, ProtocolError> {
+    let Some((count, mut pos)) = header(buf, 0, limits, ProtocolError::TooBigMultibulkCount)?
+    else {
+        return Ok(Parsed::Incomplete);
+    };
+    let count = match count {
+        Some(n) if n <= 0 => {
+            return Ok(Parsed::Request {
+                args: vec![],
+                len: pos,
+            });
+        }
+        Some(n) if (n as u64) <= limits.max_args as u64 => n as usize,
+        _ => return Err(ProtocolError::InvalidMultibulkLength),
+    };
+    // First check that the whole request is here, so no allocation happens before that.
+    let mut bulks = Vec::with_capacity(0);
+    for _ in 0..count {
+        match buf.get(pos) {
+            None => return Ok(Parsed::Incomplete),
+            Some(b'$') => {}
+            Some(&other) => return Err(ProtocolError::ExpectedDollar(other)),
+        }
+        let Some((len, start)) = header(buf, pos, limits, ProtocolError::TooBigBulkCount)? else {
+            return Ok(Parsed::Incomplete);
+        };
+        let len = match len {
+            Some(n) if n >= 0 && (n as u64) <= limits.max_bulk as u64 => n as usize,
+            _ => return Err(ProtocolError::InvalidBulkLength),
+        };
+        let end = start + len;
+        if end + 2 > limits.max_request {
+            return Err(ProtocolError::RequestTooLarge(limits.max_request));
+        }
+        match buf.get(end..end + 2) {
+            None => return Ok(Parsed::Incomplete),
+            Some(b"\r\n") => {}
+            Some(_) => return Err(ProtocolError::ExpectedCrlf),
+        }
+        bulks.push((start, end));
+        pos = end + 2;
+    }
+    let args = bulks
+        .into_iter()
+        .map(|(start, end)| Bytes::copy_from_slice(&buf[start..end]))
+        .collect();
+    Ok(Parsed::Request { args, len: pos })
+}
+
+/// Reads the `*N` or `$N` header line at `at`: `None` while it is incomplete, else its number
+/// (`None` when not a number) and where the next line starts.
+fn header(
+    buf: &[u8],
+    at: usize,
+    limits: &Limits,
+    too_big: ProtocolError,
+) -> Result<Option<(Option<i64>, usize)>, ProtocolError> {
+    let rest = &buf[at..];
+    let Some(cr) = rest.windows(2).position(|w| w == b"\r\n") else {
+        return if rest.len() > limits.max_inline {
+            Err(too_big)
+        } else {
+            Ok(None)
+        };
+    };
+    if cr > limits.max_inline {
+        return Err(too_big);
+    }
+    Ok(Some((parse_i64(&rest[1..cr]), at + cr + 2)))
+}
+
+/// A decimal integer as Redis's `string2ll` accepts it: optional `-`, no `+`, no blanks, no
+/// leading zeros.
+pub(crate) fn parse_i64(text: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(text).ok()?;
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let canonical = match digits.as_bytes() {
+        [b'0'] => s == "0",
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if canonical { s.parse().ok() } else { None }
+}
+
+/// A reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Frame {
+    Simple(&'static str),
+    Error(String),
+    Integer(i64),
+    Bulk(Bytes),
+    Null,
+    Array(Vec<Frame>),
+}
+
+impl Frame {
+    /// A bulk string from anything byte-like.
+    pub(crate) fn bulk(bytes: impl Into<Bytes>) -> Frame {
+        Frame::Bulk(bytes.into())
+    }
+
+    /// `+OK`.
+    pub(crate) fn ok() -> Frame {
+        Frame::Simple("OK")
+    }
+
+    /// A bulk string or a null, for an optional value.
+    pub(crate) fn optional(value: Option<Bytes>) -> Frame {
+        value.map_or(Frame::Null, Frame::Bulk)
+    }
+
+    /// Appends the RESP2 encoding. An error's text cannot hold a line break (it would end the
+    /// reply early and desynchronise the client), so line breaks become spaces, as in Redis.
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
+        match self {
+            Frame::Simple(text) => line(out, b'+', text.as_bytes()),
+            Frame::Error(text) => {
+                let text: Vec<u8> = text
+                    .bytes()
+                    .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b })
+                    .collect();
+                line(out, b'-', &text);
+            }
+            Frame::Integer(n) => line(out, b':', n.to_string().as_bytes()),
+            Frame::Bulk(bytes) => {
+                line(out, b'$', bytes.len().to_string().as_bytes());
+                out.extend_from_slice(bytes);
+                out.extend_from_slice(b"\r\n");
+            }
+            Frame::Null => out.extend_from_slice(b"$-1\r\n"),
+            Frame::Array(items) => {
+                line(out, b'*', items.len().to_string().as_bytes());
+                for item in items {
+                    item.encode(out);
+                }
+            }
+        }
+    }
+}
+
+fn line(out: &mut BytesMut, tag: u8, text: &[u8]) {
+    out.extend_from_slice(&[tag]);
+    out.extend_from_slice(text);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_bulk: 64,
+        max_args: 8,
+        max_request: 256,
+        max_inline: 32,
+    };
+
+    fn multibulk(args: &[&[u8]]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    fn parse(buf: &[u8]) -> Result<Parsed, ProtocolError> {
+        parse_request(buf, &LIMITS)
+    }
+
+    fn request(args: &[&str], len: usize) -> Result<Parsed, ProtocolError> {
+        Ok(Parsed::Request {
+            args: args
+                .iter()
+                .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                .collect(),
+            len,
+        })
+    }
+
+    #[test]
+    fn a_multibulk_request_parses_and_reports_its_length() {
+        let bytes = multibulk(&[b"SET", b"k", b"v"]);
+        let mut pipelined = bytes.clone();
+        pipelined.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+        assert_eq!(parse(&pipelined), request(&["SET", "k", "v"], bytes.len()));
+    }
+
+    #[test]
+    fn every_prefix_of_a_request_is_incomplete() {
+        let bytes = multibulk(&[b"SET", b"key", b"a\r\nb"]);
+        for cut in 0..bytes.len() {
+            assert_eq!(parse(&bytes[..cut]), Ok(Parsed::Incomplete), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn inline_requests_split_like_redis() {
+        assert_eq!(parse(b"PING\r\n"), request(&["PING"], 6));
+        assert_eq!(parse(b"  set  k v\n"), request(&["set", "k", "v"], 11));
+        assert_eq!(
+            parse(b"set \"a b\\x41\\n\" 'it\\'s'\r\n"),
+            request(&["set", "a bA\n", "it's"], 25)
+        );
+        assert_eq!(parse(b"\r\n"), request(&[], 2));
+        assert_eq!(parse(b"PING"), Ok(Parsed::Incomplete));
+    }
+
+    #[test]
+    fn protocol_errors_are_worded_as_redis_words_them() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"*x\r\n", "Protocol error: invalid multibulk length"),
+            (b"*9\r\n", "Protocol error: invalid multibulk length"),
+            (b"*1\r\n+PING\r\n", "Protocol error: expected '$', got '+'"),
+            (b"*1\r\n$-3\r\n", "Protocol error: invalid bulk length"),
+            (b"*1\r\n$65\r\n", "Protocol error: invalid bulk length"),
+            (
+                b"*1\r\n$1\r\nab\r\n",
+                "Protocol error: expected CRLF after a bulk string",
+            ),
+            (
+                b"set \"a\r\n",
+                "Protocol error: unbalanced quotes in request",
+            ),
+            (
+                b"set \"a\"b\r\n",
+                "Protocol error: unbalanced quotes in request",
+            ),
+            (&[b'x'; 40], "Protocol error: too big inline request"),
+            (
+                b"*111111111111111111111111111111111",
+                "Protocol error: too big mbulk count string",
+            ),
+        ];
+        for (bytes, message) in cases {
+            let err = parse(bytes).expect_err("an error");
+            assert_eq!(
+                &err.to_string(),
+                message,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_larger_than_the_limit_is_refused_before_it_arrives() {
+        let header = b"*8\r\n$60\r\n";
+        let mut bytes = header.to_vec();
+        for _ in 0..4 {
+            bytes.extend_from_slice(&[b'a'; 60]);
+            bytes.extend_from_slice(b"\r\n$60\r\n");
+        }
+        assert_eq!(parse(&bytes), Err(ProtocolError::RequestTooLarge(256)));
+    }
+
+    #[test]
+    fn an_empty_multibulk_is_skipped() {
+        assert_eq!(parse(b"*0\r\n"), request(&[], 4));
+        assert_eq!(parse(b"*-1\r\n"), request(&[], 5));
+    }
+
+    #[test]
+    fn integers_follow_string2ll() {
+        assert_eq!(parse_i64(b"0"), Some(0));
+        assert_eq!(parse_i64(b"-12"), Some(-12));
+        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        for bad in [
+            &b""[..],
+            b"-0",
+            b"01",
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"9223372036854775808",
+            b"-",
+        ] {
+            assert_eq!(parse_i64(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replies_encode_as_resp2() {
+        let mut out = BytesMut::new();
+        Frame::Array(vec![
+            Frame::ok(),
+            Frame::Error("ERR a\r\nb".into()),
+            Frame::Integer(-3),
+            Frame::bulk("hi"),
+            Frame::Null,
+            Frame::Array(vec![]),
+        ])
+        .encode(&mut out);
+        assert_eq!(
+            &out[..],
+            b"*6\r\n+OK\r\n-ERR a  b\r\n:-3\r\n$2\r\nhi\r\n$-1\r\n*0\r\n"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            match parse(&bytes) {
+                Ok(Parsed::Request { args, len }) => {
+                    prop_assert!(len <= bytes.len());
+                    prop_assert!(args.len() <= LIMITS.max_args);
+                }
+                Ok(Parsed::Incomplete) | Err(_) => {}
+            }
+        }
+
+        #[test]
+        fn multibulk_requests_round_trip(
+            args in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 1..8),
+            tail in proptest::collection::vec(any::<u8>(), 0..10),
+        ) {
+            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            let mut bytes = multibulk(&refs);
+            let len = bytes.len();
+            bytes.extend_from_slice(&tail);
+            let expected: Args = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
+            prop_assert_eq!(parse(&bytes), Ok(Parsed::Request { args: expected, len }));
+        }
+
+        #[test]
+        fn inline_words_round_trip(words in proptest::collection::vec("[a-zA-Z0-9]{1,5}", 1..6)) {
+            let line = format!("{}\r\n", words.join(" "));
+            let expected: Args = words.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect();
+            prop_assert_eq!(parse(line.as_bytes()), Ok(Parsed::Request { args: expected, len: line.len() }));
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The RESP face: Redis clients and `redis-cli` talk to a kvs node as to a Redis server.
+//!
+//! It sits beside the gRPC face and calls the same replica: every write is one conditional
+//! batch through Raft with this connection's `WriteId`, every read is linearizable unless the
+//! connection asked for serializable reads. `frame` is the bounded RESP2 codec, `command` the
+//! command families and their dispatcher, `connection` one client's request loop, `status` the
+//! one mapping from node errors to RESP error replies. The listener exists only when the node
+//! runs with `--resp-listen`.
+
+mod command;
+mod connection;
+mod frame;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::config::NodeConfig;
+use crate::replica::Replica;
+use crate::resp::command::Session;
+use crate::resp::frame::Frame;
+use crate::resp::frame::Limits;
+
+/// Most connections served at once (Redis's default `maxclients`); more are told so and closed.
+const MAX_CONNECTIONS: usize = 10_000;
+/// Most arguments in one request.
+const MAX_ARGS: usize = 64 * 1024;
+/// Longest inline request and longest `*N`/`$N` line (Redis's `PROTO_INLINE_MAX_SIZE`).
+const MAX_INLINE: usize = 64 * 1024;
+/// Room for framing beyond the largest key or value and the largest batch: a value just over
+/// the limit is answered with the limit's own error, not a protocol error.
+const SLACK: usize = 64 * 1024;
+
+impl Limits {
+    fn of(config: &NodeConfig) -> Self {
+        let max_bulk = config.max_value_bytes.max(config.max_key_bytes) + SLACK;
+        Limits {
+            max_bulk,
+            max_args: MAX_ARGS,
+            max_request: config.max_batch_bytes.max(max_bulk) + MAX_ARGS * 16 + SLACK,
+            max_inline: MAX_INLINE,
+        }
+    }
+}
+
+/// Serves RESP clients on `listener` until `stop` resolves; then closes every connection (the
+/// node has already drained the requests in flight).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    replica: Arc<Replica>,
+    stop: impl Future<Output = ()>,
+) {
+    let limits = Limits::of(&replica.config);
+    let idle = Duration::from_millis(replica.config.resp_idle_timeout_ms);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    let mut next_id: u64 = 0;
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (mut stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accepting a RESP connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                next_id += 1;
+                match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let session = Session::new(replica.clone(), next_id, peer);
+                        connections.spawn(async move {
+                            connection::serve(stream, session, limits, idle).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => {
+                        connections.spawn(async move {
+                            let mut reply = BytesMut::new();
+                            Frame::Error("ERR max number of clients reached".into())
+                                .encode(&mut reply);
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                stream.write_all(&reply),
+                            )
+                            .await;
+                        });
+                    }
+                }
+            }
+        }
+    }
+    connections.shutdown().await;
+}

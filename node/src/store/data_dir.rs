@@ -1,0 +1,238 @@
+//! The data directory: what makes a durable node the same node after a restart.
+//!
+//! Layout (format 1):
+//! - `FORMAT` — `kvs-data 1`; a directory of a newer format is refused, never guessed at.
+//! - `LOCK` — held with an exclusive file lock while a node runs, so a second process on the
+//!   same directory fails at once instead of corrupting it.
+//! - `identity` — this node's ID and, once known, its cluster's ID (written atomically).
+//! - `raft/` — the Raft log, vote and commit index (see `disk_log`).
+//! - `snapshots/` — the latest state-machine snapshot (see `snapshot_file`).
+
+use std::fs::File;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
+
+use crate::error::Error;
+use crate::identity::node_id_string;
+use crate::identity::parse_node_id;
+
+/// The data directory format this binary writes and reads.
+pub(crate) const DATA_DIR_FORMAT: u32 = 1;
+
+const FORMAT_FILE: &str = "FORMAT";
+const FORMAT_PREFIX: &str = "kvs-data ";
+const LOCK_FILE: &str = "LOCK";
+const IDENTITY_FILE: &str = "identity";
+
+/// What the data directory remembers about who this node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredIdentity {
+    pub(crate) node_id: u64,
+    pub(crate) cluster_id: Option<String>,
+}
+
+/// An open, locked data directory.
+#[derive(Debug)]
+pub(crate) struct DataDir {
+    path: PathBuf,
+    /// Held for the life of the node; the lock is released when the file is closed.
+    _lock: File,
+}
+
+fn io_error(path: &Path, what: &str, e: std::io::Error) -> Error {
+    Error::io(format!("{what} {}", path.display()), e)
+}
+
+impl DataDir {
+    /// Opens (creating if needed) and locks the data directory at `path`.
+    pub(crate) fn open(path: &Path) -> Result<Self, Error> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| io_error(path, "cannot create data directory", e))?;
+        let lock_path = path.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_error(&lock_path, "cannot open", e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Config(format!(
+                    "data directory {} is in use by another kvs-node process; give this node its own \
+                     --data-dir, or run it with --in-memory",
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(io_error(&lock_path, "cannot lock", e));
+            }
+        }
+        let dir = DataDir {
+            path: path.to_path_buf(),
+            _lock: lock,
+        };
+        dir.check_format()?;
+        Ok(dir)
+    }
+
+    fn check_format(&self) -> Result<(), Error> {
+        let format_path = self.path.join(FORMAT_FILE);
+        match std::fs::read_to_string(&format_path) {
+            Ok(text) => {
+                let version = text
+                    .trim()
+                    .strip_prefix(FORMAT_PREFIX)
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .ok_or_else(|| {
+                        Error::Config(format!(
+                            "{} does not look like a kvs data directory ({} says {:?})",
+                            self.path.display(),
+                            format_path.display(),
+                            text.trim()
+                        ))
+                    })?;
+                if version != DATA_DIR_FORMAT {
+                    return Err(Error::Config(format!(
+                        "data directory {} has format {version}, but this kvs-node reads only format \
+                         {DATA_DIR_FORMAT}; use a kvs-node release that matches it",
+                        self.path.display()
+                    )));
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let has_state = ["raft", "snapshots", IDENTITY_FILE]
+                    .iter()
+                    .any(|name| self.path.join(name).exists());
+                if has_state {
+                    return Err(Error::Config(format!(
+                        "data directory {} has state but no {FORMAT_FILE} file; refusing to guess its format",
+                        self.path.display()
+                    )));
+                }
+                write_atomically(
+                    &format_path,
+                    format!("{FORMAT_PREFIX}{DATA_DIR_FORMAT}\n").as_bytes(),
+                )
+            }
+            Err(e) => Err(io_error(&format_path, "cannot read", e)),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn raft_dir(&self) -> PathBuf {
+        self.path.join("raft")
+    }
+
+    pub(crate) fn snapshot_dir(&self) -> PathBuf {
+        self.path.join("snapshots")
+    }
+
+    /// The identity stored here, if the node has run here before.
+    pub(crate) fn load_identity(&self) -> Result<Option<StoredIdentity>, Error> {
+        let path = self.path.join(IDENTITY_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(&path, "cannot read", e)),
+        };
+        let bad = || Error::Config(format!("{} is damaged: {:?}", path.display(), text.trim()));
+        let mut node_id = None;
+        let mut cluster_id = None;
+        for line in text.lines() {
+            match line.split_once('=') {
+                Some(("node_id", v)) => node_id = Some(parse_node_id(v).ok_or_else(bad)?),
+                Some(("cluster_id", "")) => {}
+                Some(("cluster_id", v))
+                    if v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                {
+                    cluster_id = Some(v.to_string());
+                }
+                _ => return Err(bad()),
+            }
+        }
+        Ok(Some(StoredIdentity {
+            node_id: node_id.ok_or_else(bad)?,
+            cluster_id,
+        }))
+    }
+
+    /// Where [`save_identity`] writes.
+    pub(crate) fn identity_path(&self) -> PathBuf {
+        self.path.join(IDENTITY_FILE)
+    }
+}
+
+/// Writes the identity file durably.
+pub(crate) fn save_identity(path: &Path, identity: &StoredIdentity) -> Result<(), Error> {
+    let text = format!(
+        "node_id={}\ncluster_id={}\n",
+        node_id_string(identity.node_id),
+        identity.cluster_id.as_deref().unwrap_or("")
+    );
+    write_atomically(path, text.as_bytes())
+}
+
+/// Replaces `path` with `contents` so that a crash leaves either the old or the new file.
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")))
+    };
+    write().map_err(|e| io_error(path, "cannot write", e))
+}
+
+/// Makes a rename or a new file in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let _first = DataDir::open(tmp.path()).expect("first open");
+        let err = DataDir::open(tmp.path()).expect_err("second open");
+        assert!(
+            err.to_string().contains("in use by another kvs-node"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn identity_survives_a_reopen() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let stored = StoredIdentity {
+            node_id: 0x0123_4567_89ab_cdef,
+            cluster_id: Some("0123456789abcdef0123456789abcdef".into()),
+        };
+        {
+            let dir = DataDir::open(tmp.path()).expect("open");
+            assert_eq!(dir.load_identity().expect("load"), None);
+            save_identity(&dir.identity_path(), &stored).expect("save");
+        }
+        let dir = DataDir::open(tmp.path()).expect("reopen");
+        assert_eq!(dir.load_identity().expect("load"), Some(stored));
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_clearly() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join(FORMAT_FILE), "kvs-data 2\n").expect("write");
+        let err = DataDir::open(tmp.path()).expect_err("newer format");
+        assert!(err.to_string().contains("has format 2"), "{err}");
+    }
+}

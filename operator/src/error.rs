@@ -1,0 +1,32 @@
+//! The one error type of kvs-operator.
+//!
+//! A reconcile fails for one of few reasons and the controller treats them all alike (log, count,
+//! retry with a pause), so variants only say where the failure came from; the kvs client's own
+//! error already tells whether a membership change may have been applied, and the next reconcile
+//! re-reads the membership either way.
+
+/// Errors of the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the Kubernetes API failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A call to the kvs cluster failed.
+    #[error("kvs cluster: {0}")]
+    Kvs(#[from] kvs_client::Error),
+    /// The KvsCluster has no namespace or uid, so it was not read from the API server.
+    #[error("KvsCluster {0} has no namespace or uid")]
+    Unidentified(String),
+    /// The operator's own leader election failed.
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// Another operator instance took the lease.
+    #[error("leadership lost to another operator instance")]
+    LeadershipLost,
+    /// The metrics endpoint could not be served.
+    #[error("metrics endpoint: {0}")]
+    Metrics(#[source] std::io::Error),
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

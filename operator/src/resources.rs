@@ -1,0 +1,517 @@
+//! The Kubernetes objects a `KvsCluster` owns, built as plain values.
+//!
+//! Pure builders, so what the operator applies is reviewed as snapshots (`operator/snapshots/`)
+//! rather than discovered in a cluster. The shapes encode the safety rules of the operator:
+//! - the StatefulSet uses `Parallel` pod management (a missing middle pod never blocks the
+//!   others) and `OnDelete` updates (the operator, not the StatefulSet controller, decides when a
+//!   pod restarts, one member at a time);
+//! - nodes never bootstrap themselves (no `--bootstrap`): only the operator initializes pod-0, so
+//!   a wiped pod can never start a second cluster;
+//! - the headless Service publishes not-ready addresses, because a new pod must be dialable to
+//!   become a member before it can ever be ready;
+//! - the termination grace period outlasts the node's own drain (`--shutdown-grace-ms`), so a
+//!   leader hands over before it is killed.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, GRPCAction, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::KvsCluster;
+
+/// The client gRPC port of every node.
+pub const CLIENT_PORT: i32 = 7379;
+/// The node-to-node port.
+pub const PEER_PORT: i32 = 7380;
+/// Where a durable node keeps its state.
+pub const DATA_DIR: &str = "/var/lib/kvs";
+/// The node's default `--shutdown-grace-ms`.
+const NODE_SHUTDOWN_GRACE_MS: u32 = 10_000;
+/// Time beyond the node's drain before the kubelet kills it.
+const TERMINATION_SLACK_SECONDS: i64 = 10;
+/// Name of the data volume claim template; claims are `data-{statefulset}-{ordinal}`.
+const DATA_VOLUME: &str = "data";
+/// The uid and gid the node runs as.
+const NODE_USER: i64 = 65532;
+
+/// Names of the objects of one cluster, derived from its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    cluster: String,
+    namespace: String,
+}
+
+impl Names {
+    /// The names of the cluster `cluster` in `namespace`.
+    pub fn new(cluster: &str, namespace: &str) -> Self {
+        Names {
+            cluster: cluster.to_owned(),
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// The namespace of every object.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The StatefulSet, the client Service and the PodDisruptionBudget.
+    pub fn statefulset(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The headless Service that gives pods their stable DNS names.
+    pub fn headless_service(&self) -> String {
+        format!("{}-peers", self.cluster)
+    }
+
+    /// The pod at `ordinal`.
+    pub fn pod(&self, ordinal: u32) -> String {
+        format!("{}-{ordinal}", self.cluster)
+    }
+
+    /// The ordinal of a pod of this cluster, from its name.
+    pub fn ordinal_of(&self, pod: &str) -> Option<u32> {
+        let rest = pod.strip_prefix(&self.cluster)?.strip_prefix('-')?;
+        // Only canonical numbers: "01" is no pod of a StatefulSet.
+        rest.parse()
+            .ok()
+            .filter(|ordinal: &u32| ordinal.to_string() == rest)
+    }
+
+    /// The data volume claim of the pod at `ordinal`.
+    pub fn claim(&self, ordinal: u32) -> String {
+        format!("{DATA_VOLUME}-{}", self.pod(ordinal))
+    }
+
+    /// The ordinal of a data claim of this cluster, from its name.
+    pub fn claim_ordinal(&self, claim: &str) -> Option<u32> {
+        self.ordinal_of(claim.strip_prefix(DATA_VOLUME)?.strip_prefix('-')?)
+    }
+
+    /// The stable DNS name of the pod at `ordinal`, as the node advertises it.
+    pub fn pod_host(&self, ordinal: u32) -> String {
+        format!(
+            "{}.{}.{}.svc",
+            self.pod(ordinal),
+            self.headless_service(),
+            self.namespace
+        )
+    }
+
+    /// Labels on every owned object; the selector is the first two.
+    fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.selector();
+        labels.insert("app.kubernetes.io/managed-by".into(), "kvs-operator".into());
+        labels
+    }
+
+    /// The labels that select this cluster's pods.
+    pub fn selector(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".to_owned(), "kvs".to_owned()),
+            (
+                "app.kubernetes.io/instance".to_owned(),
+                self.cluster.clone(),
+            ),
+        ])
+    }
+
+    /// The label selector string of this cluster's pods, for list calls.
+    pub fn selector_string(&self) -> String {
+        self.selector()
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn meta(&self, name: &str, owner: &OwnerReference) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(self.labels()),
+            owner_references: Some(vec![owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+/// Everything a cluster's objects are built from.
+pub(crate) struct Blueprint<'a> {
+    pub(crate) cluster: &'a KvsCluster,
+    pub(crate) names: Names,
+    pub(crate) default_image: &'a str,
+    owner: OwnerReference,
+}
+
+impl<'a> Blueprint<'a> {
+    /// `None` when the cluster has no namespace or uid yet (it was not read from the API).
+    pub(crate) fn new(cluster: &'a KvsCluster, default_image: &'a str) -> Option<Self> {
+        Some(Blueprint {
+            names: Names::new(&cluster.name_any(), &cluster.namespace()?),
+            owner: cluster.controller_owner_ref(&())?,
+            cluster,
+            default_image,
+        })
+    }
+
+    /// The StatefulSet at `replicas` pods.
+    pub(crate) fn statefulset(&self, replicas: u32) -> StatefulSet {
+        let spec = &self.cluster.spec;
+        let names = &self.names;
+        let durable = !spec.storage.in_memory;
+        let claims = durable.then(|| {
+            let size = spec
+                .storage
+                .size
+                .clone()
+                .map(|size| BTreeMap::from([("storage".to_owned(), size)]));
+            vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some(DATA_VOLUME.into()),
+                    labels: Some(names.selector()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    storage_class_name: spec.storage.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: size,
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                ..PersistentVolumeClaim::default()
+            }]
+        });
+        let volume_mounts = durable.then(|| {
+            vec![VolumeMount {
+                name: DATA_VOLUME.into(),
+                mount_path: DATA_DIR.into(),
+                ..VolumeMount::default()
+            }]
+        });
+        let container = Container {
+            name: "kvs-node".into(),
+            image: Some(
+                spec.image
+                    .clone()
+                    .unwrap_or_else(|| self.default_image.to_owned()),
+            ),
+            args: Some(self.node_args()),
+            env: Some(vec![EnvVar {
+                name: "POD_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".into(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            }]),
+            ports: Some(self.container_ports()),
+            readiness_probe: Some(Probe {
+                grpc: Some(GRPCAction {
+                    port: CLIENT_PORT,
+                    service: None,
+                }),
+                period_seconds: Some(5),
+                failure_threshold: Some(3),
+                ..Probe::default()
+            }),
+            // The process is up; whether it serves is readiness's business, and a node that
+            // waits to join must not be killed for it.
+            liveness_probe: Some(Probe {
+                tcp_socket: Some(TCPSocketAction {
+                    port: IntOrString::String("client".into()),
+                    host: None,
+                }),
+                initial_delay_seconds: Some(5),
+                period_seconds: Some(10),
+                failure_threshold: Some(6),
+                ..Probe::default()
+            }),
+            resources: spec.resources.clone(),
+            security_context: Some(SecurityContext {
+                run_as_non_root: Some(true),
+                read_only_root_filesystem: Some(true),
+                allow_privilege_escalation: Some(false),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    add: None,
+                }),
+                seccomp_profile: Some(runtime_default_seccomp()),
+                ..SecurityContext::default()
+            }),
+            volume_mounts,
+            ..Container::default()
+        };
+        let placement = &spec.placement;
+        let grace_ms = spec
+            .config
+            .shutdown_grace_ms
+            .unwrap_or(NODE_SHUTDOWN_GRACE_MS);
+        StatefulSet {
+            metadata: names.meta(names.statefulset(), &self.owner),
+            spec: Some(StatefulSetSpec {
+                replicas: Some(replicas as i32),
+                service_name: Some(names.headless_service()),
+                pod_management_policy: Some("Parallel".into()),
+                update_strategy: Some(StatefulSetUpdateStrategy {
+                    type_: Some("OnDelete".into()),
+                    rolling_update: None,
+                }),
+                selector: LabelSelector {
+                    match_labels: Some(names.selector()),
+                    match_expressions: None,
+                },
+                // The operator deletes the claims of removed members itself, after their
+                // removal is committed; the whole set's claims follow `retainOnDelete`.
+                persistent_volume_claim_retention_policy: durable.then(|| {
+                    StatefulSetPersistentVolumeClaimRetentionPolicy {
+                        when_deleted: Some(
+                            if spec.storage.retain_on_delete {
+                                "Retain"
+                            } else {
+                                "Delete"
+                            }
+                            .into(),
+                        ),
+                        when_scaled: Some("Retain".into()),
+                    }
+                }),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(names.labels()),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![container],
+                        termination_grace_period_seconds: Some(
+                            i64::from(grace_ms.div_ceil(1000)) + TERMINATION_SLACK_SECONDS,
+                        ),
+                        automount_service_account_token: Some(false),
+                        enable_service_links: Some(false),
+                        security_context: Some(PodSecurityContext {
+                            run_as_non_root: Some(true),
+                            run_as_user: Some(NODE_USER),
+                            run_as_group: Some(NODE_USER),
+                            fs_group: Some(NODE_USER),
+                            seccomp_profile: Some(runtime_default_seccomp()),
+                            ..PodSecurityContext::default()
+                        }),
+                        affinity: placement.affinity.clone(),
+                        tolerations: non_empty(placement.tolerations.clone()),
+                        node_selector: (!placement.node_selector.is_empty())
+                            .then(|| placement.node_selector.clone()),
+                        topology_spread_constraints: non_empty(
+                            placement.topology_spread_constraints.clone(),
+                        ),
+                        ..PodSpec::default()
+                    }),
+                },
+                volume_claim_templates: claims,
+                ..StatefulSetSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// The node's command line: addresses from the pod's stable name, storage, tuning.
+    fn node_args(&self) -> Vec<String> {
+        let spec = &self.cluster.spec;
+        // `$(POD_NAME)` is expanded by the kubelet from the env var of that name.
+        let host = format!(
+            "$(POD_NAME).{}.{}.svc",
+            self.names.headless_service(),
+            self.names.namespace
+        );
+        let mut args = vec![
+            format!("--listen=0.0.0.0:{CLIENT_PORT}"),
+            format!("--advertise={host}:{CLIENT_PORT}"),
+            format!("--peer-listen=0.0.0.0:{PEER_PORT}"),
+            format!("--peer-advertise={host}:{PEER_PORT}"),
+        ];
+        if spec.storage.in_memory {
+            args.push("--in-memory".into());
+        } else {
+            args.push(format!("--data-dir={DATA_DIR}"));
+        }
+        if spec.resp.enabled {
+            args.push(format!("--resp-listen=0.0.0.0:{}", spec.resp.port));
+        }
+        let config = &spec.config;
+        let tuning = [
+            ("election-timeout-ms", config.election_timeout_ms),
+            ("heartbeat-interval-ms", config.heartbeat_interval_ms),
+            ("request-timeout-ms", config.request_timeout_ms),
+            ("max-key-bytes", config.max_key_bytes),
+            ("max-value-bytes", config.max_value_bytes),
+            ("max-batch-ops", config.max_batch_ops),
+            ("shutdown-grace-ms", config.shutdown_grace_ms),
+        ];
+        args.extend(
+            tuning
+                .into_iter()
+                .filter_map(|(flag, value)| value.map(|value| format!("--{flag}={value}"))),
+        );
+        args
+    }
+
+    fn container_ports(&self) -> Vec<ContainerPort> {
+        let port = |name: &str, number| ContainerPort {
+            name: Some(name.into()),
+            container_port: number,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        };
+        let mut ports = vec![port("client", CLIENT_PORT), port("peer", PEER_PORT)];
+        if self.cluster.spec.resp.enabled {
+            ports.push(port("resp", self.cluster.spec.resp.port));
+        }
+        ports
+    }
+
+    /// The headless Service behind the pods' stable DNS names; it lists pods before they are
+    /// ready, since a pod becomes ready only after it was dialed and added as a member.
+    pub(crate) fn headless_service(&self) -> Service {
+        let port = |name: &str, number| ServicePort {
+            name: Some(name.into()),
+            port: number,
+            target_port: Some(IntOrString::String(name.into())),
+            ..ServicePort::default()
+        };
+        Service {
+            metadata: self.names.meta(&self.names.headless_service(), &self.owner),
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("None".into()),
+                publish_not_ready_addresses: Some(true),
+                selector: Some(self.names.selector()),
+                ports: Some(vec![port("client", CLIENT_PORT), port("peer", PEER_PORT)]),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// The Service clients use: ready members only, gRPC and (when enabled) RESP.
+    pub(crate) fn client_service(&self) -> Service {
+        let mut ports = vec![ServicePort {
+            name: Some("client".into()),
+            port: CLIENT_PORT,
+            target_port: Some(IntOrString::String("client".into())),
+            ..ServicePort::default()
+        }];
+        if self.cluster.spec.resp.enabled {
+            ports.push(ServicePort {
+                name: Some("resp".into()),
+                port: self.cluster.spec.resp.port,
+                target_port: Some(IntOrString::String("resp".into())),
+                ..ServicePort::default()
+            });
+        }
+        Service {
+            metadata: self.names.meta(self.names.statefulset(), &self.owner),
+            spec: Some(ServiceSpec {
+                selector: Some(self.names.selector()),
+                ports: Some(ports),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// At most one member down by choice; `None` for one or two members, where any voluntary
+    /// disruption already loses the majority (the operator warns instead).
+    pub(crate) fn disruption_budget(&self) -> Option<PodDisruptionBudget> {
+        (self.cluster.spec.replicas >= 3).then(|| PodDisruptionBudget {
+            metadata: self.names.meta(self.names.statefulset(), &self.owner),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(self.names.selector()),
+                    match_expressions: None,
+                }),
+                ..PodDisruptionBudgetSpec::default()
+            }),
+            status: None,
+        })
+    }
+
+    /// When enabled: only this cluster's pods reach the peer port; client and RESP ports stay
+    /// open to everyone (clients authenticate at a higher layer, if at all).
+    pub(crate) fn network_policy(&self) -> Option<NetworkPolicy> {
+        let spec = &self.cluster.spec;
+        if !spec.network_policy.enabled {
+            return None;
+        }
+        let port = |number| NetworkPolicyPort {
+            port: Some(IntOrString::Int(number)),
+            protocol: Some("TCP".into()),
+            end_port: None,
+        };
+        let mut open = vec![port(CLIENT_PORT)];
+        if spec.resp.enabled {
+            open.push(port(spec.resp.port));
+        }
+        Some(NetworkPolicy {
+            metadata: self.names.meta(&self.names.headless_service(), &self.owner),
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(self.names.selector()),
+                    match_expressions: None,
+                }),
+                policy_types: Some(vec!["Ingress".into()]),
+                ingress: Some(vec![
+                    NetworkPolicyIngressRule {
+                        from: Some(vec![NetworkPolicyPeer {
+                            pod_selector: Some(LabelSelector {
+                                match_labels: Some(self.names.selector()),
+                                match_expressions: None,
+                            }),
+                            ..NetworkPolicyPeer::default()
+                        }]),
+                        ports: Some(vec![port(PEER_PORT)]),
+                    },
+                    NetworkPolicyIngressRule {
+                        from: None,
+                        ports: Some(open),
+                    },
+                ]),
+                ..NetworkPolicySpec::default()
+            }),
+        })
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    }
+}
+
+fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {
+    (!items.is_empty()).then_some(items)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,101 @@
+//! Snapshots of every owned object: a change to what the operator applies shows up as a diff
+//! of `operator/snapshots/*.yaml` in review. `KVS_UPDATE_SNAPSHOTS=1` rewrites them.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::*;
+use crate::crd::fixtures::{cluster, spec};
+use crate::crd::{NodeConfig, RespSpec, StorageSpec};
+
+fn assert_snapshot(name: &str, value: &impl Serialize) {
+    let actual = serde_yaml::to_string(value).expect("objects serialize");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("snapshots")
+        .join(format!("{name}.yaml"));
+    if std::env::var_os("KVS_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &actual).expect("snapshot written");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        expected == actual,
+        "{} differs from what the builders produce (KVS_UPDATE_SNAPSHOTS=1 rewrites it):\n{actual}",
+        path.display()
+    );
+}
+
+#[test]
+fn durable_cluster_objects() {
+    let cluster = cluster(spec(3, true));
+    let blueprint = Blueprint::new(&cluster, "kvs:test").expect("namespaced with a uid");
+    assert_snapshot("durable-statefulset", &blueprint.statefulset(3));
+    assert_snapshot("headless-service", &blueprint.headless_service());
+    assert_snapshot("client-service", &blueprint.client_service());
+    assert_snapshot("disruption-budget", &blueprint.disruption_budget());
+}
+
+#[test]
+fn in_memory_cluster_with_resp_tuning_and_network_policy() {
+    let mut spec = spec(3, true);
+    spec.image = Some("registry.example/kvs:1.2.3".into());
+    spec.storage = StorageSpec {
+        in_memory: true,
+        ..StorageSpec::default()
+    };
+    spec.resp = RespSpec {
+        enabled: true,
+        port: 6380,
+    };
+    spec.config = NodeConfig {
+        election_timeout_ms: Some(1500),
+        heartbeat_interval_ms: Some(300),
+        shutdown_grace_ms: Some(25_000),
+        ..NodeConfig::default()
+    };
+    spec.network_policy.enabled = true;
+    let cluster = cluster(spec);
+    let blueprint = Blueprint::new(&cluster, "kvs:test").expect("namespaced with a uid");
+    assert_snapshot("in-memory-statefulset", &blueprint.statefulset(1));
+    assert_snapshot("resp-client-service", &blueprint.client_service());
+    assert_snapshot("network-policy", &blueprint.network_policy());
+}
+
+#[test]
+fn one_or_two_members_get_no_disruption_budget() {
+    for replicas in [1, 2] {
+        let cluster = cluster(spec(replicas, true));
+        let blueprint = Blueprint::new(&cluster, "kvs:test").expect("namespaced with a uid");
+        assert_eq!(blueprint.disruption_budget(), None);
+    }
+}
+
+#[test]
+fn pods_never_bootstrap_and_outlive_their_drain() {
+    let cluster = cluster(spec(3, true));
+    let blueprint = Blueprint::new(&cluster, "kvs:test").expect("namespaced with a uid");
+    let statefulset = blueprint.statefulset(3);
+    let pod = statefulset
+        .spec
+        .and_then(|spec| spec.template.spec)
+        .expect("a pod template");
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    assert!(
+        args.iter().all(|arg| !arg.contains("bootstrap")),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--data-dir=/var/lib/kvs".to_owned()));
+    assert!(pod.termination_grace_period_seconds > Some(10));
+}
+
+#[test]
+fn names_round_trip_ordinals_as_numbers() {
+    let names = Names::new("orders", "shop");
+    assert_eq!(names.ordinal_of("orders-10"), Some(10));
+    assert_eq!(names.ordinal_of("orders-01"), None);
+    assert_eq!(names.ordinal_of("orders-x"), None);
+    assert_eq!(names.ordinal_of("orders-extra-1"), None);
+    assert_eq!(names.claim_ordinal(&names.claim(7)), Some(7));
+    assert_eq!(names.pod_host(2), "orders-2.orders-peers.shop.svc");
+}
