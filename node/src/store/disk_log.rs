@@ -346,7 +346,7 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
         let mut batch = self.db.batch();
-        batch.insert(&self.meta, LAST_PURGED, seal(&Some(log_id)));
+        batch.insert(&self.meta, LAST_PURGED, seal(&log_id));
         for guard in self.entries.range::<[u8; 8], _>(..=key(log_id.index())) {
             batch.remove(&self.entries, guard.key().map_err(|e| self.err(e))?);
         }

@@ -5,6 +5,8 @@ pub(crate) mod command;
 pub(crate) mod data;
 pub(crate) mod data_dir;
 pub(crate) mod disk_log;
+#[cfg(test)]
+mod fixtures;
 pub(crate) mod keyspace;
 pub(crate) mod log;
 pub(crate) mod sessions;
