@@ -64,8 +64,9 @@ pub struct LeaseConfig {
     pub identity: String,
 }
 
-/// What every reconcile shares.
-pub(crate) struct Context {
+/// What every reconcile shares: the API client, the event recorder, the settings, the resolver
+/// and the metrics.
+pub struct Context {
     pub(crate) client: kube::Client,
     pub(crate) recorder: Recorder,
     pub(crate) default_image: String,
@@ -75,10 +76,11 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    pub(crate) fn new(client: kube::Client, config: &Config, instance: Option<String>) -> Self {
+    /// The context of the operator configured by `config`.
+    pub fn new(client: kube::Client, config: &Config) -> Self {
         let reporter = Reporter {
             controller: "kvs-operator".into(),
-            instance,
+            instance: config.lease.as_ref().map(|lease| lease.identity.clone()),
         };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
@@ -97,8 +99,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<()> {
-    let instance = config.lease.as_ref().map(|lease| lease.identity.clone());
-    let context = Arc::new(Context::new(client.clone(), &config, instance));
+    let context = Arc::new(Context::new(client.clone(), &config));
     let Some(lease) = config.lease else {
         run_controller(client, context, shutdown).await;
         return Ok(());
@@ -201,8 +202,9 @@ async fn run_controller(
         .await;
 }
 
-/// Observe, plan one step, carry it out, record the status.
-pub(crate) async fn reconcile(cluster: Arc<KvsCluster>, context: Arc<Context>) -> Result<Action> {
+/// Observe, plan one step, carry it out, record the status. This is what [`run`] calls for
+/// every change and requeue; end-to-end tests call it directly.
+pub async fn reconcile(cluster: Arc<KvsCluster>, context: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let blueprint = Blueprint::new(&cluster, &context.default_image)
         .ok_or_else(|| Error::Unidentified(cluster.name_any()))?;

@@ -123,7 +123,7 @@ async fn reconcile_with(
         resolver,
         metrics: Arc::new(Metrics::default()),
     };
-    let context = Arc::new(Context::new(client, &config, None));
+    let context = Arc::new(Context::new(client, &config));
     let result = tokio::time::timeout(
         Duration::from_secs(20),
         reconcile(Arc::new(cluster), context),

@@ -13,6 +13,7 @@ mod t60_identity;
 mod t70_limits;
 mod t80_shutdown;
 mod t90_resp;
+mod t95_operator;
 
 use std::time::Duration;
 

@@ -1,0 +1,419 @@
+//! The operator end to end: the real `reconcile` of `kvs-operator` drives real `kvs-node`
+//! processes through a KvsCluster's life — 3 → 5 → 3 → 1 → 3 members under continuous writes,
+//! then a middle member whose data is wiped, then a new image — and every acknowledged write
+//! survives.
+//!
+//! Kubernetes is played in-process: a small fake API server (a `tower` service given to
+//! `kube::Client::new`) stores the objects the operator applies, patches and deletes, and this
+//! test acts as the StatefulSet controller and kubelet — one `kvs-node` process per pod of the
+//! applied StatefulSet, killed when its pod is deleted. Nodes run in memory and listen on
+//! loopback; the operator's resolver seam maps each ordinal to that node's address, so the same
+//! matching code runs as in a cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use kvs_client::{Client, ClientOptions};
+use kvs_operator::Settings;
+use kvs_operator::controller::{self, Config, Context};
+use kvs_operator::crd::{KvsCluster, KvsClusterSpec, Phase};
+use kvs_operator::metrics::Metrics;
+use kvs_operator::observe::{PodAddress, Resolver};
+use kvs_operator::resources::Names;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+const NAMESPACE: &str = "shop";
+const NAME: &str = "orders";
+const CLUSTER_PATH: &str = "/apis/kvs.io/v1alpha1/namespaces/shop/kvsclusters/orders";
+const STATEFULSET_PATH: &str = "/apis/apps/v1/namespaces/shop/statefulsets/orders";
+const PODS_PATH: &str = "/api/v1/namespaces/shop/pods";
+/// Pods the test may ever run (the CRD allows 9 members).
+const SEATS: usize = 9;
+/// How long one change of the spec may take to be carried out.
+const CONVERGE: Duration = Duration::from_secs(120);
+
+/// Objects by API path, as the fake API server holds them.
+#[derive(Default)]
+struct Store {
+    objects: BTreeMap<String, Value>,
+    next_uid: u64,
+}
+
+type SharedStore = Arc<Mutex<Store>>;
+
+fn lock(store: &SharedStore) -> MutexGuard<'_, Store> {
+    store.lock().expect("no fake API thread panicked")
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+           "status": if code < 300 { "Success" } else { "Failure" },
+           "reason": reason, "code": code})
+}
+
+/// Answers one API request the way the API server would for the calls the operator makes.
+fn answer(store: &mut Store, method: &Method, path: &str, body: Value) -> (StatusCode, Value) {
+    match *method {
+        Method::GET => match store.objects.get(path) {
+            Some(object) => (StatusCode::OK, object.clone()),
+            None if path.ends_with("/pods") || path.ends_with("/persistentvolumeclaims") => {
+                let prefix = format!("{path}/");
+                let items: Vec<Value> = store
+                    .objects
+                    .iter()
+                    .filter(|(key, _)| key.starts_with(&prefix))
+                    .map(|(_, object)| object.clone())
+                    .collect();
+                (
+                    StatusCode::OK,
+                    json!({"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items}),
+                )
+            }
+            None => (StatusCode::NOT_FOUND, status(404, "NotFound")),
+        },
+        Method::PATCH => {
+            if let Some(object_path) = path.strip_suffix("/status") {
+                let Some(object) = store.objects.get_mut(object_path) else {
+                    return (StatusCode::NOT_FOUND, status(404, "NotFound"));
+                };
+                object["status"] = body["status"].clone();
+                return (StatusCode::OK, object.clone());
+            }
+            // Server-side apply of a whole owned object: what the operator sends is the object,
+            // with the status the controllers wrote kept.
+            let mut object = body;
+            if let Some(existing) = store.objects.get(path) {
+                object["status"] = existing["status"].clone();
+                object["metadata"]["uid"] = existing["metadata"]["uid"].clone();
+            } else {
+                store.next_uid += 1;
+                object["metadata"]["uid"] = json!(format!("uid-{}", store.next_uid));
+            }
+            store.objects.insert(path.to_owned(), object.clone());
+            (StatusCode::OK, object)
+        }
+        Method::DELETE => match store.objects.remove(path) {
+            Some(object) => (StatusCode::OK, object),
+            None => (StatusCode::NOT_FOUND, status(404, "NotFound")),
+        },
+        // Events.
+        _ => (StatusCode::CREATED, body),
+    }
+}
+
+/// A kube client backed by the fake API server; the server task ends with the test.
+fn fake_api(store: SharedStore) -> (kube::Client, tokio::task::JoinHandle<()>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        while let Some((request, reply)) = handle.next_request().await {
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let bytes = request
+                .into_body()
+                .collect_bytes()
+                .await
+                .unwrap_or_default();
+            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let (code, answer) = answer(&mut lock(&store), &method, &path, body);
+            let response = Response::builder()
+                .status(code)
+                .body(Body::from(answer.to_string().into_bytes()))
+                .expect("a valid response");
+            reply.send_response(response);
+        }
+    });
+    (kube::Client::new(service, NAMESPACE), server)
+}
+
+/// Ordinal k is the node on the k-th reserved loopback port.
+struct Loopback {
+    ports: Vec<u16>,
+}
+
+impl Resolver for Loopback {
+    fn resolve(&self, _: &Names, ordinal: u32) -> PodAddress {
+        let address = format!("127.0.0.1:{}", self.ports[ordinal as usize % SEATS]);
+        PodAddress {
+            advertised: address.clone(),
+            dial: address,
+        }
+    }
+}
+
+/// The StatefulSet controller and kubelet: one `kvs-node` per pod of the applied StatefulSet.
+struct Kubelet {
+    store: SharedStore,
+    ports: Vec<u16>,
+    processes: BTreeMap<u32, Child>,
+    node: std::path::PathBuf,
+}
+
+impl Kubelet {
+    /// Makes the world match the StatefulSet: its revision in its status, a pod (and process)
+    /// for every ordinal below its replicas, none beyond, and no process whose pod was deleted.
+    async fn sync(&mut self) {
+        let (replicas, revision) = {
+            let mut store = lock(&self.store);
+            let Some(set) = store.objects.get_mut(STATEFULSET_PATH) else {
+                return;
+            };
+            let template = set["spec"]["template"].to_string();
+            let mut hasher = DefaultHasher::new();
+            template.hash(&mut hasher);
+            let revision = format!("{}-{:x}", NAME, hasher.finish());
+            set["status"] = json!({"replicas": 0, "updateRevision": revision.clone()});
+            (
+                set["spec"]["replicas"].as_u64().unwrap_or(0) as u32,
+                revision,
+            )
+        };
+        let pods: BTreeSet<u32> = (0..SEATS as u32)
+            .filter(|k| lock(&self.store).objects.contains_key(&pod_path(*k)))
+            .collect();
+        for k in 0..SEATS as u32 {
+            let wanted = k < replicas;
+            if (!pods.contains(&k) || !wanted)
+                && let Some(mut child) = self.processes.remove(&k)
+            {
+                let _ = child.kill().await;
+            }
+            if !wanted {
+                lock(&self.store).objects.remove(&pod_path(k));
+                continue;
+            }
+            if !pods.contains(&k) {
+                let pod = json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {
+                        "name": format!("{NAME}-{k}"), "namespace": NAMESPACE,
+                        "labels": {"app.kubernetes.io/name": "kvs",
+                                   "app.kubernetes.io/instance": NAME,
+                                   "controller-revision-hash": revision},
+                    },
+                });
+                lock(&self.store).objects.insert(pod_path(k), pod);
+            }
+            if !self.processes.contains_key(&k) {
+                self.processes.insert(k, self.start(k));
+            }
+        }
+    }
+
+    fn start(&self, ordinal: u32) -> Child {
+        let address = format!("127.0.0.1:{}", self.ports[ordinal as usize]);
+        Command::new(&self.node)
+            .args(["--listen", &address, "--advertise", &address, "--in-memory"])
+            .args([
+                "--election-timeout-ms",
+                "600",
+                "--heartbeat-interval-ms",
+                "100",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kvs-node starts")
+    }
+}
+
+fn pod_path(ordinal: u32) -> String {
+    format!("{PODS_PATH}/{NAME}-{ordinal}")
+}
+
+/// Writes numbered keys until stopped; returns the ones the cluster acknowledged.
+fn spawn_writer(
+    client: Client,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for i in 0u64.. {
+            if *stop.borrow_and_update() {
+                break;
+            }
+            if client
+                .put(format!("key-{i}"), i.to_string(), None)
+                .await
+                .is_ok()
+            {
+                acked.push(i);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        acked
+    })
+}
+
+struct Operator {
+    store: SharedStore,
+    context: Arc<Context>,
+    kubelet: Kubelet,
+}
+
+impl Operator {
+    fn set_spec(&self, change: impl FnOnce(&mut KvsClusterSpec)) {
+        let mut store = lock(&self.store);
+        let object = store
+            .objects
+            .get_mut(CLUSTER_PATH)
+            .expect("the KvsCluster exists");
+        let mut cluster: KvsCluster =
+            serde_json::from_value(object.clone()).expect("a valid KvsCluster");
+        change(&mut cluster.spec);
+        let generation = cluster.metadata.generation.unwrap_or(0) + 1;
+        cluster.metadata.generation = Some(generation);
+        *object = serde_json::to_value(cluster).expect("serializes");
+    }
+
+    fn cluster(&self) -> KvsCluster {
+        let object = lock(&self.store).objects[CLUSTER_PATH].clone();
+        serde_json::from_value(object).expect("a valid KvsCluster")
+    }
+
+    /// Reconciles (with the kubelet catching up in between) until the status shows the spec's
+    /// members all healthy on the current revision.
+    async fn converge(&mut self, what: &str) -> KvsCluster {
+        let deadline = tokio::time::Instant::now() + CONVERGE;
+        loop {
+            self.kubelet.sync().await;
+            let cluster = self.cluster();
+            if let Err(err) = controller::reconcile(Arc::new(cluster), self.context.clone()).await {
+                eprintln!("reconcile failed (retrying): {err}");
+            }
+            self.kubelet.sync().await;
+            let cluster = self.cluster();
+            if self.converged(&cluster) {
+                return cluster;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not converged within {CONVERGE:?}; status: {:#?}",
+                cluster.status
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn converged(&self, cluster: &KvsCluster) -> bool {
+        let Some(status) = &cluster.status else {
+            return false;
+        };
+        let store = lock(&self.store);
+        let revision = &store.objects[STATEFULSET_PATH]["status"]["updateRevision"];
+        let current = (0..cluster.spec.replicas as u32).all(|k| {
+            store.objects.get(&pod_path(k)).is_some_and(|pod| {
+                &pod["metadata"]["labels"]["controller-revision-hash"] == revision
+            })
+        });
+        status.phase == Some(Phase::Running)
+            && status.replicas == cluster.spec.replicas
+            && status.ready_replicas == cluster.spec.replicas
+            && status
+                .members
+                .iter()
+                .all(|m| m.role == "voter" && m.healthy)
+            && current
+    }
+}
+
+#[tokio::test]
+async fn the_operator_scales_replaces_and_upgrades_without_losing_writes() {
+    let bins = tokio::task::spawn_blocking(kvs_tests::binaries)
+        .await
+        .expect("binaries are built");
+    let ports: Vec<u16> = (0..SEATS).map(|_| kvs_tests::free_port()).collect();
+    let store = SharedStore::default();
+    let (client, server) = fake_api(store.clone());
+    let config = Config {
+        default_image: "kvs:1".into(),
+        settings: Settings::default(),
+        lease: None,
+        resolver: Arc::new(Loopback {
+            ports: ports.clone(),
+        }),
+        metrics: Arc::new(Metrics::default()),
+    };
+    let mut cluster = KvsCluster::new(
+        NAME,
+        serde_json::from_value(json!({"replicas": 3, "storage": {"inMemory": true}}))
+            .expect("a valid spec"),
+    );
+    cluster.metadata.namespace = Some(NAMESPACE.into());
+    cluster.metadata.uid = Some("uid-kvscluster".into());
+    cluster.metadata.generation = Some(1);
+    lock(&store).objects.insert(
+        CLUSTER_PATH.into(),
+        serde_json::to_value(&cluster).expect("serializes"),
+    );
+    let mut operator = Operator {
+        store: store.clone(),
+        context: Arc::new(Context::new(client, &config)),
+        kubelet: Kubelet {
+            store: store.clone(),
+            ports: ports.clone(),
+            processes: BTreeMap::new(),
+            node: bins.node.clone(),
+        },
+    };
+
+    let formed = operator.converge("forming 3 members").await;
+    let cluster_id = formed
+        .status
+        .and_then(|s| s.cluster_id)
+        .expect("a cluster ID");
+
+    let endpoints = ports
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    let writes = Client::connect(endpoints, ClientOptions::default()).expect("a client");
+    let (stop, stopped) = watch::channel(false);
+    let writer = spawn_writer(writes.clone(), stopped);
+
+    for replicas in [5, 3, 1, 3] {
+        operator.set_spec(|spec| spec.replicas = replicas);
+        operator.converge(&format!("scaling to {replicas}")).await;
+    }
+
+    // Wipe the middle member: its process restarts empty, a new node at the same address.
+    let middle = operator.cluster().status.expect("a status").members[1]
+        .id
+        .clone();
+    let mut old = operator.kubelet.processes.remove(&1).expect("pod 1 runs");
+    let _ = old.kill().await;
+    operator.converge("replacing the wiped member").await;
+    let members = operator.cluster().status.expect("a status").members;
+    assert!(members.iter().all(|m| m.id != middle), "{members:?}");
+
+    operator.set_spec(|spec| spec.image = Some("kvs:2".into()));
+    let upgraded = operator.converge("rolling out a new image").await;
+
+    stop.send(true).expect("the writer runs");
+    let acked = writer.await.expect("the writer does not panic");
+    let status = upgraded.status.expect("a status");
+    assert_eq!(status.cluster_id.as_deref(), Some(cluster_id.as_str()));
+    assert_eq!(status.members.len(), 3);
+    assert!(
+        acked.len() > 10,
+        "too few writes were acknowledged: {}",
+        acked.len()
+    );
+    for i in acked {
+        let read = writes.get(format!("key-{i}"), false).await.expect("a read");
+        let value = read.map(|kv| kv.value);
+        assert_eq!(
+            value.as_deref(),
+            Some(i.to_string().as_bytes()),
+            "key-{i} lost"
+        );
+    }
+    server.abort();
+}
