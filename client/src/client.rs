@@ -212,6 +212,29 @@ impl Client {
         .await
     }
 
+    /// Starts streaming a consistent point-in-time backup from the leader (see
+    /// [`crate::backup`]): it holds every write acknowledged before this call. The deadline
+    /// bounds getting the stream, not reading it.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let mut stream = self
+            .call(
+                Route::Failover,
+                CallKind::Read,
+                proto::SnapshotRequest {},
+                async |ch, mut r| {
+                    r.metadata_mut().remove("grpc-timeout");
+                    ClusterClient::new(ch).snapshot(r).await
+                },
+            )
+            .await?;
+        let first = stream.message().await.map_err(broken_stream)?;
+        Ok(Snapshot {
+            expected_bytes: first.as_ref().map_or(0, |chunk| chunk.expected_bytes),
+            first: first.map(|chunk| chunk.data),
+            stream,
+        })
+    }
+
     /// The cluster's members, with the leader's view of their replication.
     pub async fn member_list(&self) -> Result<Vec<proto::Member>> {
         let response = self
@@ -373,6 +396,41 @@ impl Client {
             tokio::time::sleep(pause).await;
             target = self.inner.routing.after_failure(&target, leader.as_deref());
         }
+    }
+}
+
+/// A backup streaming from the leader, as [`Client::snapshot`] started it.
+pub struct Snapshot {
+    expected_bytes: u64,
+    first: Option<Bytes>,
+    stream: tonic::Streaming<proto::SnapshotChunk>,
+}
+
+impl Snapshot {
+    /// About how many bytes the backup will have.
+    pub fn expected_bytes(&self) -> u64 {
+        self.expected_bytes
+    }
+
+    /// The next piece of the backup file, `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>> {
+        if let Some(first) = self.first.take() {
+            return Ok(Some(first));
+        }
+        Ok(self
+            .stream
+            .message()
+            .await
+            .map_err(broken_stream)?
+            .map(|chunk| chunk.data))
+    }
+}
+
+/// A backup stream that broke: nothing was changed, the backup is just incomplete.
+fn broken_stream(status: Status) -> Error {
+    Error::Unavailable {
+        message: format!("the backup stream broke: {}", status.message()),
+        leader: None,
     }
 }
 

@@ -63,6 +63,12 @@ pub enum Error {
     /// most likely applied.
     #[error("malformed response from the server: {0}")]
     MalformedResponse(&'static str),
+    /// A backup file is damaged, truncated or not a backup at all.
+    #[error("invalid backup: {0}")]
+    InvalidBackup(String),
+    /// Reading or writing a local file failed.
+    #[error("{0}")]
+    Io(String),
 }
 
 impl Error {

@@ -6,6 +6,7 @@
 //! ([`Error::OutcomeUnknown`]) instead of guessing. The `kvsctl` binary (feature `cli`) is a thin
 //! shell over this library; embedders build without it and get no CLI dependencies.
 
+pub mod backup;
 mod client;
 mod endpoint;
 mod error;
@@ -13,7 +14,7 @@ mod kv;
 mod retry;
 mod routing;
 
-pub use client::{Client, ClientOptions, EndpointStatus};
+pub use client::{Client, ClientOptions, EndpointStatus, Snapshot};
 pub use error::{Error, Result};
 pub use kv::{Action, Expect, KeyValue};
 

@@ -4,6 +4,7 @@
 //! The binary is thin: it parses [`NodeConfig`], binds [`Listeners`] and calls [`run`]; `demo`
 //! supervises a local cluster of such processes.
 
+mod backup;
 mod config;
 pub mod demo;
 mod drain;

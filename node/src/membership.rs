@@ -61,6 +61,7 @@ impl Replica {
             applied_index: metrics.last_applied.map_or(0, |id| id.index),
             node_id: node_id_string(self.identity.node_id()),
             alarms: self.alarms(),
+            keys: self.state.read(|data, _| data.len() as u64),
         }
     }
 

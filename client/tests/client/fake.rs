@@ -391,6 +391,17 @@ impl Kv for Service {
 
 #[tonic::async_trait]
 impl Cluster for Service {
+    type SnapshotStream = futures::stream::Empty<Result<proto::SnapshotChunk, Status>>;
+
+    async fn snapshot(
+        &self,
+        _: Request<proto::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(Status::unimplemented(
+            "backups are tested against real nodes",
+        ))
+    }
+
     async fn node_info(
         &self,
         _: Request<proto::NodeInfoRequest>,
@@ -437,6 +448,7 @@ impl Cluster for Service {
                 applied_index: 10,
                 node_id: state.node_id.clone(),
                 alarms: Vec::new(),
+                keys: 0,
             })
         })
         .await

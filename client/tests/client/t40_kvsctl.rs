@@ -355,7 +355,8 @@ async fn status_json_shape() {
             "term",
             "commit_index",
             "applied_index",
-            "alarms"
+            "alarms",
+            "keys"
         ])
     );
     assert_eq!(status["leader"], node.node_id());

@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use kvs_client::proto;
 use kvs_client::proto::cluster_server::Cluster;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
@@ -31,6 +34,28 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
+    type SnapshotStream = BoxStream<'static, Result<proto::SnapshotChunk, Status>>;
+
+    async fn snapshot(
+        &self,
+        _: Request<proto::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let backup = self
+            .replica
+            .backup()
+            .await
+            .map_err(|e| to_status(e, self.replica.leader_hint()))?;
+        let mut expected_bytes = backup.expected_bytes;
+        let chunks = ReceiverStream::new(backup.chunks).map(move |chunk| {
+            let chunk = chunk.map_err(|e| Status::internal(format!("backup failed: {e}")))?;
+            Ok(proto::SnapshotChunk {
+                data: chunk,
+                expected_bytes: std::mem::take(&mut expected_bytes),
+            })
+        });
+        Ok(Response::new(chunks.boxed()))
+    }
+
     async fn node_info(
         &self,
         _: Request<proto::NodeInfoRequest>,

@@ -106,6 +106,13 @@ impl StateData {
             .collect()
     }
 
+    /// Every key live at `now_ms` with its value and expiry (0 = none), in no particular order.
+    pub(crate) fn live_entries(&self, now_ms: u64) -> impl Iterator<Item = EntryRef<'_>> {
+        self.keyspace
+            .iter()
+            .filter(move |e| !is_expired(e.expires_at_ms(), now_ms))
+    }
+
     /// Cluster time of the last applied entry.
     pub(crate) fn last_stamp_ms(&self) -> u64 {
         self.last_stamp_ms

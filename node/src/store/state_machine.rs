@@ -89,6 +89,13 @@ impl StateMachine {
         )
     }
 
+    /// A copy of the state, independent of later writes, and the log id of the last entry it
+    /// includes. O(shards): see [`StateData`].
+    pub(crate) fn copy(&self) -> (StateData, Option<LogIdOf<TypeConfig>>) {
+        let applied = self.inner.read().expect("state machine lock poisoned");
+        (applied.data.clone(), applied.last_applied)
+    }
+
     /// Cluster time as the last applied entry stamped it.
     pub(crate) fn last_stamp_ms(&self) -> u64 {
         self.read(|data, _| data.last_stamp_ms())

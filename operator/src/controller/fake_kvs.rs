@@ -125,6 +125,15 @@ impl FakeNode {
 
 #[tonic::async_trait]
 impl Cluster for FakeNode {
+    type SnapshotStream = tokio_stream::Empty<Result<SnapshotChunk, Status>>;
+
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(self.unsupported("Snapshot".into()))
+    }
+
     async fn node_info(
         &self,
         _: Request<NodeInfoRequest>,

@@ -6,6 +6,7 @@ mod t10_replication;
 mod t20_failover;
 mod t25_durability;
 mod t27_quota;
+mod t28_backup;
 mod t30_membership;
 mod t40_unavailability;
 mod t50_cas;

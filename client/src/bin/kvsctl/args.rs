@@ -2,6 +2,7 @@
 //! before or after the command, `--endpoints` takes a comma-separated list, durations read like
 //! `10s`. Usage errors are clap's, with clap's exit code 2.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -79,6 +80,31 @@ pub(crate) enum Command {
     /// Per-endpoint commands.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// Backups: save one from a cluster, check one, seed a new cluster from one.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SnapshotCommand {
+    /// Stream a consistent point-in-time backup from the leader into FILE (written to
+    /// FILE.part, checked, then renamed); prints what it holds.
+    Save {
+        /// Where to write the backup.
+        file: PathBuf,
+    },
+    /// Check FILE's checksums and print its keys, bytes, last index and term and checksum.
+    /// Needs no cluster; exits 3 if the file is damaged.
+    Status {
+        /// The backup file.
+        file: PathBuf,
+    },
+    /// Load every key of FILE into a new, empty cluster (a fresh membership formed as usual);
+    /// refuses a cluster that holds keys. FILE is checked whole before anything is written.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

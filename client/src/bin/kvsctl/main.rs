@@ -8,6 +8,7 @@
 
 mod args;
 mod output;
+mod snapshot;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -17,7 +18,7 @@ use clap::Parser;
 use kvs_client::proto::{self, Role};
 use kvs_client::{Client, ClientOptions, Error};
 
-use crate::args::{Cli, Command, EndpointCommand, MemberCommand};
+use crate::args::{Cli, Command, EndpointCommand, MemberCommand, SnapshotCommand};
 
 /// A learner is promoted once the leader has seen it replicate something and it is at most this
 /// many entries behind: close enough that the promotion does not leave the cluster waiting on a
@@ -46,6 +47,22 @@ enum Failure {
     Output(std::io::Error),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    /// `snapshot restore` found keys in the cluster it was to seed.
+    #[error(
+        "the cluster holds {keys} keys; a backup is restored into a new, empty cluster \
+         (nothing was written)"
+    )]
+    NotEmpty { keys: u64 },
+    /// `snapshot restore` stopped part way: the cluster holds some of the backup's keys.
+    #[error(
+        "restore stopped after {written} of {total} keys: {source}; the cluster now holds a \
+         partial copy — create a new cluster and restore again"
+    )]
+    PartlyRestored {
+        written: u64,
+        total: u64,
+        source: Error,
+    },
     /// `put` without a value could not read it from standard input.
     #[error("cannot read the value from standard input: {0}")]
     Input(std::io::Error),
@@ -87,7 +104,11 @@ fn exit_code(failure: &Failure) -> u8 {
         ) => USAGE,
         Failure::Client(err) if err.is_definitely_not_applied() => NOT_APPLIED,
         Failure::Client(_) => OUTCOME_UNKNOWN,
-        Failure::EndpointsDown { .. } | Failure::Runtime(_) | Failure::Input(_) => NOT_APPLIED,
+        Failure::EndpointsDown { .. }
+        | Failure::Runtime(_)
+        | Failure::Input(_)
+        | Failure::NotEmpty { .. } => NOT_APPLIED,
+        Failure::PartlyRestored { .. } => OUTCOME_UNKNOWN,
         // The learner is a member now, which the command's caller may not expect; and once a
         // command ran, failing to print its result says nothing about whether it applied.
         Failure::NotPromoted { .. } | Failure::Output(_) => OUTCOME_UNKNOWN,
@@ -148,6 +169,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             output::ok(format)
         }
         Command::Status => output::status(format, &client.status().await?),
+        Command::Snapshot(SnapshotCommand::Save { file }) => {
+            let summary = snapshot::save(&client, &file).await?;
+            output::backup(format, &summary, &format!("saved {}", file.display()))
+        }
+        Command::Snapshot(SnapshotCommand::Status { file }) => {
+            let summary = tokio::task::spawn_blocking(move || snapshot::check(&file, |_| Ok(())))
+                .await
+                .expect("the check does not panic")?;
+            output::backup(format, &summary, "")
+        }
+        Command::Snapshot(SnapshotCommand::Restore { file }) => {
+            let (summary, written) = snapshot::restore(&client, &file).await?;
+            let note = format!("restored {written} keys from {}", file.display());
+            output::backup(format, &summary, &note)
+        }
         Command::Endpoint(EndpointCommand::Status) => {
             let statuses = client.endpoint_status().await;
             print(&output::endpoints(format, &statuses))?;

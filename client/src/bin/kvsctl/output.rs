@@ -3,6 +3,7 @@
 //! kind, each showing its simple and its JSON form side by side.
 
 use base64::Engine;
+use kvs_client::backup::BackupSummary;
 use kvs_client::proto::{self, Role};
 use kvs_client::{EndpointStatus, KeyValue};
 use serde_json::{Value, json};
@@ -89,6 +90,7 @@ pub(crate) fn status(format: Format, status: &proto::StatusResponse) -> Vec<u8> 
                 vec!["applied index:".into(), status.applied_index.to_string()],
                 vec!["answered by:".into(), or_dash(&status.node_id)],
                 vec!["alarms:".into(), or_dash(&status.alarms.join(","))],
+                vec!["keys:".into(), status.keys.to_string()],
             ],
         ),
         Format::Json => json_line(&json!({
@@ -98,7 +100,57 @@ pub(crate) fn status(format: Format, status: &proto::StatusResponse) -> Vec<u8> 
             "commit_index": status.commit_index,
             "applied_index": status.applied_index,
             "alarms": status.alarms,
+            "keys": status.keys,
         })),
+    }
+}
+
+/// `snapshot save|status|restore`: `note` (when not empty) on a line of its own and a one-row
+/// table, or `{"keys","bytes","last_index","last_term","checksum","cluster_id","taken_at_ms"}`
+/// (plus `"note"`).
+pub(crate) fn backup(format: Format, summary: &BackupSummary, note: &str) -> Vec<u8> {
+    match format {
+        Format::Simple => {
+            let mut out = if note.is_empty() {
+                Vec::new()
+            } else {
+                format!("{note}\n").into_bytes()
+            };
+            out.extend(table(
+                &[
+                    "CHECKSUM",
+                    "KEYS",
+                    "BYTES",
+                    "LAST INDEX",
+                    "LAST TERM",
+                    "CLUSTER ID",
+                ],
+                vec![vec![
+                    summary.checksum_hex(),
+                    summary.keys.to_string(),
+                    summary.bytes.to_string(),
+                    summary.header.last_index.to_string(),
+                    summary.header.last_term.to_string(),
+                    or_dash(&summary.header.cluster_id),
+                ]],
+            ));
+            out
+        }
+        Format::Json => {
+            let mut object = json!({
+                "keys": summary.keys,
+                "bytes": summary.bytes,
+                "last_index": summary.header.last_index,
+                "last_term": summary.header.last_term,
+                "checksum": summary.checksum_hex(),
+                "cluster_id": summary.header.cluster_id,
+                "taken_at_ms": summary.header.taken_at_ms,
+            });
+            if !note.is_empty() {
+                object["note"] = note.into();
+            }
+            json_line(&object)
+        }
     }
 }
 

@@ -1,0 +1,195 @@
+//! `kvsctl snapshot save|status|restore`: backups as files.
+//!
+//! A backup is only ever trusted after its checksums were verified: `save` writes to
+//! `FILE.part` and renames it only after reading it back, `restore` reads the whole file once
+//! before it writes a single key.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use kvs_client::backup::{BackupEntry, BackupSummary, read_backup};
+use kvs_client::{Client, Error, proto};
+use tokio::sync::mpsc;
+
+use crate::Failure;
+
+/// Keys per restore batch; nodes accept 128 by default.
+const RESTORE_BATCH_KEYS: usize = 128;
+/// Key and value bytes per restore batch (a single larger key goes alone).
+const RESTORE_BATCH_BYTES: usize = 1024 * 1024;
+
+fn io_error(path: &Path, what: &str, err: std::io::Error) -> Error {
+    Error::Io(format!("cannot {what} {}: {err}", path.display()))
+}
+
+/// Reads and checks the backup at `path`, handing each key to `on_entry`.
+pub(crate) fn check(
+    path: &Path,
+    on_entry: impl FnMut(BackupEntry) -> Result<(), Error>,
+) -> Result<BackupSummary, Error> {
+    let file = File::open(path).map_err(|e| io_error(path, "open", e))?;
+    read_backup(BufReader::with_capacity(1 << 20, file), on_entry).map_err(|err| match err {
+        Error::InvalidBackup(why) => Error::InvalidBackup(format!("{}: {why}", path.display())),
+        other => other,
+    })
+}
+
+/// Streams a backup from the leader into `path`; returns what it holds once verified.
+pub(crate) async fn save(client: &Client, path: &Path) -> Result<BackupSummary, Failure> {
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let result = save_to(client, &part).await.and_then(|()| {
+        let summary = check(&part, |_| Ok(()))?;
+        std::fs::rename(&part, path).map_err(|e| io_error(path, "rename the backup to", e))?;
+        Ok(summary)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    Ok(result?)
+}
+
+async fn save_to(client: &Client, part: &Path) -> Result<(), Error> {
+    let mut snapshot = client.snapshot().await?;
+    let progress = ProgressBar::new(snapshot.expected_bytes()).with_style(
+        ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} {wide_bar} {bytes_per_sec}, {eta} left",
+        )
+        .expect("a valid template"),
+    );
+    let mut out = BufWriter::new(File::create(part).map_err(|e| io_error(part, "create", e))?);
+    while let Some(chunk) = snapshot.chunk().await? {
+        out.write_all(&chunk)
+            .map_err(|e| io_error(part, "write", e))?;
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish_and_clear();
+    let file = out
+        .into_inner()
+        .map_err(|e| io_error(part, "write", e.into_error()))?;
+    file.sync_all().map_err(|e| io_error(part, "sync", e))
+}
+
+/// Loads every key of the backup at `path` into the (empty) cluster; returns the backup's
+/// summary and how many keys were written (keys already expired are skipped).
+pub(crate) async fn restore(client: &Client, path: &Path) -> Result<(BackupSummary, u64), Failure> {
+    let path = path.to_owned();
+    let summary = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || check(&path, |_| Ok(()))
+    })
+    .await
+    .expect("the check does not panic")?;
+    let status = client.status().await?;
+    if status.keys > 0 {
+        return Err(Failure::NotEmpty { keys: status.keys });
+    }
+    let (tx, mut batches) = mpsc::channel::<Vec<proto::Op>>(4);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut batch = Batcher::default();
+        check(&path, |entry| {
+            if entry.expires_at_ms != 0 && entry.expires_at_ms <= now_ms {
+                return Ok(());
+            }
+            if let Some(full) = batch.add(entry) {
+                tx.blocking_send(full)
+                    .map_err(|_| Error::Io("the restore stopped".into()))?;
+            }
+            Ok(())
+        })?;
+        if !batch.ops.is_empty() {
+            let _ = tx.blocking_send(batch.ops);
+        }
+        Ok::<(), Error>(())
+    });
+    let mut written = 0u64;
+    while let Some(ops) = batches.recv().await {
+        let keys = ops.len() as u64;
+        if let Err(err) = client
+            .batch(proto::BatchRequest {
+                ops,
+                ..Default::default()
+            })
+            .await
+        {
+            return Err(Failure::PartlyRestored {
+                written,
+                total: summary.keys,
+                source: err,
+            });
+        }
+        written += keys;
+    }
+    reader.await.expect("the reader does not panic")?;
+    Ok((summary, written))
+}
+
+/// Collects put operations into batches within the nodes' default limits.
+#[derive(Default)]
+struct Batcher {
+    ops: Vec<proto::Op>,
+    bytes: usize,
+}
+
+impl Batcher {
+    /// Adds a key; returns the batch it completed, if any.
+    fn add(&mut self, entry: BackupEntry) -> Option<Vec<proto::Op>> {
+        let size = entry.key.len() + entry.value.len();
+        let full =
+            (!self.ops.is_empty() && self.bytes + size > RESTORE_BATCH_BYTES).then(|| self.take());
+        self.bytes += size;
+        self.ops.push(proto::Op {
+            op: Some(proto::op::Op::Put(proto::PutOp {
+                key: entry.key,
+                value: entry.value,
+                expires_at_ms: (entry.expires_at_ms != 0).then_some(entry.expires_at_ms),
+                ..Default::default()
+            })),
+        });
+        full.or_else(|| (self.ops.len() >= RESTORE_BATCH_KEYS).then(|| self.take()))
+    }
+
+    fn take(&mut self) -> Vec<proto::Op> {
+        self.bytes = 0;
+        std::mem::take(&mut self.ops)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, value_len: usize) -> BackupEntry {
+        BackupEntry {
+            key: key.to_owned().into(),
+            value: vec![b'v'; value_len].into(),
+            expires_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn batches_stay_within_the_default_limits() {
+        let mut batcher = Batcher::default();
+        let mut sizes = Vec::new();
+        for i in 0..300 {
+            if let Some(batch) = batcher.add(entry(&format!("k{i}"), 10)) {
+                sizes.push(batch.len());
+            }
+        }
+        assert_eq!(sizes, vec![128, 128]);
+        assert_eq!(batcher.ops.len(), 44);
+
+        let mut batcher = Batcher::default();
+        assert!(batcher.add(entry("a", 700 * 1024)).is_none());
+        let first = batcher.add(entry("b", 700 * 1024)).expect("a full batch");
+        assert_eq!(first.len(), 1);
+        assert_eq!(batcher.ops.len(), 1);
+    }
+}
