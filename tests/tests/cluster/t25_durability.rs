@@ -62,6 +62,10 @@ async fn every_acknowledged_write_survives_killing_all_nodes_at_once() {
     assert_converged(&cluster, &keys).await;
 }
 
+/// How long nodes are killed under load, and how often.
+const CRASH_RUN: Duration = Duration::from_secs(60);
+const CRASH_EVERY: Duration = Duration::from_secs(3);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_crashes_under_load_lose_no_acknowledged_write() {
     let mut cluster = Cluster::start(3, durable()).await;
@@ -69,8 +73,12 @@ async fn random_crashes_under_load_lose_no_acknowledged_write() {
     let writer = Writer::spawn(cluster.cli(), "crash");
     writer.wait_acked(10, Duration::from_secs(60)).await;
     let mut rng = rand::rng();
-    for _ in 0..6 {
+    let started = std::time::Instant::now();
+    let mut kills = 0;
+    while started.elapsed() < CRASH_RUN {
+        let next_kill = tokio::time::Instant::now() + CRASH_EVERY;
         let victim = rng.random_range(0..3);
+        kills += 1;
         cluster.kill(victim);
         cluster.restart(victim).await;
         assert_eq!(
@@ -84,8 +92,14 @@ async fn random_crashes_under_load_lose_no_acknowledged_write() {
                 cluster.options().leader_timeout() + Duration::from_secs(30),
             )
             .await;
+        tokio::time::sleep_until(next_kill).await;
     }
     let log = writer.stop().await;
+    eprintln!(
+        "{kills} kills in {:?}, {} writes acknowledged",
+        started.elapsed(),
+        log.acked.len()
+    );
     assert!(
         log.other.is_empty(),
         "unexpected kvsctl failures:\n{}",

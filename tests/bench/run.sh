@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Side-by-side throughput of kvs and redis-server over RESP, measured with redis-benchmark in
+# one run so machine noise hits every system alike. Not a test: it prints numbers, it does not
+# judge them. Results and how to read them: docs/benchmarks.md.
+#
+#   bash tests/bench/run.sh [--quick] [--rounds N]
+#
+# Systems, each on 127.0.0.1:
+#   kvs-durable   3 kvs nodes (`kvs-node demo`), log fsynced before every acknowledgement
+#   kvs-memory    3 kvs nodes, `demo --in-memory` (replicated, nothing on disk)
+#   redis         one redis-server, no persistence, no replication
+# Workload: redis-benchmark -t set,get, 64 clients, 256-byte values, 100k random keys, sent to
+# the kvs leader. Rounds alternate the systems; the table shows medians over rounds. Then
+# memory: RSS of the kvs leader and of redis-server after loading 1M keys x 256 B.
+set -Eeuo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+ROUNDS=3
+REQUESTS=200000
+MEMORY_KEYS=1000000
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) ROUNDS=1; REQUESTS=50000; MEMORY_KEYS=100000 ;;
+        --rounds) ROUNDS="$2"; shift ;;
+        *) echo "usage: $0 [--quick] [--rounds N]" >&2; exit 2 ;;
+    esac
+    shift
+done
+CLIENTS=64
+VALUE_BYTES=256
+KEYSPACE=100000
+
+missing=()
+for pkg in redis-server redis-tools; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    sudo_if() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+    sudo_if apt-get update
+    sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+cargo build --release --bins >&2
+NODE=target/release/kvs-node
+KVSCTL=target/release/kvsctl
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_base_port() {
+    # A base port whose client (P..P+2) and RESP (P+100..P+102) ports are all free.
+    local base port busy
+    for base in $(shuf -i 20000-40000 -n 50); do
+        busy=0
+        for port in $base $((base + 1)) $((base + 2)) $((base + 100)) $((base + 101)) $((base + 102)); do
+            if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then busy=1; break; fi
+        done
+        if [ "$busy" -eq 0 ]; then echo "$base"; return; fi
+    done
+    echo "no free ports" >&2
+    exit 1
+}
+
+# Starts a 3-node demo cluster; prints "PID RESP_PORT_OF_LEADER".
+start_kvs() {
+    local mode=$1 base dir endpoints leader i deadline
+    base=$(free_base_port)
+    dir="$WORK/$mode"
+    local flags=()
+    [ "$mode" = memory ] && flags=(--in-memory)
+    "$NODE" demo --nodes 3 --base-port "$base" --dir "$dir" "${flags[@]}" >"$WORK/$mode.out" 2>&1 &
+    local pid=$!
+    endpoints="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
+    deadline=$((SECONDS + 60))
+    until leader=$("$KVSCTL" --endpoints "$endpoints" endpoint status -o json 2>/dev/null |
+        python3 -c 'import json,sys; print(next(i for i, e in enumerate(json.load(sys.stdin)) if e.get("leader") and e.get("leader") == e.get("node_id")))' 2>/dev/null); do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "kvs ($mode) did not elect a leader; see $WORK/$mode.out" >&2
+            cat "$WORK/$mode.out" >&2
+            exit 1
+        fi
+        sleep 0.5
+    done
+    echo "$pid $((base + 100 + leader))"
+}
+
+start_redis() {
+    local port
+    port=$(free_base_port)
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+        >"$WORK/redis.out" 2>&1 &
+    local pid=$!
+    local deadline=$((SECONDS + 20))
+    until redis-cli -p "$port" ping >/dev/null 2>&1; do
+        [ "$SECONDS" -ge "$deadline" ] && { echo "redis-server did not start" >&2; exit 1; }
+        sleep 0.2
+    done
+    echo "$pid $port"
+}
+
+# One redis-benchmark run; appends "system test rps p50 p99" lines to $WORK/results.
+measure() {
+    local system=$1 port=$2
+    redis-benchmark -h 127.0.0.1 -p "$port" -t set,get -n "$REQUESTS" -c "$CLIENTS" \
+        -d "$VALUE_BYTES" -r "$KEYSPACE" --csv 2>/dev/null |
+        python3 -c '
+import csv, sys
+rows = list(csv.reader(sys.stdin))
+head = rows[0]
+for row in rows[1:]:
+    r = dict(zip(head, row))
+    print(sys.argv[1], r["test"], r["rps"], r["p50_latency_ms"], r["p99_latency_ms"])
+' "$system" >>"$WORK/results"
+}
+
+read -r pid port < <(start_kvs durable); PIDS+=("$pid"); KVS_DURABLE=$port
+read -r pid port < <(start_kvs memory); PIDS+=("$pid"); KVS_MEMORY=$port
+read -r pid port < <(start_redis); PIDS+=("$pid"); REDIS=$port
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)" >&2
+echo "workload: redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS -d $VALUE_BYTES -r $KEYSPACE; $ROUNDS round(s)" >&2
+for round in $(seq 1 "$ROUNDS"); do
+    echo "round $round/$ROUNDS" >&2
+    measure kvs-durable "$KVS_DURABLE"
+    measure kvs-memory "$KVS_MEMORY"
+    measure redis "$REDIS"
+done
+
+# Memory: RSS after loading MEMORY_KEYS distinct keys of VALUE_BYTES through `redis-cli --pipe`
+# (the kvs leader, which by then has taken snapshots and purged its log, vs redis-server).
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+listening_pid() {
+    # The process listening on 127.0.0.1:$1.
+    local inode
+    inode=$(awk -v port="$(printf '%04X' "$1")" '$2 ~ ":"port"$" && $4 == "0A" {print $10; exit}' /proc/net/tcp)
+    for fd in /proc/[0-9]*/fd/*; do
+        if [ "$(readlink "$fd" 2>/dev/null)" = "socket:[$inode]" ]; then
+            echo "$fd" | cut -d/ -f3
+            return
+        fi
+    done
+}
+python3 -c '
+import sys
+n, size = int(sys.argv[1]), int(sys.argv[2])
+out = sys.stdout.buffer
+value = b"v" * size
+for i in range(n):
+    key = b"mem:%010d" % i
+    out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, size, value))
+' "$MEMORY_KEYS" "$VALUE_BYTES" >"$WORK/load.resp"
+for target in "kvs-durable $KVS_DURABLE" "redis $REDIS"; do
+    read -r system port <<<"$target"
+    redis-cli -p "$port" --pipe --pipe-timeout 600 <"$WORK/load.resp" >"$WORK/pipe-$system.out" 2>&1 ||
+        { echo "loading $system failed:" >&2; cat "$WORK/pipe-$system.out" >&2; exit 1; }
+    pid=$(listening_pid "$port")
+    echo "memory $system $(redis-cli -p "$port" dbsize) $(rss_kib "$pid")" >>"$WORK/results"
+done
+
+python3 - "$WORK/results" <<'EOF'
+import statistics, sys
+from collections import defaultdict
+runs = defaultdict(list)
+memory = {}
+for line in open(sys.argv[1]):
+    if line.startswith("memory "):
+        _, system, keys, kib = line.split()
+        memory[system] = (int(keys), int(kib))
+        continue
+    system, test, rps, p50, p99 = line.split()
+    runs[(system, test)].append((float(rps), float(p50), float(p99)))
+def med(system, test, i):
+    return statistics.median(r[i] for r in runs[(system, test)])
+print(f"{'system':<12} {'test':<4} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs redis':>9}")
+for test in ("SET", "GET"):
+    for system in ("kvs-durable", "kvs-memory", "redis"):
+        if (system, test) not in runs:
+            continue
+        rps = med(system, test, 0)
+        ratio = rps / med("redis", test, 0)
+        print(f"{system:<12} {test:<4} {rps:>10.0f} {med(system, test, 1):>8.3f} {med(system, test, 2):>8.3f} {ratio:>8.2f}x")
+d, m = med("kvs-durable", "SET", 0), med("kvs-memory", "SET", 0)
+for system, (keys, kib) in memory.items():
+    print(f"memory {system:<12} {keys} keys  RSS {kib / 1024:.0f} MiB")
+if len(memory) == 2:
+    print(f"memory kvs/redis: {memory['kvs-durable'][1] / memory['redis'][1]:.2f}x")
+print(f"durable/in-memory SET throughput: {d / m:.2f}x; "
+      f"p99 {med('kvs-durable', 'SET', 2):.3f} vs {med('kvs-memory', 'SET', 2):.3f} ms")
+EOF
