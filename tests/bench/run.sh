@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
-# Side-by-side throughput of kvs and redis-server over RESP, measured with redis-benchmark in
-# one run so machine noise hits every system alike. Not a test: it prints numbers, it does not
-# judge them. Results and how to read them: docs/benchmarks.md.
+# kvs side by side with etcd and redis-server, every system measured in the same run so machine
+# noise hits all alike. Not a test: it prints numbers, it does not judge them. Results and how
+# to read them: docs/benchmarks.md.
 #
 #   bash tests/bench/run.sh [--quick] [--rounds N]
 #
 # Systems, each on 127.0.0.1:
 #   kvs-durable   3 kvs nodes (`kvs-node demo`), log fsynced before every acknowledgement
 #   kvs-memory    3 kvs nodes, `demo --in-memory` (replicated, nothing on disk)
+#   etcd          3 etcd members (Debian's etcd-server), WAL fsynced before every acknowledgement
 #   redis         one redis-server, no persistence, no replication
-# Workload: redis-benchmark -t set,get, 64 clients, 256-byte values, 100k random keys, sent to
-# the kvs leader. Rounds alternate the systems; the table shows medians over rounds. Then
-# memory: RSS of the kvs leader and of redis-server after loading 1M keys x 256 B.
+# gRPC (kvs-bench): 64 clients over 8 connections spread over all three members, 256-byte
+# values, 100k keys: all writes, then all linearizable reads. RESP (redis-benchmark): -t set,get,
+# 64 clients, against the kvs leader and redis-server. Rounds alternate the systems; tables show
+# medians over rounds. Then memory: RSS of the kvs leader and of redis-server after loading 1M
+# keys x 256 B.
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 ROUNDS=3
 REQUESTS=200000
 MEMORY_KEYS=1000000
+QUICK=0
 while [ $# -gt 0 ]; do
     case "$1" in
-        --quick) ROUNDS=1; REQUESTS=50000; MEMORY_KEYS=100000 ;;
+        --quick) ROUNDS=1; REQUESTS=50000; MEMORY_KEYS=100000; QUICK=1 ;;
         --rounds) ROUNDS="$2"; shift ;;
         *) echo "usage: $0 [--quick] [--rounds N]" >&2; exit 2 ;;
     esac
@@ -31,7 +35,7 @@ VALUE_BYTES=256
 KEYSPACE=100000
 
 missing=()
-for pkg in redis-server redis-tools; do
+for pkg in redis-server redis-tools etcd-server etcd-client; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -43,6 +47,8 @@ fi
 cargo build --release --bins >&2
 NODE=target/release/kvs-node
 KVSCTL=target/release/kvsctl
+BENCH=target/release/kvs-bench
+SECONDS_PER_RUN=10
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -67,7 +73,7 @@ free_base_port() {
     exit 1
 }
 
-# Starts a 3-node demo cluster; prints "PID RESP_PORT_OF_LEADER".
+# Starts a 3-node demo cluster; prints "PID RESP_PORT_OF_LEADER CLIENT_ENDPOINTS".
 start_kvs() {
     local mode=$1 base dir endpoints leader i deadline
     base=$(free_base_port)
@@ -87,7 +93,50 @@ start_kvs() {
         fi
         sleep 0.5
     done
-    echo "$pid $((base + 100 + leader))"
+    echo "$pid $((base + 100 + leader)) $endpoints"
+}
+
+# Starts a 3-member etcd cluster; prints "PIDS CLIENT_ENDPOINTS" (PIDS comma-separated).
+start_etcd() {
+    local base i cluster="" endpoints="" pids=""
+    base=$(free_base_port)
+    for i in 0 1 2; do
+        cluster+="${cluster:+,}e$i=http://127.0.0.1:$((base + 100 + i))"
+        endpoints+="${endpoints:+,}127.0.0.1:$((base + i))"
+    done
+    for i in 0 1 2; do
+        etcd --name "e$i" --data-dir "$WORK/etcd-$i" \
+            --listen-client-urls "http://127.0.0.1:$((base + i))" \
+            --advertise-client-urls "http://127.0.0.1:$((base + i))" \
+            --listen-peer-urls "http://127.0.0.1:$((base + 100 + i))" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$((base + 100 + i))" \
+            --initial-cluster "$cluster" --initial-cluster-state new \
+            --initial-cluster-token kvs-bench >"$WORK/etcd-$i.out" 2>&1 &
+        pids+="${pids:+,}$!"
+    done
+    local deadline=$((SECONDS + 60))
+    until ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "etcd did not become healthy; see $WORK/etcd-0.out" >&2
+            cat "$WORK/etcd-0.out" >&2
+            exit 1
+        fi
+        sleep 0.5
+    done
+    echo "$pids $endpoints"
+}
+
+# One kvs-bench run; appends "system test ops/s p50 p99" to $WORK/results.
+grpc_measure() {
+    local system=$1 target=$2 endpoints=$3 test=$4 ratio=$5
+    "$BENCH" --target "$target" --endpoints "$endpoints" --clients "$CLIENTS" --conns 8 \
+        --duration "$SECONDS_PER_RUN" --value-size "$VALUE_BYTES" --keys "$KEYSPACE" \
+        --read-ratio "$ratio" --json |
+        python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print(sys.argv[1], sys.argv[2], r["ops_per_sec"], r["p50_ms"], r["p99_ms"])
+' "$system" "$test" >>"$WORK/results"
 }
 
 start_redis() {
@@ -119,14 +168,24 @@ for row in rows[1:]:
 ' "$system" >>"$WORK/results"
 }
 
-read -r pid port < <(start_kvs durable); PIDS+=("$pid"); KVS_DURABLE=$port
-read -r pid port < <(start_kvs memory); PIDS+=("$pid"); KVS_MEMORY=$port
+read -r pid port endpoints < <(start_kvs durable); PIDS+=("$pid"); KVS_DURABLE=$port; KVS_DURABLE_GRPC=$endpoints
+read -r pid port endpoints < <(start_kvs memory); PIDS+=("$pid"); KVS_MEMORY=$port; KVS_MEMORY_GRPC=$endpoints
+read -r pids endpoints < <(start_etcd); IFS=, read -r -a etcd_pids <<<"$pids"; PIDS+=("${etcd_pids[@]}"); ETCD_GRPC=$endpoints
 read -r pid port < <(start_redis); PIDS+=("$pid"); REDIS=$port
+for started in "$KVS_DURABLE_GRPC" "$KVS_MEMORY_GRPC" "$ETCD_GRPC" "$REDIS"; do
+    [ -n "$started" ] || { echo "a system did not start; see the messages above" >&2; exit 1; }
+done
+if [ "$QUICK" = 1 ]; then SECONDS_PER_RUN=5; fi
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)" >&2
 echo "workload: redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS -d $VALUE_BYTES -r $KEYSPACE; $ROUNDS round(s)" >&2
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
+    grpc_measure grpc:kvs-durable kvs "$KVS_DURABLE_GRPC" PUT 0
+    grpc_measure grpc:etcd etcd "$ETCD_GRPC" PUT 0
+    grpc_measure grpc:kvs-memory kvs "$KVS_MEMORY_GRPC" PUT 0
+    grpc_measure grpc:kvs-durable kvs "$KVS_DURABLE_GRPC" GET 1
+    grpc_measure grpc:etcd etcd "$ETCD_GRPC" GET 1
     measure kvs-durable "$KVS_DURABLE"
     measure kvs-memory "$KVS_MEMORY"
     measure redis "$REDIS"
@@ -177,7 +236,16 @@ for line in open(sys.argv[1]):
     runs[(system, test)].append((float(rps), float(p50), float(p99)))
 def med(system, test, i):
     return statistics.median(r[i] for r in runs[(system, test)])
-print(f"{'system':<12} {'test':<4} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs redis':>9}")
+print(f"{'gRPC system':<17} {'test':<4} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs etcd':>8}")
+for test in ("PUT", "GET"):
+    for system in ("grpc:kvs-durable", "grpc:kvs-memory", "grpc:etcd"):
+        if (system, test) not in runs:
+            continue
+        rps = med(system, test, 0)
+        ratio = rps / med("grpc:etcd", test, 0)
+        print(f"{system:<17} {test:<4} {rps:>10.0f} {med(system, test, 1):>8.3f} {med(system, test, 2):>8.3f} {ratio:>7.2f}x")
+print()
+print(f"{'RESP system':<12} {'test':<4} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs redis':>9}")
 for test in ("SET", "GET"):
     for system in ("kvs-durable", "kvs-memory", "redis"):
         if (system, test) not in runs:
@@ -185,11 +253,11 @@ for test in ("SET", "GET"):
         rps = med(system, test, 0)
         ratio = rps / med("redis", test, 0)
         print(f"{system:<12} {test:<4} {rps:>10.0f} {med(system, test, 1):>8.3f} {med(system, test, 2):>8.3f} {ratio:>8.2f}x")
-d, m = med("kvs-durable", "SET", 0), med("kvs-memory", "SET", 0)
 for system, (keys, kib) in memory.items():
     print(f"memory {system:<12} {keys} keys  RSS {kib / 1024:.0f} MiB")
 if len(memory) == 2:
     print(f"memory kvs/redis: {memory['kvs-durable'][1] / memory['redis'][1]:.2f}x")
-print(f"durable/in-memory SET throughput: {d / m:.2f}x; "
-      f"p99 {med('kvs-durable', 'SET', 2):.3f} vs {med('kvs-memory', 'SET', 2):.3f} ms")
+d, m = med("grpc:kvs-durable", "PUT", 0), med("grpc:kvs-memory", "PUT", 0)
+print(f"durable/in-memory gRPC PUT throughput: {d / m:.2f}x; "
+      f"p99 {med('grpc:kvs-durable', 'PUT', 2):.3f} vs {med('grpc:kvs-memory', 'PUT', 2):.3f} ms")
 EOF
