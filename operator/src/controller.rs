@@ -48,6 +48,9 @@ pub struct Config {
     pub settings: Settings,
     /// Take this Lease before reconciling; `None` reconciles at once (one instance, or tests).
     pub lease: Option<LeaseConfig>,
+    /// Reconcile the KvsClusters of this namespace only, so a namespaced Role is all the
+    /// operator needs; `None` watches every namespace.
+    pub watch_namespace: Option<String>,
     /// Where pods are dialed.
     pub resolver: Arc<dyn Resolver>,
     /// The metrics every reconcile updates.
@@ -93,7 +96,8 @@ impl Context {
     }
 }
 
-/// Reconciles KvsClusters in every namespace until `shutdown` completes (or the Lease is lost).
+/// Reconciles KvsClusters (in `config.watch_namespace`, or every namespace) until `shutdown`
+/// completes (or the Lease is lost).
 pub async fn run(
     client: kube::Client,
     config: Config,
@@ -101,7 +105,7 @@ pub async fn run(
 ) -> Result<()> {
     let context = Arc::new(Context::new(client.clone(), &config));
     let Some(lease) = config.lease else {
-        run_controller(client, context, shutdown).await;
+        run_controller(client, context, config.watch_namespace.as_deref(), shutdown).await;
         return Ok(());
     };
     let manager = LeaseManagerBuilder::new(client.clone(), &lease.name)
@@ -145,9 +149,14 @@ pub async fn run(
     };
     // Dropping `stop` is what tells the controller to finish its reconciles and return.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = run_controller(client, context, async move {
-        let _ = stopped.await;
-    });
+    let controller = run_controller(
+        client,
+        context,
+        config.watch_namespace.as_deref(),
+        async move {
+            let _ = stopped.await;
+        },
+    );
     tokio::pin!(controller);
     let mut controller_done = false;
     let lost_lease = tokio::select! {
@@ -186,10 +195,16 @@ async fn release(
 async fn run_controller(
     client: kube::Client,
     context: Arc<Context>,
+    namespace: Option<&str>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let clusters: Api<KvsCluster> = Api::all(client.clone());
-    let statefulsets: Api<StatefulSet> = Api::all(client);
+    let (clusters, statefulsets): (Api<KvsCluster>, Api<StatefulSet>) = match namespace {
+        Some(namespace) => (
+            Api::namespaced(client.clone(), namespace),
+            Api::namespaced(client, namespace),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
     Controller::new(clusters, watcher::Config::default())
         .owns(statefulsets, watcher::Config::default())
         .graceful_shutdown_on(shutdown)

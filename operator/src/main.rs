@@ -1,4 +1,4 @@
-//! `kvs-operator`: reconciles KvsClusters in every namespace.
+//! `kvs-operator`: reconciles KvsClusters in every namespace (or one, `--watch-namespace`).
 //!
 //! With only `KUBECONFIG` set (or in a pod, its service account) and no flags it runs as a
 //! developer expects: all namespaces, its Lease in the kubeconfig's namespace, the built-in node
@@ -33,6 +33,10 @@ struct Args {
     /// Namespace of the Lease; the kubeconfig's (or service account's) namespace by default.
     #[arg(long, env = "KVS_OPERATOR_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
+    /// Reconcile KvsClusters of this namespace only (a namespaced Role then suffices); all
+    /// namespaces when unset.
+    #[arg(long, env = "KVS_OPERATOR_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     /// Name of the Lease.
     #[arg(long, env = "KVS_OPERATOR_LEASE_NAME", default_value = "kvs-operator")]
     lease_name: String,
@@ -75,6 +79,9 @@ async fn main() -> anyhow::Result<()> {
             ..Settings::default()
         },
         lease,
+        watch_namespace: args
+            .watch_namespace
+            .filter(|namespace| !namespace.is_empty()),
         resolver: Arc::new(ClusterDns),
         metrics: metrics.clone(),
     };

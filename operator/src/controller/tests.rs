@@ -120,6 +120,7 @@ async fn reconcile_with(
         default_image: "kvs:test".into(),
         settings: Settings::default(),
         lease: None,
+        watch_namespace: None,
         resolver,
         metrics: Arc::new(Metrics::default()),
     };

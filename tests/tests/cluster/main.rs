@@ -15,6 +15,7 @@ mod t70_limits;
 mod t80_shutdown;
 mod t90_resp;
 mod t95_operator;
+mod t96_chart;
 
 use std::time::Duration;
 

@@ -336,6 +336,7 @@ async fn the_operator_scales_replaces_and_upgrades_without_losing_writes() {
         default_image: "kvs:1".into(),
         settings: Settings::default(),
         lease: None,
+        watch_namespace: None,
         resolver: Arc::new(Loopback {
             ports: ports.clone(),
         }),
