@@ -33,6 +33,8 @@ struct Applied {
     data: StateData,
     last_applied: Option<LogIdOf<TypeConfig>>,
     last_membership: StoredMembershipOf<TypeConfig>,
+    /// The newest snapshot of an in-memory node. A durable node keeps it only in its file and
+    /// reads it when a follower needs it, so the encoded copy does not double the node's memory.
     snapshot: Option<SnapshotOf<TypeConfig, Bytes>>,
 }
 
@@ -58,10 +60,6 @@ impl StateMachine {
             applied.last_applied = meta.last_log_id;
             applied.last_membership = meta.last_membership.clone();
             tracing::info!(last_log_id = ?meta.last_log_id, keys = applied.data.len(), "loaded snapshot");
-            applied.snapshot = Some(SnapshotOf::<TypeConfig, Bytes> {
-                meta,
-                snapshot: bytes,
-            });
         }
         Ok(Self {
             inner: Arc::new(RwLock::new(applied)),
@@ -69,13 +67,17 @@ impl StateMachine {
         })
     }
 
-    /// Stores a snapshot durably before anything relies on it (a log purge, a restart).
-    async fn persist(&self, snapshot: &SnapshotOf<TypeConfig, Bytes>) -> io::Result<()> {
+    /// Keeps `snapshot` as the current one before anything relies on it (a log purge, a
+    /// restart): durably in a file on a durable node, in memory otherwise.
+    async fn keep(&self, snapshot: SnapshotOf<TypeConfig, Bytes>) -> io::Result<()> {
         let Some(files) = self.files.clone() else {
+            self.inner
+                .write()
+                .expect("state machine lock poisoned")
+                .snapshot = Some(snapshot);
             return Ok(());
         };
-        let (meta, data) = (snapshot.meta.clone(), snapshot.snapshot.clone());
-        tokio::task::spawn_blocking(move || files.save(&meta, &data))
+        tokio::task::spawn_blocking(move || files.save(&snapshot.meta, &snapshot.snapshot))
             .await
             .map_err(io::Error::other)?
     }
@@ -128,11 +130,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta,
             snapshot: encoded,
         };
-        self.persist(&snapshot).await?;
-        self.inner
-            .write()
-            .expect("state machine lock poisoned")
-            .snapshot = Some(snapshot.clone());
+        self.keep(snapshot.clone()).await?;
         tracing::info!(last_log_id = ?snapshot.meta.last_log_id, bytes = snapshot.snapshot.len(), "built snapshot");
         Ok(snapshot)
     }
@@ -201,16 +199,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(io::Error::other)??;
-        let snapshot = SnapshotOf::<TypeConfig, Bytes> {
+        self.keep(SnapshotOf::<TypeConfig, Bytes> {
             meta: meta.clone(),
             snapshot,
-        };
-        self.persist(&snapshot).await?;
+        })
+        .await?;
         let mut applied = self.inner.write().expect("state machine lock poisoned");
         applied.data = data;
         applied.last_applied = meta.last_log_id;
         applied.last_membership = meta.last_membership.clone();
-        applied.snapshot = Some(snapshot);
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
@@ -218,11 +215,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, Bytes>>, io::Error> {
-        Ok(self
-            .inner
-            .read()
-            .expect("state machine lock poisoned")
-            .snapshot
-            .clone())
+        let Some(files) = self.files.clone() else {
+            return Ok(self
+                .inner
+                .read()
+                .expect("state machine lock poisoned")
+                .snapshot
+                .clone());
+        };
+        let latest = tokio::task::spawn_blocking(move || files.load_latest())
+            .await
+            .map_err(io::Error::other)??;
+        Ok(latest.map(|(meta, snapshot)| SnapshotOf::<TypeConfig, Bytes> { meta, snapshot }))
     }
 }
