@@ -23,7 +23,7 @@ use kvs_operator::Settings;
 use kvs_operator::controller::{self, Config, Context};
 use kvs_operator::crd::{KvsCluster, KvsClusterSpec, Phase};
 use kvs_operator::metrics::Metrics;
-use kvs_operator::observe::{PodAddress, Resolver};
+use kvs_operator::observe::{ClusterDns, PodAddress, Resolver};
 use kvs_operator::resources::Names;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -132,14 +132,20 @@ fn fake_api(store: SharedStore) -> (kube::Client, tokio::task::JoinHandle<()>) {
     (kube::Client::new(service, NAMESPACE), server)
 }
 
-/// Ordinal k is the node on the k-th reserved loopback port.
+/// Ordinal k is the node on the k-th reserved loopback port. The operator also resolves
+/// ordinals no pod can have here (to recognise members beyond the spec); those keep their
+/// in-cluster DNS names, which nothing on this machine answers, so every ordinal still has an
+/// address of its own.
 struct Loopback {
     ports: Vec<u16>,
 }
 
 impl Resolver for Loopback {
-    fn resolve(&self, _: &Names, ordinal: u32) -> PodAddress {
-        let address = format!("127.0.0.1:{}", self.ports[ordinal as usize % SEATS]);
+    fn resolve(&self, names: &Names, ordinal: u32) -> PodAddress {
+        let Some(port) = self.ports.get(ordinal as usize) else {
+            return ClusterDns.resolve(names, ordinal);
+        };
+        let address = format!("127.0.0.1:{port}");
         PodAddress {
             advertised: address.clone(),
             dial: address,
@@ -384,9 +390,15 @@ async fn the_operator_scales_replaces_and_upgrades_without_losing_writes() {
     }
 
     // Wipe the middle member: its process restarts empty, a new node at the same address.
-    let middle = operator.cluster().status.expect("a status").members[1]
-        .id
-        .clone();
+    let middle = operator
+        .cluster()
+        .status
+        .expect("a status")
+        .members
+        .into_iter()
+        .find(|m| m.pod == format!("{NAME}-1"))
+        .expect("pod 1 holds a member")
+        .id;
     let mut old = operator.kubelet.processes.remove(&1).expect("pod 1 runs");
     let _ = old.kill().await;
     operator.converge("replacing the wiped member").await;
@@ -400,7 +412,26 @@ async fn the_operator_scales_replaces_and_upgrades_without_losing_writes() {
     let acked = writer.await.expect("the writer does not panic");
     let status = upgraded.status.expect("a status");
     assert_eq!(status.cluster_id.as_deref(), Some(cluster_id.as_str()));
-    assert_eq!(status.members.len(), 3);
+    let pods: BTreeSet<&str> = status.members.iter().map(|m| m.pod.as_str()).collect();
+    assert_eq!(pods, BTreeSet::from(["orders-0", "orders-1", "orders-2"]));
+    assert!(
+        status
+            .leader
+            .as_deref()
+            .is_some_and(|leader| pods.contains(leader))
+    );
+    assert_eq!(status.observed_generation, upgraded.metadata.generation);
+    let holds = |kind: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|condition| condition.type_ == kind)
+            .map(|condition| condition.status.as_str())
+    };
+    assert_eq!(holds("Available"), Some("True"));
+    for settled in ["Progressing", "Degraded", "QuorumLost"] {
+        assert_eq!(holds(settled), Some("False"), "{settled}: {status:#?}");
+    }
     assert!(
         acked.len() > 10,
         "too few writes were acknowledged: {}",
