@@ -17,6 +17,17 @@ pub enum Error {
     /// The KvsCluster has no namespace or uid, so it was not read from the API server.
     #[error("KvsCluster {0} has no namespace or uid")]
     Unidentified(String),
+    /// The resolver gives two ordinals one advertised address, so members could not be matched
+    /// to pods.
+    #[error("pods {first} and {second} resolve to the same address {address}")]
+    AmbiguousAddress {
+        /// The shared address.
+        address: String,
+        /// The lower ordinal.
+        first: u32,
+        /// The higher ordinal.
+        second: u32,
+    },
     /// The operator's own leader election failed.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),

@@ -17,7 +17,7 @@ use kube::api::{Api, ListParams};
 use kvs_client::{Client as KvsClient, ClientOptions};
 
 use crate::crd::{KvsCluster, MAX_REPLICAS};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::plan::{Identity, MemberView, Observation, PodView};
 use crate::resources::{CLIENT_PORT, Names};
 
@@ -37,6 +37,11 @@ pub struct PodAddress {
 }
 
 /// Maps a pod of a cluster to its addresses.
+///
+/// Members are matched to pods by advertised address, so distinct ordinals must resolve to
+/// distinct advertised addresses — for every ordinal a member could sit at, including ones beyond
+/// the pods that exist. A resolver that gives two ordinals one address is refused by
+/// [`Error::AmbiguousAddress`](crate::Error::AmbiguousAddress) instead of being trusted.
 pub trait Resolver: Send + Sync + 'static {
     /// The addresses of the pod at `ordinal` of the cluster named by `names`.
     fn resolve(&self, names: &Names, ordinal: u32) -> PodAddress;
@@ -78,6 +83,7 @@ impl Observer<'_> {
         cluster: &KvsCluster,
         now: Timestamp,
     ) -> Result<(Observation, Option<KvsClient>)> {
+        let ordinals = ordinals_by_address(self.resolver, self.names)?;
         let namespace = self.names.namespace();
         let statefulsets: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
@@ -137,7 +143,7 @@ impl Observer<'_> {
                     .iter()
                     .any(|pod| pod.identity.as_ref().is_some_and(|i| i.leader_known))
                 {
-                    self.membership(kvs).await
+                    self.membership(kvs, &ordinals).await
                 } else {
                     None
                 }
@@ -186,7 +192,11 @@ impl Observer<'_> {
     }
 
     /// The leader's view of the membership, with each member placed at its pod's ordinal.
-    async fn membership(&self, kvs: &KvsClient) -> Option<Vec<MemberView>> {
+    async fn membership(
+        &self,
+        kvs: &KvsClient,
+        ordinals: &BTreeMap<String, u32>,
+    ) -> Option<Vec<MemberView>> {
         let members = match kvs.member_list().await {
             Ok(members) => members,
             Err(err) => {
@@ -194,15 +204,6 @@ impl Observer<'_> {
                 return None;
             }
         };
-        // Members may sit beyond the spec (a scale-down under way), never beyond twice the bound.
-        let ordinals: BTreeMap<String, u32> = (0..MAX_REPLICAS as u32 * 2)
-            .map(|ordinal| {
-                (
-                    self.resolver.resolve(self.names, ordinal).advertised,
-                    ordinal,
-                )
-            })
-            .collect();
         Some(
             members
                 .into_iter()
@@ -216,5 +217,62 @@ impl Observer<'_> {
                 })
                 .collect(),
         )
+    }
+}
+
+/// The ordinal of every advertised address a member may have. Members may sit beyond the spec
+/// (a scale-down under way), never beyond twice the bound.
+fn ordinals_by_address(resolver: &dyn Resolver, names: &Names) -> Result<BTreeMap<String, u32>> {
+    let mut ordinals = BTreeMap::new();
+    for ordinal in 0..MAX_REPLICAS as u32 * 2 {
+        let address = resolver.resolve(names, ordinal).advertised;
+        if let Some(first) = ordinals.insert(address.clone(), ordinal) {
+            return Err(Error::AmbiguousAddress {
+                address,
+                first,
+                second: ordinal,
+            });
+        }
+    }
+    Ok(ordinals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ten seats, then the same ten again.
+    struct Aliasing;
+
+    impl Resolver for Aliasing {
+        fn resolve(&self, _: &Names, ordinal: u32) -> PodAddress {
+            let address = format!("127.0.0.1:{}", 7000 + ordinal % 10);
+            PodAddress {
+                advertised: address.clone(),
+                dial: address,
+            }
+        }
+    }
+
+    #[test]
+    fn pods_in_a_cluster_have_one_address_each() {
+        let names = Names::new("orders", "shop");
+        let ordinals = ordinals_by_address(&ClusterDns, &names).expect("distinct DNS names");
+        let pod_3 = ClusterDns.resolve(&names, 3).advertised;
+        assert_eq!(ordinals.get(&pod_3), Some(&3));
+    }
+
+    #[test]
+    fn a_resolver_that_gives_two_ordinals_one_address_is_refused() {
+        let names = Names::new("orders", "shop");
+        let refused = ordinals_by_address(&Aliasing, &names);
+        assert!(
+            matches!(
+                refused,
+                Err(Error::AmbiguousAddress { ref address, first: 0, second: 10 })
+                    if address == "127.0.0.1:7000"
+            ),
+            "{refused:?}"
+        );
     }
 }

@@ -51,6 +51,14 @@ fn build_and_find() -> Result<Binaries, String> {
     build
         .current_dir(&root)
         .args(["build", "--workspace", "--bins"]);
+    // `cargo test` describes the test's own package in these variables; a build script that
+    // watches one (ring's watches CARGO_MANIFEST_DIR) would see it change between this build and
+    // the user's own, and each would rebuild everything above it again.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(describes_test_package) {
+            build.env_remove(name);
+        }
+    }
     if profile == "release" {
         build.arg("--release");
     }
@@ -74,6 +82,13 @@ fn build_and_find() -> Result<Binaries, String> {
     check_fresh(&binaries.node, &root, NODE_SOURCES, NODE_EXCLUDES)?;
     check_fresh(&binaries.kvsctl, &root, KVSCTL_SOURCES, &[])?;
     Ok(binaries)
+}
+
+/// Whether `cargo test` set this variable to describe the package under test.
+fn describes_test_package(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_MANIFEST_")
+        || matches!(name, "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE")
 }
 
 fn profile() -> Result<&'static str, String> {

@@ -1,7 +1,8 @@
 //! The operator end to end: the real `reconcile` of `kvs-operator` drives real `kvs-node`
 //! processes through a KvsCluster's life — 3 → 5 → 3 → 1 → 3 members under continuous writes,
 //! then a middle member whose data is wiped, then a new image — and every acknowledged write
-//! survives.
+//! survives. The fake API server records every kind of request it serves, so the operator's RBAC
+//! can be checked against what it really calls.
 //!
 //! Kubernetes is played in-process: a small fake API server (a `tower` service given to
 //! `kube::Client::new`) stores the objects the operator applies, patches and deletes, and this
@@ -13,21 +14,23 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
-use kube::client::Body;
 use kvs_client::{Client, ClientOptions};
 use kvs_operator::Settings;
 use kvs_operator::controller::{self, Config, Context};
 use kvs_operator::crd::{KvsCluster, KvsClusterSpec, Phase};
 use kvs_operator::metrics::Metrics;
-use kvs_operator::observe::{PodAddress, Resolver};
+use kvs_operator::observe::{ClusterDns, PodAddress, Resolver};
 use kvs_operator::resources::Names;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
+
+mod fake_api;
+
+use fake_api::{SharedStore, fake_api, lock};
 
 const NAMESPACE: &str = "shop";
 const NAME: &str = "orders";
@@ -39,107 +42,41 @@ const SEATS: usize = 9;
 /// How long one change of the spec may take to be carried out.
 const CONVERGE: Duration = Duration::from_secs(120);
 
-/// Objects by API path, as the fake API server holds them.
-#[derive(Default)]
-struct Store {
-    objects: BTreeMap<String, Value>,
-    next_uid: u64,
-}
+/// Every kind of request `reconcile` makes over the scenario, as RBAC names it: (verb, API group,
+/// resource), sorted. The chart's RBAC is compared with this list. Not in it, because this
+/// scenario never makes them: deleting PersistentVolumeClaims (clusters on disk only), the
+/// controller's list and watch of KvsClusters and StatefulSets (the test calls `reconcile`
+/// directly), and the operator's Lease.
+const RECONCILE_CALLS: &[(&str, &str, &str)] = &[
+    ("create", "events.k8s.io", "events"),
+    ("delete", "", "pods"),
+    ("delete", "networking.k8s.io", "networkpolicies"),
+    ("delete", "policy", "poddisruptionbudgets"),
+    ("get", "apps", "statefulsets"),
+    ("list", "", "persistentvolumeclaims"),
+    ("list", "", "pods"),
+    ("patch", "", "services"),
+    ("patch", "apps", "statefulsets"),
+    ("patch", "events.k8s.io", "events"),
+    ("patch", "kvs.io", "kvsclusters/status"),
+    ("patch", "networking.k8s.io", "networkpolicies"),
+    ("patch", "policy", "poddisruptionbudgets"),
+];
 
-type SharedStore = Arc<Mutex<Store>>;
-
-fn lock(store: &SharedStore) -> MutexGuard<'_, Store> {
-    store.lock().expect("no fake API thread panicked")
-}
-
-fn status(code: u16, reason: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-           "status": if code < 300 { "Success" } else { "Failure" },
-           "reason": reason, "code": code})
-}
-
-/// Answers one API request the way the API server would for the calls the operator makes.
-fn answer(store: &mut Store, method: &Method, path: &str, body: Value) -> (StatusCode, Value) {
-    match *method {
-        Method::GET => match store.objects.get(path) {
-            Some(object) => (StatusCode::OK, object.clone()),
-            None if path.ends_with("/pods") || path.ends_with("/persistentvolumeclaims") => {
-                let prefix = format!("{path}/");
-                let items: Vec<Value> = store
-                    .objects
-                    .iter()
-                    .filter(|(key, _)| key.starts_with(&prefix))
-                    .map(|(_, object)| object.clone())
-                    .collect();
-                (
-                    StatusCode::OK,
-                    json!({"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items}),
-                )
-            }
-            None => (StatusCode::NOT_FOUND, status(404, "NotFound")),
-        },
-        Method::PATCH => {
-            if let Some(object_path) = path.strip_suffix("/status") {
-                let Some(object) = store.objects.get_mut(object_path) else {
-                    return (StatusCode::NOT_FOUND, status(404, "NotFound"));
-                };
-                object["status"] = body["status"].clone();
-                return (StatusCode::OK, object.clone());
-            }
-            // Server-side apply of a whole owned object: what the operator sends is the object,
-            // with the status the controllers wrote kept.
-            let mut object = body;
-            if let Some(existing) = store.objects.get(path) {
-                object["status"] = existing["status"].clone();
-                object["metadata"]["uid"] = existing["metadata"]["uid"].clone();
-            } else {
-                store.next_uid += 1;
-                object["metadata"]["uid"] = json!(format!("uid-{}", store.next_uid));
-            }
-            store.objects.insert(path.to_owned(), object.clone());
-            (StatusCode::OK, object)
-        }
-        Method::DELETE => match store.objects.remove(path) {
-            Some(object) => (StatusCode::OK, object),
-            None => (StatusCode::NOT_FOUND, status(404, "NotFound")),
-        },
-        // Events.
-        _ => (StatusCode::CREATED, body),
-    }
-}
-
-/// A kube client backed by the fake API server; the server task ends with the test.
-fn fake_api(store: SharedStore) -> (kube::Client, tokio::task::JoinHandle<()>) {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let server = tokio::spawn(async move {
-        while let Some((request, reply)) = handle.next_request().await {
-            let method = request.method().clone();
-            let path = request.uri().path().to_owned();
-            let bytes = request
-                .into_body()
-                .collect_bytes()
-                .await
-                .unwrap_or_default();
-            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let (code, answer) = answer(&mut lock(&store), &method, &path, body);
-            let response = Response::builder()
-                .status(code)
-                .body(Body::from(answer.to_string().into_bytes()))
-                .expect("a valid response");
-            reply.send_response(response);
-        }
-    });
-    (kube::Client::new(service, NAMESPACE), server)
-}
-
-/// Ordinal k is the node on the k-th reserved loopback port.
+/// Ordinal k is the node on the k-th reserved loopback port. The operator also resolves
+/// ordinals no pod can have here (to recognise members beyond the spec); those keep their
+/// in-cluster DNS names, which nothing on this machine answers, so every ordinal still has an
+/// address of its own.
 struct Loopback {
     ports: Vec<u16>,
 }
 
 impl Resolver for Loopback {
-    fn resolve(&self, _: &Names, ordinal: u32) -> PodAddress {
-        let address = format!("127.0.0.1:{}", self.ports[ordinal as usize % SEATS]);
+    fn resolve(&self, names: &Names, ordinal: u32) -> PodAddress {
+        let Some(port) = self.ports.get(ordinal as usize) else {
+            return ClusterDns.resolve(names, ordinal);
+        };
+        let address = format!("127.0.0.1:{port}");
         PodAddress {
             advertised: address.clone(),
             dial: address,
@@ -385,23 +322,51 @@ async fn the_operator_scales_replaces_and_upgrades_without_losing_writes() {
     }
 
     // Wipe the middle member: its process restarts empty, a new node at the same address.
-    let middle = operator.cluster().status.expect("a status").members[1]
-        .id
-        .clone();
+    let middle = operator
+        .cluster()
+        .status
+        .expect("a status")
+        .members
+        .into_iter()
+        .find(|m| m.pod == format!("{NAME}-1"))
+        .expect("pod 1 holds a member")
+        .id;
     let mut old = operator.kubelet.processes.remove(&1).expect("pod 1 runs");
     let _ = old.kill().await;
     operator.converge("replacing the wiped member").await;
     let members = operator.cluster().status.expect("a status").members;
     assert!(members.iter().all(|m| m.id != middle), "{members:?}");
 
-    operator.set_spec(|spec| spec.image = Some("kvs:2".into()));
+    operator.set_spec(|spec| {
+        spec.image = Some("kvs:2".into());
+        spec.network_policy.enabled = true;
+    });
     let upgraded = operator.converge("rolling out a new image").await;
 
     stop.send(true).expect("the writer runs");
     let acked = writer.await.expect("the writer does not panic");
     let status = upgraded.status.expect("a status");
     assert_eq!(status.cluster_id.as_deref(), Some(cluster_id.as_str()));
-    assert_eq!(status.members.len(), 3);
+    let pods: BTreeSet<&str> = status.members.iter().map(|m| m.pod.as_str()).collect();
+    assert_eq!(pods, BTreeSet::from(["orders-0", "orders-1", "orders-2"]));
+    assert!(
+        status
+            .leader
+            .as_deref()
+            .is_some_and(|leader| pods.contains(leader))
+    );
+    assert_eq!(status.observed_generation, upgraded.metadata.generation);
+    let holds = |kind: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|condition| condition.type_ == kind)
+            .map(|condition| condition.status.as_str())
+    };
+    assert_eq!(holds("Available"), Some("True"));
+    for settled in ["Progressing", "Degraded", "QuorumLost"] {
+        assert_eq!(holds(settled), Some("False"), "{settled}: {status:#?}");
+    }
     assert!(
         acked.len() > 10,
         "too few writes were acknowledged: {}",
@@ -416,5 +381,14 @@ async fn the_operator_scales_replaces_and_upgrades_without_losing_writes() {
             "key-{i} lost"
         );
     }
+    let served = lock(&store).served.clone();
+    let served: Vec<(&str, &str, &str)> = served
+        .iter()
+        .map(|call| (call.verb, call.group.as_str(), call.resource.as_str()))
+        .collect();
+    assert_eq!(
+        served, RECONCILE_CALLS,
+        "the kinds of API request reconcile made"
+    );
     server.abort();
 }
