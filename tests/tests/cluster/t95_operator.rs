@@ -47,7 +47,7 @@ const CONVERGE: Duration = Duration::from_secs(120);
 /// scenario never makes them: deleting PersistentVolumeClaims (clusters on disk only), the
 /// controller's list and watch of KvsClusters and StatefulSets (the test calls `reconcile`
 /// directly), and the operator's Lease.
-const RECONCILE_CALLS: &[(&str, &str, &str)] = &[
+pub(crate) const RECONCILE_CALLS: &[(&str, &str, &str)] = &[
     ("create", "events.k8s.io", "events"),
     ("delete", "", "pods"),
     ("delete", "networking.k8s.io", "networkpolicies"),

@@ -35,8 +35,11 @@ use serde_json::{Value, json};
 /// its series; kube-lease-manager gets, creates and patches the Lease. An apply that creates its
 /// object is authorized as `create` as well as `patch`, so every applied kind has both.
 ///
-/// This is the one list the chart's rules are compared with; the operator's end-to-end fake API
-/// server records the calls it serves, and that record is what should replace it.
+/// This is the one list the chart's rules are compared with. The operator's end-to-end test
+/// records every call its reconciles make against the fake API server
+/// ([`crate::t95_operator::RECONCILE_CALLS`]); each of those must be in this list (checked below),
+/// which adds what that scenario cannot make: the controller's list and watch, claim deletion
+/// (clusters on disk), the Lease, and the `create` of every applied kind.
 const OPERATOR_API_CALLS: &[(&str, &str, &str)] = &[
     ("list", "kvs.io", "kvsclusters"),
     ("watch", "kvs.io", "kvsclusters"),
@@ -452,6 +455,19 @@ fn the_charts_crd_is_the_generated_one() {
 
     let without = template(&[], &["crds.install=false"]).expect("renders without the CRD");
     assert!(without.of_kind("CustomResourceDefinition").is_empty());
+}
+
+#[test]
+fn every_call_the_end_to_end_reconciles_made_is_granted() {
+    let granted: BTreeSet<_> = OPERATOR_API_CALLS.iter().collect();
+    let missing: Vec<_> = crate::t95_operator::RECONCILE_CALLS
+        .iter()
+        .filter(|call| !granted.contains(call))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the operator made calls its RBAC does not grant: {missing:?}"
+    );
 }
 
 #[test]
