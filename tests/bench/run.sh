@@ -78,9 +78,10 @@ start_kvs() {
     local mode=$1 base dir endpoints leader i deadline
     base=$(free_base_port)
     dir="$WORK/$mode"
-    local flags=()
-    [ "$mode" = memory ] && flags=(--in-memory)
-    "$NODE" demo --nodes 3 --base-port "$base" --dir "$dir" "${flags[@]}" >"$WORK/$mode.out" 2>&1 &
+    local flags=() env=()
+    if [ "$mode" = memory ]; then flags=(--in-memory); fi
+    if [ "$mode" = memory-test ]; then env=(KVS_SNAPSHOT_EVERY=1000); fi
+    env "${env[@]}" "$NODE" demo --nodes 3 --base-port "$base" --dir "$dir" "${flags[@]}" >"$WORK/$mode.out" 2>&1 &
     local pid=$!
     endpoints="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
     deadline=$((SECONDS + 60))
@@ -191,8 +192,12 @@ for round in $(seq 1 "$ROUNDS"); do
     measure redis "$REDIS"
 done
 
-# Memory: RSS after loading MEMORY_KEYS distinct keys of VALUE_BYTES through `redis-cli --pipe`
-# (the kvs leader, which by then has taken snapshots and purged its log, vs redis-server).
+# Memory: fresh systems, so nothing else is stored. RSS of the kvs leader (3 durable nodes,
+# snapshotting every 1,000 entries so the log is purged behind a snapshot as in steady state)
+# and of redis-server, before and after loading MEMORY_KEYS distinct keys of VALUE_BYTES with
+# MSET (100 keys per command) through `redis-cli --pipe`.
+for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+PIDS=()
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 listening_pid() {
     # The process listening on 127.0.0.1:$1.
@@ -207,19 +212,24 @@ listening_pid() {
 }
 python3 -c '
 import sys
-n, size = int(sys.argv[1]), int(sys.argv[2])
+n, size, per = int(sys.argv[1]), int(sys.argv[2]), 100
 out = sys.stdout.buffer
 value = b"v" * size
-for i in range(n):
-    key = b"mem:%010d" % i
-    out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, size, value))
+for first in range(0, n, per):
+    keys = [b"mem:%010d" % i for i in range(first, min(n, first + per))]
+    out.write(b"*%d\r\n$4\r\nMSET\r\n" % (1 + 2 * len(keys)))
+    for key in keys:
+        out.write(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, size, value))
 ' "$MEMORY_KEYS" "$VALUE_BYTES" >"$WORK/load.resp"
-for target in "kvs-durable $KVS_DURABLE" "redis $REDIS"; do
+read -r pid port endpoints < <(start_kvs memory-test); PIDS+=("$pid"); KVS_MEM_TEST=$port
+read -r pid port < <(start_redis); PIDS+=("$pid"); REDIS_MEM_TEST=$port
+for target in "kvs-durable $KVS_MEM_TEST" "redis $REDIS_MEM_TEST"; do
     read -r system port <<<"$target"
+    pid=$(listening_pid "$port")
+    before=$(rss_kib "$pid")
     redis-cli -p "$port" --pipe --pipe-timeout 600 <"$WORK/load.resp" >"$WORK/pipe-$system.out" 2>&1 ||
         { echo "loading $system failed:" >&2; cat "$WORK/pipe-$system.out" >&2; exit 1; }
-    pid=$(listening_pid "$port")
-    echo "memory $system $(redis-cli -p "$port" dbsize) $(rss_kib "$pid")" >>"$WORK/results"
+    echo "memory $system $(redis-cli -p "$port" dbsize) $before $(rss_kib "$pid")" >>"$WORK/results"
 done
 
 python3 - "$WORK/results" <<'EOF'
@@ -229,8 +239,8 @@ runs = defaultdict(list)
 memory = {}
 for line in open(sys.argv[1]):
     if line.startswith("memory "):
-        _, system, keys, kib = line.split()
-        memory[system] = (int(keys), int(kib))
+        _, system, keys, before, after = line.split()
+        memory[system] = (int(keys), int(before), int(after))
         continue
     system, test, rps, p50, p99 = line.split()
     runs[(system, test)].append((float(rps), float(p50), float(p99)))
@@ -253,10 +263,13 @@ for test in ("SET", "GET"):
         rps = med(system, test, 0)
         ratio = rps / med("redis", test, 0)
         print(f"{system:<12} {test:<4} {rps:>10.0f} {med(system, test, 1):>8.3f} {med(system, test, 2):>8.3f} {ratio:>8.2f}x")
-for system, (keys, kib) in memory.items():
-    print(f"memory {system:<12} {keys} keys  RSS {kib / 1024:.0f} MiB")
+print()
+for system, (keys, before, after) in memory.items():
+    print(f"memory {system:<12} {keys} keys: RSS {after / 1024:.0f} MiB "
+          f"({before / 1024:.0f} MiB empty, {(after - before) * 1024 / max(keys, 1):.0f} B per key)")
 if len(memory) == 2:
-    print(f"memory kvs/redis: {memory['kvs-durable'][1] / memory['redis'][1]:.2f}x")
+    print(f"memory kvs/redis: {memory['kvs-durable'][2] / memory['redis'][2]:.2f}x RSS, "
+          f"{(memory['kvs-durable'][2] - memory['kvs-durable'][1]) / max(1, memory['redis'][2] - memory['redis'][1]):.2f}x growth")
 d, m = med("grpc:kvs-durable", "PUT", 0), med("grpc:kvs-memory", "PUT", 0)
 print(f"durable/in-memory gRPC PUT throughput: {d / m:.2f}x; "
       f"p99 {med('grpc:kvs-durable', 'PUT', 2):.3f} vs {med('grpc:kvs-memory', 'PUT', 2):.3f} ms")

@@ -66,6 +66,11 @@ struct Args {
     json: bool,
 }
 
+/// Latencies are recorded in microseconds, from 1 µs to 10 minutes, to 3 significant figures.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
 /// What one client measured.
 struct Tally {
     latency_us: Histogram<u64>,
@@ -128,7 +133,7 @@ async fn run(args: &Args) -> Result<(), String> {
         })
         .collect();
     let progress = progress_line(done.clone(), started);
-    let mut latency_us = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+    let mut latency_us = latency_histogram();
     let (mut errors, mut first_error) = (0, None);
     for client in clients {
         let tally = client
@@ -161,7 +166,7 @@ async fn client(
     serializable: bool,
 ) -> Tally {
     let mut tally = Tally {
-        latency_us: Histogram::new(3).expect("3 significant figures is valid"),
+        latency_us: latency_histogram(),
         errors: 0,
         first_error: None,
     };
