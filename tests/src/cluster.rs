@@ -87,6 +87,9 @@ pub struct ClusterOptions {
     pub snapshot_every: Option<u64>,
     /// `--quota-bytes`; the node's default when `None`.
     pub quota_bytes: Option<u64>,
+    /// Run every node with `--fault-control-file` (testing only), so that
+    /// [`Cluster::partition`] can cut peer links.
+    pub fault_control: bool,
 }
 
 impl Default for ClusterOptions {
@@ -105,6 +108,7 @@ impl Default for ClusterOptions {
             durable: false,
             snapshot_every: None,
             quota_bytes: None,
+            fault_control: false,
         }
     }
 }
@@ -123,7 +127,8 @@ impl ClusterOptions {
         self.shutdown_grace.unwrap_or(Self::NODE_DEFAULT_GRACE)
     }
 
-    fn node_args(&self, node: &Node, bootstrap: bool, data_dir: &Path) -> Vec<OsString> {
+    fn node_args(&self, node: &Node, bootstrap: bool, dir: &Path, index: usize) -> Vec<OsString> {
+        let data_dir = dir.join(format!("data{index}"));
         let mut args: Vec<String> = vec!["--listen".into(), node.address()];
         if node.peer_port.is_some() {
             args.extend(["--peer-listen".into(), node.peer_address()]);
@@ -136,6 +141,11 @@ impl ClusterOptions {
         }
         if bootstrap {
             args.push("--bootstrap".into());
+        }
+        if self.fault_control {
+            let file = fault_file(dir, index);
+            let file = file.to_str().expect("test directories are UTF-8");
+            args.extend(["--fault-control-file".into(), file.into()]);
         }
         if self.durable {
             let dir = data_dir.to_str().expect("test directories are UTF-8");
@@ -264,7 +274,7 @@ impl Node {
         self.generation += 1;
         let log = log_path(dir, index, self.generation);
         self.logs.push(log.clone());
-        let args = options.node_args(self, bootstrap, &dir.join(format!("data{index}")));
+        let args = options.node_args(self, bootstrap, dir, index);
         let process = spawn_node(&bins.node, &args, &log, ANNOUNCE_TIMEOUT)
             .await
             .unwrap_or_else(|msg| panic!("node {index}: {msg}"));
@@ -288,7 +298,9 @@ pub struct Cluster {
     nodes: Vec<Node>,
     options: ClusterOptions,
     bins: &'static Binaries,
+    /// Removed when the cluster drops, unless kept.
     dir: Option<TempDir>,
+    path: PathBuf,
     _serial: OwnedMutexGuard<()>,
 }
 
@@ -296,12 +308,18 @@ impl Cluster {
     /// Starts `n` nodes: node 0 with `--bootstrap`, the rest added one by one with
     /// `kvsctl member add`; returns once all `n` are voters.
     pub async fn start(n: usize, options: ClusterOptions) -> Cluster {
-        assert!(n >= 1, "a cluster has at least one node");
-        let serial = SERIAL.clone().lock_owned().await;
         let bins = match tokio::task::spawn_blocking(binaries).await {
             Ok(bins) => bins,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
+        Cluster::start_with(bins, n, options).await
+    }
+
+    /// [`Cluster::start`] with binaries the caller found (the `jepsen` command runs the ones
+    /// next to itself instead of building them).
+    pub async fn start_with(bins: &'static Binaries, n: usize, options: ClusterOptions) -> Cluster {
+        assert!(n >= 1, "a cluster has at least one node");
+        let serial = SERIAL.clone().lock_owned().await;
         let dir = tempfile::Builder::new()
             .prefix(&format!("kvs-{}-", test_name()))
             .tempdir()
@@ -310,6 +328,7 @@ impl Cluster {
             nodes: Vec::new(),
             options,
             bins,
+            path: dir.path().to_path_buf(),
             dir: Some(dir),
             _serial: serial,
         };
@@ -359,11 +378,7 @@ impl Cluster {
     }
 
     fn dir_path(&self) -> PathBuf {
-        self.dir
-            .as_ref()
-            .expect("the dir lives as long as the cluster")
-            .path()
-            .to_path_buf()
+        self.path.clone()
     }
 
     /// The options every node runs with.
@@ -471,6 +486,51 @@ impl Cluster {
         self.nodes[i]
             .launch(bins, &self.options, &dir, i, false)
             .await;
+    }
+
+    /// Cuts the peer links between `groups` (node indices; nodes in no group are cut off from
+    /// everyone): each node drops peer traffic to and from every node outside its own group.
+    /// Needs [`ClusterOptions::fault_control`]; takes effect within the nodes' 20 ms poll, and
+    /// holds across restarts until [`Cluster::heal`].
+    pub fn partition(&self, groups: &[Vec<usize>]) {
+        assert!(
+            self.options.fault_control,
+            "partitions need ClusterOptions::fault_control"
+        );
+        for i in 0..self.nodes.len() {
+            let group = groups.iter().find(|g| g.contains(&i));
+            let blocked: String = (0..self.nodes.len())
+                .filter(|j| *j != i && group.is_none_or(|g| !g.contains(j)))
+                .map(|j| format!("block {}\n", self.nodes[j].id()))
+                .collect();
+            self.write_fault_file(i, &blocked);
+        }
+    }
+
+    /// Cuts node `i` off from every other node.
+    pub fn isolate(&self, i: usize) {
+        let rest: Vec<usize> = (0..self.nodes.len()).filter(|&j| j != i).collect();
+        self.partition(&[vec![i], rest]);
+    }
+
+    /// Restores every peer link.
+    pub fn heal(&self) {
+        for i in 0..self.nodes.len() {
+            self.write_fault_file(i, "");
+        }
+    }
+
+    fn write_fault_file(&self, i: usize, text: &str) {
+        // Written aside and renamed, so a node never reads half a file.
+        let path = fault_file(&self.dir_path(), i);
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, text).expect("write a fault control file");
+        std::fs::rename(&partial, &path).expect("move a fault control file into place");
+    }
+
+    /// Keeps the directory of node logs and data after the cluster is dropped; returns it.
+    pub fn keep_dir(&mut self) -> Option<PathBuf> {
+        self.dir.take().map(TempDir::keep)
     }
 
     // ------------------------------------------------------------- membership
@@ -677,6 +737,11 @@ async fn probe<T>(
         Ok(result) => result.map(tonic::Response::into_inner),
         Err(_) => Err(tonic::Status::deadline_exceeded("harness probe timed out")),
     }
+}
+
+/// The fault control file of node `index`.
+fn fault_file(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("faults{index}"))
 }
 
 /// The running test's name (libtest names the thread after it), usable in a file name.
