@@ -41,6 +41,14 @@ struct Args {
     /// Keys the clients share.
     #[arg(long, default_value_t = 4)]
     keys: usize,
+    /// Deadline of one client operation, retries included, in milliseconds; shorter deadlines
+    /// leave more operations indeterminate.
+    #[arg(long, default_value_t = 4000)]
+    op_timeout_ms: u64,
+    /// Serve reads from each node's local state without consensus — deliberately unsafe, to
+    /// show that the checker catches the stale reads this allows under partitions.
+    #[arg(long)]
+    serializable_reads: bool,
     /// Where offending histories are written.
     #[arg(long, default_value_os_t = std::env::temp_dir().join("kvs-jepsen"))]
     report_dir: PathBuf,
@@ -76,6 +84,9 @@ async fn main() -> anyhow::Result<ExitCode> {
     if args.nodes < 3 || args.clients == 0 || args.keys == 0 || args.time == 0 {
         bail!("need --nodes >= 3 and positive --clients, --keys and --time");
     }
+    if args.op_timeout_ms < 100 {
+        bail!("--op-timeout-ms must be at least 100");
+    }
     let options = CampaignOptions {
         phase_time: Duration::from_secs(args.time) / phases.len() as u32,
         phases,
@@ -84,7 +95,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         workload: WorkloadOptions {
             clients: args.clients,
             keys: args.keys,
-            ..WorkloadOptions::default()
+            timeout: Duration::from_millis(args.op_timeout_ms),
+            serializable_reads: args.serializable_reads,
         },
         report_dir: args.report_dir,
     };

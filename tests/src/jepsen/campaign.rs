@@ -326,10 +326,16 @@ fn write_files(
     };
     for anomaly in &report.anomalies {
         let text = match &anomaly.verdict {
-            Verdict::NotLinearizable(minimal) => format!(
-                "# key {}: not linearizable; a minimal sub-history that shows it\n{}",
+            Verdict::NotLinearizable(violation) => format!(
+                "# key {}: not linearizable; a minimal sub-history that shows it\n\
+                 # the register holds {} before the first operation\n{}",
                 anomaly.key,
-                render(minimal)
+                if violation.starts_unknown {
+                    "anything (the window starts mid-run)"
+                } else {
+                    "nothing (the run's start)"
+                },
+                render(&violation.operations)
             ),
             Verdict::Undecided => format!(
                 "# key {}: the search ran out of steps; see the whole history\n",

@@ -83,15 +83,6 @@ impl Operation {
         !matches!(self.call, Call::Get)
     }
 
-    /// The value this operation saw in the register, when its answer names one.
-    pub(crate) fn observed(&self) -> Option<Value> {
-        match (self.call, self.outcome) {
-            (Call::Get, Outcome::Ok(Return::Get(value))) => value,
-            (Call::Cas { expect, .. }, Outcome::Ok(Return::Cas { swapped: true })) => expect,
-            _ => None,
-        }
-    }
-
     /// The value this operation writes when it takes effect, if it writes one.
     pub(crate) fn written(&self) -> Option<Value> {
         match self.call {

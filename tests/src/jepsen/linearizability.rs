@@ -13,9 +13,13 @@
 //! a known answer has been placed, so the history is linearizable. Reads whose outcome is unknown
 //! and operations that definitely failed change nothing and are dropped up front.
 //!
-//! When a key is not linearizable, the checker shrinks its history to a minimal sub-history that
-//! is still not linearizable (delta debugging, keeping every value a remaining operation observed
-//! written by a remaining operation), which is what a person needs to read.
+//! When a key is not linearizable, the checker shrinks its history to a small sub-history that
+//! still cannot be linearized — using only cuts that keep it evidence against the whole history:
+//! a window between two quiescent points (no operation with a known answer in flight), checked
+//! from an unknown register state when it does not start with the run, keeping the indeterminate
+//! writes still pending at its start; then, inside it, delta debugging removes operations that
+//! do not change the register (reads, compare-and-swaps whose compare failed), since dropping a
+//! constraint can never turn a linearizable history into one that is not.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -28,8 +32,14 @@ use super::history::Outcome;
 use super::history::Return;
 use super::history::Value;
 
-/// The register: its value, or absent.
-type State = Option<Value>;
+/// The register as the search knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum State {
+    /// Holds this value, or is absent.
+    Known(Option<Value>),
+    /// Could hold anything: the start of a window cut from the middle of a run.
+    Unknown,
+}
 
 /// Configurations one search may explore before it gives up undecided.
 const SEARCH_STEPS: u64 = 2_000_000;
@@ -42,10 +52,20 @@ const SHRINK_TIME: Duration = Duration::from_secs(20);
 pub enum Verdict {
     /// Some order of the operations, consistent with real time, explains every answer.
     Linearizable,
-    /// No order does; a minimal sub-history that shows it.
-    NotLinearizable(Vec<Operation>),
+    /// No order does; a small sub-history that shows it.
+    NotLinearizable(Violation),
     /// The search ran out of its step budget.
     Undecided,
+}
+
+/// A sub-history that cannot be linearized, which proves the whole history cannot be either.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The operations, by invocation time.
+    pub operations: Vec<Operation>,
+    /// The sub-history starts in the middle of the run, so the register may hold anything
+    /// before its first operation (otherwise it starts absent).
+    pub starts_unknown: bool,
 }
 
 /// A key whose history is not (or could not be shown to be) linearizable.
@@ -76,10 +96,12 @@ pub fn check_key(operations: &[Operation]) -> Verdict {
         .filter(|op| matters(op))
         .cloned()
         .collect();
-    match search(&relevant, SEARCH_STEPS) {
+    let mut relevant: Vec<Operation> = relevant;
+    relevant.sort_by_key(|op| (op.invoke, op.process));
+    match search(&relevant, State::Known(None), SEARCH_STEPS) {
         Search::Linearizable => Verdict::Linearizable,
         Search::Exhausted => Verdict::Undecided,
-        Search::NotLinearizable => Verdict::NotLinearizable(shrink(relevant)),
+        Search::NotLinearizable => Verdict::NotLinearizable(shrink(&relevant)),
     }
 }
 
@@ -93,8 +115,22 @@ fn matters(op: &Operation) -> bool {
 }
 
 /// The register model: the state after `call` takes effect in `state` and answers `answer`
-/// (`None`: an answer nobody saw), or `None` when that answer is impossible in `state`.
+/// (`None`: an answer nobody saw), or `None` when that answer is impossible in `state`. From an
+/// unknown state every answer is possible, and what is learnt from it becomes the state.
 fn step(state: State, call: Call, answer: Option<Return>) -> Option<State> {
+    let State::Known(state) = state else {
+        return Some(match (call, answer) {
+            (Call::Get, Some(Return::Get(read))) => State::Known(read),
+            (Call::Put(value), _) => State::Known(Some(value)),
+            (Call::Delete, _) => State::Known(None),
+            (Call::Cas { new, .. }, Some(Return::Cas { swapped: true })) => State::Known(Some(new)),
+            _ => State::Unknown,
+        });
+    };
+    known_step(state, call, answer).map(State::Known)
+}
+
+fn known_step(state: Option<Value>, call: Call, answer: Option<Return>) -> Option<Option<Value>> {
     match (call, answer) {
         (Call::Get, None) => Some(state),
         (Call::Get, Some(Return::Get(read))) => (read == state).then_some(state),
@@ -193,7 +229,7 @@ impl Entries {
 }
 
 /// Wing & Gong's search with Lowe's memoisation over one key's operations.
-fn search(ops: &[Operation], budget: u64) -> Search {
+fn search(ops: &[Operation], initial: State, budget: u64) -> Search {
     let answer = |op: &Operation| match op.outcome {
         Outcome::Ok(answer) => Some(answer),
         Outcome::Fail | Outcome::Info => None,
@@ -202,7 +238,7 @@ fn search(ops: &[Operation], budget: u64) -> Search {
     let mut linearized = vec![0u64; ops.len().div_ceil(64)];
     let mut seen: HashSet<(Vec<u64>, State)> = HashSet::new();
     let mut stack: Vec<(usize, State)> = Vec::new();
-    let mut state: State = None;
+    let mut state = initial;
     let mut entry = entries.first();
     let mut steps = 0u64;
     while entry != NIL {
@@ -242,51 +278,102 @@ fn search(ops: &[Operation], budget: u64) -> Search {
     Search::Linearizable
 }
 
-/// Shrinks a non-linearizable history: removes chunks of operations, halving the chunk size,
-/// while what is left stays well formed and not linearizable.
-fn shrink(mut ops: Vec<Operation>) -> Vec<Operation> {
+/// Shrinks a non-linearizable history (sorted by invocation) to a small violation; see the
+/// module docs for why every cut keeps it a proof.
+fn shrink(ops: &[Operation]) -> Violation {
     let started = Instant::now();
-    let fails = |candidate: &[Operation]| {
-        well_formed(candidate)
-            && matches!(
-                search(candidate, SEARCH_STEPS / 10),
-                Search::NotLinearizable
-            )
+    let fails = |from: usize, ops: &[Operation]| {
+        let initial = if from == 0 {
+            State::Known(None)
+        } else {
+            State::Unknown
+        };
+        matches!(
+            search(ops, initial, SEARCH_STEPS / 10),
+            Search::NotLinearizable
+        )
     };
-    let mut chunk = (ops.len() / 2).max(1);
+    let cuts = quiescent_cuts(ops);
+    // The shortest failing prefix, then the latest start that still fails: both are monotone.
+    let end = first_failing(&cuts, |&to| fails(0, &window(ops, 0, to))).unwrap_or(ops.len());
+    let starts: Vec<usize> = cuts.iter().copied().filter(|&c| c < end).rev().collect();
+    let from = first_failing(&starts, |&from| fails(from, &window(ops, from, end))).unwrap_or(0);
+    let mut kept = window(ops, from, end);
+
+    let mut chunk = (kept.len() / 2).max(1);
     loop {
         let mut removed = false;
         let mut start = 0;
-        while start < ops.len() {
-            if started.elapsed() > SHRINK_TIME {
-                return ops;
-            }
-            let end = (start + chunk).min(ops.len());
+        while start < kept.len() && started.elapsed() < SHRINK_TIME {
+            let end = (start + chunk).min(kept.len());
+            let only_reads = kept[start..end].iter().all(changes_nothing);
             let candidate: Vec<Operation> =
-                ops[..start].iter().chain(&ops[end..]).cloned().collect();
-            if fails(&candidate) {
-                ops = candidate;
+                kept[..start].iter().chain(&kept[end..]).cloned().collect();
+            if only_reads && fails(from, &candidate) {
+                kept = candidate;
                 removed = true;
             } else {
                 start = end;
             }
         }
+        if started.elapsed() >= SHRINK_TIME || (!removed && chunk == 1) {
+            break;
+        }
         if !removed {
-            if chunk == 1 {
-                return ops;
-            }
             chunk = (chunk / 2).max(1);
         }
     }
+    Violation {
+        operations: kept,
+        starts_unknown: from > 0,
+    }
 }
 
-/// Every value an operation observed is written by an operation of the history: a sub-history
-/// without the write a read saw is "not linearizable" for a reason nobody needs to be told.
-fn well_formed(ops: &[Operation]) -> bool {
-    let written: HashSet<Value> = ops.iter().filter_map(Operation::written).collect();
-    ops.iter()
-        .filter_map(Operation::observed)
-        .all(|value| written.contains(&value))
+/// The first candidate (in the order given) for which `fails` holds, assuming that once it
+/// holds it holds for every later candidate.
+fn first_failing(candidates: &[usize], fails: impl Fn(&usize) -> bool) -> Option<usize> {
+    let first = candidates.partition_point(|c| !fails(c));
+    candidates.get(first).copied()
+}
+
+/// Indices `i` of `ops` (sorted by invocation; `ops.len()` included) where the history can be
+/// cut: every operation with a known answer invoked before `ops[i]` completed before it.
+fn quiescent_cuts(ops: &[Operation]) -> Vec<usize> {
+    let mut cuts = vec![0];
+    let mut busy_until = Duration::ZERO;
+    for (i, op) in ops.iter().enumerate() {
+        if i > 0 && busy_until < op.invoke {
+            cuts.push(i);
+        }
+        if op.outcome != Outcome::Info {
+            busy_until = busy_until.max(op.complete);
+        }
+    }
+    cuts.push(ops.len());
+    cuts
+}
+
+/// The operations invoked in `ops[from..to]`, plus the indeterminate ones invoked earlier, which
+/// may still take effect inside the window.
+fn window(ops: &[Operation], from: usize, to: usize) -> Vec<Operation> {
+    ops[..from]
+        .iter()
+        .filter(|op| op.outcome == Outcome::Info)
+        .chain(&ops[from..to])
+        .cloned()
+        .collect()
+}
+
+/// Operations that leave the register as they found it, whatever they answered.
+fn changes_nothing(op: &Operation) -> bool {
+    matches!(
+        (op.call, op.outcome),
+        (Call::Get, _)
+            | (
+                Call::Cas { .. },
+                Outcome::Ok(Return::Cas { swapped: false })
+            )
+    )
 }
 
 #[cfg(test)]
@@ -357,12 +444,11 @@ mod tests {
             get(2, 4, 5, Some(2)),
         ];
         match check_key(&ops) {
-            Verdict::NotLinearizable(minimal) => {
-                // The other read and nothing else can go: all three remaining ops are needed.
-                assert_eq!(
-                    minimal,
-                    vec![ops[0].clone(), ops[1].clone(), ops[2].clone()]
-                );
+            Verdict::NotLinearizable(violation) => {
+                // Whatever the register held before, two overlapping reads with no write
+                // between them cannot see two values.
+                assert_eq!(violation.operations, vec![ops[2].clone(), ops[3].clone()]);
+                assert!(violation.starts_unknown);
             }
             other => panic!("expected an anomaly, got {other:?}"),
         }
@@ -502,6 +588,36 @@ mod tests {
     }
 
     #[test]
+    fn a_violation_from_the_start_keeps_the_initial_state() {
+        // Absent at the start: a delete cannot find a value no write put there.
+        let delete = op(
+            0,
+            0,
+            Some(1),
+            Call::Delete,
+            Some(Return::Delete { existed: true }),
+        );
+        match check_key(&[delete.clone(), put(1, 2, 3, 1)]) {
+            Verdict::NotLinearizable(violation) => {
+                assert_eq!(violation.operations, vec![delete]);
+                assert!(!violation.starts_unknown);
+            }
+            other => panic!("expected an anomaly, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn indeterminate_writes_pending_at_a_cut_stay_in_the_window() {
+        // The lost-answer write of 1 may land after the write of 2, so the read of 1 is fine.
+        let ops = [
+            op(0, 0, None, Call::Put(1), None),
+            put(1, 2, 3, 2),
+            get(1, 4, 5, Some(1)),
+        ];
+        assert!(linearizable(&ops));
+    }
+
+    #[test]
     fn keys_are_checked_independently() {
         let mut other = put(0, 0, 1, 9);
         other.key = "other".into();
@@ -544,12 +660,13 @@ mod tests {
         // Deep in the run a read returns the value of the write before the last one.
         ops[401] = get(1, 4 * 200 + 2, 4 * 200 + 3, Some(200));
         match check_key(&ops) {
-            Verdict::NotLinearizable(minimal) => {
+            Verdict::NotLinearizable(violation) => {
                 assert_eq!(
-                    minimal,
-                    vec![ops[398].clone(), ops[400].clone(), ops[401].clone()],
-                    "the write read, the write that overwrote it, and the stale read"
+                    violation.operations,
+                    vec![ops[400].clone(), ops[401].clone()],
+                    "the write that completed, and the read after it that did not see it"
                 );
+                assert!(violation.starts_unknown);
             }
             other => panic!("expected an anomaly, got {other:?}"),
         }

@@ -50,7 +50,7 @@ impl Default for WorkloadOptions {
             clients: 5,
             keys: 4,
             serializable_reads: false,
-            timeout: Duration::from_secs(8),
+            timeout: Duration::from_secs(4),
         }
     }
 }
@@ -200,7 +200,11 @@ impl Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..options.clients)
             .map(|process| {
-                let client = Client::connect(endpoints.clone(), options.client_options())
+                // Clients start at different nodes, so every node serves and forwards.
+                let mut endpoints = endpoints.clone();
+                let first = process % endpoints.len().max(1);
+                endpoints.rotate_left(first);
+                let client = Client::connect(endpoints, options.client_options())
                     .expect("valid endpoints and options");
                 let (stop, recorder, options) = (stop.clone(), recorder.clone(), options.clone());
                 let rng = StdRng::seed_from_u64(seed.wrapping_add(process as u64));

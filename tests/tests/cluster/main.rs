@@ -14,6 +14,7 @@ mod t70_limits;
 mod t80_shutdown;
 mod t90_resp;
 mod t95_operator;
+mod t97_jepsen;
 
 use std::time::Duration;
 
