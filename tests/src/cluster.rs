@@ -301,6 +301,8 @@ pub struct Cluster {
     /// Removed when the cluster drops, unless kept.
     dir: Option<TempDir>,
     path: PathBuf,
+    /// What the nodes' fault layers have been told.
+    faults: std::sync::Mutex<FaultPlan>,
     _serial: OwnedMutexGuard<()>,
 }
 
@@ -330,6 +332,7 @@ impl Cluster {
             bins,
             path: dir.path().to_path_buf(),
             dir: Some(dir),
+            faults: Default::default(),
             _serial: serial,
         };
         for _ in 0..n {
@@ -490,21 +493,19 @@ impl Cluster {
 
     /// Cuts the peer links between `groups` (node indices; nodes in no group are cut off from
     /// everyone): each node drops peer traffic to and from every node outside its own group.
-    /// Needs [`ClusterOptions::fault_control`]; takes effect within the nodes' 20 ms poll, and
-    /// holds across restarts until [`Cluster::heal`].
+    /// Needs [`ClusterOptions::fault_control`]; takes effect within the nodes' 20 ms poll (see
+    /// [`Cluster::faults_in_force`]), and holds across restarts until [`Cluster::heal`].
     pub fn partition(&self, groups: &[Vec<usize>]) {
-        assert!(
-            self.options.fault_control,
-            "partitions need ClusterOptions::fault_control"
-        );
-        for i in 0..self.nodes.len() {
-            let group = groups.iter().find(|g| g.contains(&i));
-            let blocked: String = (0..self.nodes.len())
-                .filter(|j| *j != i && group.is_none_or(|g| !g.contains(j)))
-                .map(|j| format!("block {}\n", self.nodes[j].id()))
-                .collect();
-            self.write_fault_file(i, &blocked);
-        }
+        let n = self.nodes.len();
+        let blocked = (0..n)
+            .map(|i| {
+                let group = groups.iter().find(|g| g.contains(&i));
+                (0..n)
+                    .filter(|j| *j != i && group.is_none_or(|g| !g.contains(j)))
+                    .collect()
+            })
+            .collect();
+        self.change_faults(|plan| plan.blocked = blocked);
     }
 
     /// Cuts node `i` off from every other node.
@@ -513,19 +514,69 @@ impl Cluster {
         self.partition(&[vec![i], rest]);
     }
 
-    /// Restores every peer link.
-    pub fn heal(&self) {
-        for i in 0..self.nodes.len() {
-            self.write_fault_file(i, "");
-        }
+    /// Makes every node answer `percent` of the writes it applies with UNKNOWN instead of their
+    /// result, as if the reply were lost; clients then retry them. Needs
+    /// [`ClusterOptions::fault_control`].
+    pub fn drop_replies(&self, percent: u8) {
+        self.change_faults(|plan| plan.drop_replies = percent);
     }
 
-    fn write_fault_file(&self, i: usize, text: &str) {
-        // Written aside and renamed, so a node never reads half a file.
-        let path = fault_file(&self.dir_path(), i);
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, text).expect("write a fault control file");
-        std::fs::rename(&partial, &path).expect("move a fault control file into place");
+    /// Restores every peer link and every reply.
+    pub fn heal(&self) {
+        self.change_faults(|plan| {
+            plan.blocked.clear();
+            plan.drop_replies = 0;
+        });
+    }
+
+    /// Waits (bounded) until every running node has put the faults last asked for in force; a
+    /// paused node never does, so call it while none is paused.
+    pub async fn faults_in_force(&self) {
+        let texts = self
+            .faults
+            .lock()
+            .expect("fault plan lock poisoned")
+            .texts
+            .clone();
+        wait_until(
+            Duration::from_secs(10),
+            "every running node has the asked-for faults in force",
+            || async {
+                self.running().into_iter().all(|i| {
+                    let path = fault_file(&self.dir_path(), i).with_extension("in-force");
+                    std::fs::read_to_string(path).ok().as_ref() == texts.get(i)
+                })
+            },
+        )
+        .await;
+    }
+
+    fn change_faults(&self, change: impl FnOnce(&mut FaultPlan)) {
+        assert!(
+            self.options.fault_control,
+            "fault injection needs ClusterOptions::fault_control"
+        );
+        let mut plan = self.faults.lock().expect("fault plan lock poisoned");
+        change(&mut plan);
+        plan.texts.clear();
+        for i in 0..self.nodes.len() {
+            let mut text: String = plan
+                .blocked
+                .get(i)
+                .into_iter()
+                .flatten()
+                .map(|&j| format!("block {}\n", self.nodes[j].id()))
+                .collect();
+            if plan.drop_replies > 0 {
+                text.push_str(&format!("drop-replies {}\n", plan.drop_replies));
+            }
+            // Written aside and renamed, so a node never reads half a file.
+            let path = fault_file(&self.dir_path(), i);
+            let partial = path.with_extension("partial");
+            std::fs::write(&partial, &text).expect("write a fault control file");
+            std::fs::rename(&partial, &path).expect("move a fault control file into place");
+            plan.texts.push(text);
+        }
     }
 
     /// Keeps the directory of node logs and data after the cluster is dropped; returns it.
@@ -737,6 +788,17 @@ async fn probe<T>(
         Ok(result) => result.map(tonic::Response::into_inner),
         Err(_) => Err(tonic::Status::deadline_exceeded("harness probe timed out")),
     }
+}
+
+/// The faults the harness has asked each node for.
+#[derive(Debug, Default)]
+struct FaultPlan {
+    /// Per node, the nodes it is cut off from.
+    blocked: Vec<Vec<usize>>,
+    /// Percent of applied writes whose replies are dropped.
+    drop_replies: u8,
+    /// The control file last written for each node.
+    texts: Vec<String>,
 }
 
 /// The fault control file of node `index`.

@@ -22,7 +22,8 @@ struct Args {
     /// Total workload time in seconds (`all` splits it evenly between its phases).
     #[arg(long, default_value_t = 60)]
     time: u64,
-    /// `none`, `kill`, `pause`, `partition`, `mixed`, or `all` (each alone, then mixed).
+    /// `none`, `kill`, `pause`, `partition`, `drop-replies`, `mixed`, or `all` (each alone, then
+    /// mixed).
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seeds every random choice of the workload and the nemeses.

@@ -29,22 +29,29 @@ pub enum Nemesis {
     Pause,
     /// Isolate the leader, or split the cluster into a majority and a minority.
     Partition,
+    /// Drop the replies to half the writes the nodes apply, so clients retry writes that were
+    /// applied: each must still take effect once.
+    DropReplies,
     /// Any of the above, one at a time, chosen at random.
     Mixed,
 }
 
 impl Nemesis {
     /// The nemeses `--nemesis all` runs, one phase each: every fault alone, then mixed.
-    pub const ALL: [Nemesis; 4] = [
+    pub const ALL: [Nemesis; 5] = [
         Nemesis::Kill,
         Nemesis::Pause,
         Nemesis::Partition,
+        Nemesis::DropReplies,
         Nemesis::Mixed,
     ];
 
     /// Whether nodes need `--fault-control-file`.
     pub fn needs_fault_control(self) -> bool {
-        matches!(self, Nemesis::Partition | Nemesis::Mixed)
+        matches!(
+            self,
+            Nemesis::Partition | Nemesis::DropReplies | Nemesis::Mixed
+        )
     }
 }
 
@@ -55,6 +62,7 @@ impl fmt::Display for Nemesis {
             Nemesis::Kill => "kill",
             Nemesis::Pause => "pause",
             Nemesis::Partition => "partition",
+            Nemesis::DropReplies => "drop-replies",
             Nemesis::Mixed => "mixed",
         })
     }
@@ -69,7 +77,9 @@ impl FromStr for Nemesis {
             .chain(Nemesis::ALL)
             .find(|n| n.to_string() == s)
             .ok_or_else(|| {
-                format!("unknown nemesis {s:?}: none, kill, pause, partition, mixed or all")
+                format!(
+                    "unknown nemesis {s:?}: none, kill, pause, partition, drop-replies, mixed or all"
+                )
             })
     }
 }
@@ -78,7 +88,8 @@ impl FromStr for Nemesis {
 enum Fault {
     Killed(usize),
     Paused(usize),
-    Partitioned,
+    /// Partitions and dropped replies: undone by healing the fault layer.
+    InLayer,
 }
 
 /// Injects `nemesis` faults into `cluster` until `until`; returns a line per fault, stamped with
@@ -99,9 +110,14 @@ pub async fn run(
         }
         tokio::time::sleep(quiet).await;
         let kind = match nemesis {
-            Nemesis::Mixed => *[Nemesis::Kill, Nemesis::Pause, Nemesis::Partition]
-                .choose(rng)
-                .expect("not empty"),
+            Nemesis::Mixed => *[
+                Nemesis::Kill,
+                Nemesis::Pause,
+                Nemesis::Partition,
+                Nemesis::DropReplies,
+            ]
+            .choose(rng)
+            .expect("not empty"),
             other => other,
         };
         let (fault, what) = inject(cluster, kind, rng).await;
@@ -135,6 +151,11 @@ async fn inject(cluster: &mut Cluster, kind: Nemesis, rng: &mut StdRng) -> (Faul
             cluster.pause(node);
             (Fault::Paused(node), format!("pause node {node}"))
         }
+        Nemesis::DropReplies => {
+            cluster.drop_replies(50);
+            cluster.faults_in_force().await;
+            (Fault::InLayer, "drop half the write replies".to_string())
+        }
         _ => {
             let leader = cluster.try_leader().await;
             let n = cluster.len();
@@ -152,7 +173,8 @@ async fn inject(cluster: &mut Cluster, kind: Nemesis, rng: &mut StdRng) -> (Faul
                     format!("partition minority {minority:?} from majority {majority:?}")
                 }
             };
-            (Fault::Partitioned, what)
+            cluster.faults_in_force().await;
+            (Fault::InLayer, what)
         }
     }
 }
@@ -161,7 +183,10 @@ async fn heal(cluster: &mut Cluster, fault: Fault) {
     match fault {
         Fault::Killed(node) => cluster.restart(node).await,
         Fault::Paused(node) => cluster.resume(node),
-        Fault::Partitioned => cluster.heal(),
+        Fault::InLayer => {
+            cluster.heal();
+            cluster.faults_in_force().await;
+        }
     }
 }
 

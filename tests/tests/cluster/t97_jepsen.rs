@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
+use kvs_client::Action;
 use kvs_client::Client;
+use kvs_client::Expect;
 use kvs_tests::Cluster;
 use kvs_tests::ClusterOptions;
 use kvs_tests::jepsen::campaign;
@@ -78,6 +80,7 @@ async fn serializable_reads_from_an_isolated_old_leader_are_flagged() {
     .await;
 
     cluster.isolate(old);
+    cluster.faults_in_force().await;
     wait_until(
         cluster.options().leader_timeout(),
         "the majority elects a new leader",
@@ -104,4 +107,52 @@ async fn serializable_reads_from_an_isolated_old_leader_are_flagged() {
     // The acknowledged second write, and the read after it that still saw the first.
     let calls: Vec<Call> = violation.operations.iter().map(|op| op.call).collect();
     assert_eq!(calls, vec![Call::Put(2), Call::Get]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_retried_after_its_reply_was_dropped_is_applied_once() {
+    let options = ClusterOptions {
+        fault_control: true,
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(3, options).await;
+    let client_options = kvs_client::ClientOptions {
+        timeout: Duration::from_secs(3),
+        attempt_timeout: Duration::from_secs(1),
+    };
+    let client = Client::connect(cluster.endpoints(), client_options).expect("a client");
+
+    // Every reply lost: the client cannot know, though the write was applied.
+    cluster.drop_replies(100);
+    cluster.faults_in_force().await;
+    let put = swap_in_one(&client, "dropped", Expect::Absent).await;
+    assert!(
+        matches!(put, Err(ref e) if e.is_outcome_unknown()),
+        "a write whose every reply is lost ends unknown: {put:?}"
+    );
+    // Half the replies lost: each compare-and-swap is retried under the same write ID until an
+    // answer gets through, and that answer must be the first application's, never a failed
+    // compare against the value the swap itself wrote.
+    cluster.drop_replies(50);
+    cluster.faults_in_force().await;
+    for i in 0..20 {
+        let key = format!("once-{i}");
+        let swapped = swap_in_one(&client, &key, Expect::Absent).await;
+        assert!(swapped.is_ok(), "{key}: {swapped:?}");
+    }
+    cluster.heal();
+    let leader = cluster.leader().await;
+    let dropped = cluster.get(leader, "dropped").await.expect("a read");
+    assert_eq!(
+        dropped.as_deref(),
+        Some(b"1".as_slice()),
+        "the unacknowledged write was applied"
+    );
+}
+
+/// A compare-and-swap of `key` from `expect` to "1".
+async fn swap_in_one(client: &Client, key: &str, expect: Expect) -> Result<(), kvs_client::Error> {
+    client
+        .compare_and_swap(key.to_string(), expect, Action::Set("1".into()))
+        .await
 }
