@@ -118,7 +118,7 @@ impl Report {
     /// The summary table; its last line is `ops=N anomalies=N lost=N`.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "{:<10} {:>7} {:>7} {:>7} {:>7} {:>10} {:>6}\n",
+            "{:<13} {:>7} {:>7} {:>7} {:>7} {:>10} {:>6}\n",
             "nemesis", "ops", "ok", "fail", "info", "anomalies", "lost"
         );
         let mut total = OutcomeCounts::default();
@@ -129,7 +129,7 @@ impl Report {
             total.info += c.info;
             let _ = writeln!(
                 out,
-                "{:<10} {:>7} {:>7} {:>7} {:>7} {:>10} {:>6}",
+                "{:<13} {:>7} {:>7} {:>7} {:>7} {:>10} {:>6}",
                 phase.nemesis.to_string(),
                 c.total(),
                 c.ok,
@@ -141,7 +141,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "{:<10} {:>7} {:>7} {:>7} {:>7} {:>10} {:>6}",
+            "{:<13} {:>7} {:>7} {:>7} {:>7} {:>10} {:>6}",
             "total",
             total.total(),
             total.ok,
