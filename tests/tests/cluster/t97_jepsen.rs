@@ -21,14 +21,16 @@ use kvs_tests::jepsen::workload::WorkloadOptions;
 use kvs_tests::wait_until;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_campaign_of_every_nemesis_finds_no_anomaly() {
+async fn a_short_campaign_of_mixed_faults_finds_no_anomaly() {
     let bins = tokio::task::spawn_blocking(kvs_tests::binaries)
         .await
         .expect("binaries are built");
     let report_dir = tempfile::tempdir().expect("a report dir");
     let options = CampaignOptions {
-        phases: Nemesis::ALL.to_vec(),
-        phase_time: Duration::from_secs(5),
+        // One cluster for kills, pauses, partitions and dropped replies in turn, to stay within
+        // the suite's time budget; `jepsen --nemesis all` runs each alone as well.
+        phases: vec![Nemesis::Mixed],
+        phase_time: Duration::from_secs(16),
         seed: 97,
         nodes: 3,
         workload: WorkloadOptions::default(),
