@@ -111,6 +111,13 @@ pub struct NodeConfig {
     /// closed.
     #[arg(long, env = "KVS_RESP_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
     pub resp_idle_timeout_ms: u64,
+
+    /// TESTING ONLY — never in production. Re-read this file every 20 ms and drop all peer
+    /// traffic to and from the nodes it names (`block <node-id>` lines), to simulate network
+    /// partitions, and the replies to a share of applied writes (`drop-replies <percent>`).
+    /// Without this flag no fault injection code runs.
+    #[arg(long, env = "KVS_FAULT_CONTROL_FILE")]
+    pub fault_control_file: Option<PathBuf>,
 }
 
 /// The most a value may be configured to: replication messages must stay bounded.

@@ -91,24 +91,33 @@ impl Replica {
             Leadership::Here => match self.propose(req.clone(), &deadline).await {
                 // Leadership moved before the entry was appended: the new leader can still take it.
                 Err(Error::NotLeader { .. }) => match self.leadership() {
-                    Leadership::There { addr, .. } => {
-                        self.forward_write(&addr.addr, req, &deadline).await
+                    Leadership::There { id, addr } => {
+                        self.forward_write(id, &addr.addr, req, &deadline).await
                     }
                     _ => Err(self.not_leader()),
                 },
                 other => other,
             },
-            Leadership::There { addr, .. } => self.forward_write(&addr.addr, req, &deadline).await,
+            Leadership::There { id, addr } => {
+                self.forward_write(id, &addr.addr, req, &deadline).await
+            }
             Leadership::Unknown => Err(self.not_leader()),
         }
     }
 
     async fn forward_write(
         &self,
+        leader_id: u64,
         leader: &str,
         req: proto::BatchRequest,
         deadline: &Deadline,
     ) -> Result<proto::BatchResponse> {
+        if self.peers.faults().blocks(leader_id) {
+            // As if the connection could not be made: surely not applied.
+            return Err(Error::NotLeader {
+                leader: Some(leader.to_string()),
+            });
+        }
         let mut client = self.forwarder.kv(leader, deadline).await?;
         let mut request = tonic::Request::new(req);
         request.set_timeout(deadline.remaining());

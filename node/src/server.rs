@@ -30,6 +30,8 @@ use crate::identity::node_id_string;
 use crate::peer_proto::peer_server::PeerServer;
 use crate::raft::MemberAddr;
 use crate::raft::Raft;
+use crate::raft::fault;
+use crate::raft::fault::Faults;
 use crate::raft::forward::Forwarder;
 use crate::raft::network::PeerNetwork;
 use crate::replica::Deadline;
@@ -110,10 +112,18 @@ pub async fn run(
     let identity = storage.identity.clone();
     let node_id = identity.node_id();
     let max_message = config.max_message_bytes();
+    let faults = Arc::new(match &config.fault_control_file {
+        Some(path) => {
+            tracing::warn!(path = %path.display(), "fault injection enabled (testing only)");
+            Faults::controlled()
+        }
+        None => Faults::inert(),
+    });
     let peers = PeerNetwork::new(
         identity.clone(),
         max_message,
         Duration::from_millis(config.heartbeat_interval_ms.max(500)),
+        faults.clone(),
     );
     let state = storage.state.clone();
     let raft_config = Arc::new(config.raft_config()?);
@@ -156,6 +166,10 @@ pub async fn run(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(health::report(replica.clone(), reporter, stopped()));
     let purge_task = tokio::spawn(purge_expired(replica.clone(), stopped()));
+    let fault_task = config
+        .fault_control_file
+        .clone()
+        .map(|path| tokio::spawn(fault::watch(faults, path, stopped())));
     let resp_task = listeners.resp.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "serving RESP");
@@ -226,6 +240,9 @@ pub async fn run(
     }
     let _ = grace.run(health_task).await;
     let _ = grace.run(purge_task).await;
+    if let Some(fault_task) = fault_task {
+        let _ = grace.run(fault_task).await;
+    }
     if let Some(resp_task) = resp_task {
         let _ = grace.run(resp_task).await;
     }

@@ -87,6 +87,9 @@ pub struct ClusterOptions {
     pub snapshot_every: Option<u64>,
     /// `--quota-bytes`; the node's default when `None`.
     pub quota_bytes: Option<u64>,
+    /// Run every node with `--fault-control-file` (testing only), so that
+    /// [`Cluster::partition`] can cut peer links.
+    pub fault_control: bool,
 }
 
 impl Default for ClusterOptions {
@@ -105,6 +108,7 @@ impl Default for ClusterOptions {
             durable: false,
             snapshot_every: None,
             quota_bytes: None,
+            fault_control: false,
         }
     }
 }
@@ -123,7 +127,8 @@ impl ClusterOptions {
         self.shutdown_grace.unwrap_or(Self::NODE_DEFAULT_GRACE)
     }
 
-    fn node_args(&self, node: &Node, bootstrap: bool, data_dir: &Path) -> Vec<OsString> {
+    fn node_args(&self, node: &Node, bootstrap: bool, dir: &Path, index: usize) -> Vec<OsString> {
+        let data_dir = dir.join(format!("data{index}"));
         let mut args: Vec<String> = vec!["--listen".into(), node.address()];
         if node.peer_port.is_some() {
             args.extend(["--peer-listen".into(), node.peer_address()]);
@@ -136,6 +141,11 @@ impl ClusterOptions {
         }
         if bootstrap {
             args.push("--bootstrap".into());
+        }
+        if self.fault_control {
+            let file = fault_file(dir, index);
+            let file = file.to_str().expect("test directories are UTF-8");
+            args.extend(["--fault-control-file".into(), file.into()]);
         }
         if self.durable {
             let dir = data_dir.to_str().expect("test directories are UTF-8");
@@ -264,7 +274,7 @@ impl Node {
         self.generation += 1;
         let log = log_path(dir, index, self.generation);
         self.logs.push(log.clone());
-        let args = options.node_args(self, bootstrap, &dir.join(format!("data{index}")));
+        let args = options.node_args(self, bootstrap, dir, index);
         let process = spawn_node(&bins.node, &args, &log, ANNOUNCE_TIMEOUT)
             .await
             .unwrap_or_else(|msg| panic!("node {index}: {msg}"));
@@ -288,7 +298,11 @@ pub struct Cluster {
     nodes: Vec<Node>,
     options: ClusterOptions,
     bins: &'static Binaries,
+    /// Removed when the cluster drops, unless kept.
     dir: Option<TempDir>,
+    path: PathBuf,
+    /// What the nodes' fault layers have been told.
+    faults: std::sync::Mutex<FaultPlan>,
     _serial: OwnedMutexGuard<()>,
 }
 
@@ -296,12 +310,18 @@ impl Cluster {
     /// Starts `n` nodes: node 0 with `--bootstrap`, the rest added one by one with
     /// `kvsctl member add`; returns once all `n` are voters.
     pub async fn start(n: usize, options: ClusterOptions) -> Cluster {
-        assert!(n >= 1, "a cluster has at least one node");
-        let serial = SERIAL.clone().lock_owned().await;
         let bins = match tokio::task::spawn_blocking(binaries).await {
             Ok(bins) => bins,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
+        Cluster::start_with(bins, n, options).await
+    }
+
+    /// [`Cluster::start`] with binaries the caller found (the `jepsen` command runs the ones
+    /// next to itself instead of building them).
+    pub async fn start_with(bins: &'static Binaries, n: usize, options: ClusterOptions) -> Cluster {
+        assert!(n >= 1, "a cluster has at least one node");
+        let serial = SERIAL.clone().lock_owned().await;
         let dir = tempfile::Builder::new()
             .prefix(&format!("kvs-{}-", test_name()))
             .tempdir()
@@ -310,7 +330,9 @@ impl Cluster {
             nodes: Vec::new(),
             options,
             bins,
+            path: dir.path().to_path_buf(),
             dir: Some(dir),
+            faults: Default::default(),
             _serial: serial,
         };
         for _ in 0..n {
@@ -359,11 +381,7 @@ impl Cluster {
     }
 
     fn dir_path(&self) -> PathBuf {
-        self.dir
-            .as_ref()
-            .expect("the dir lives as long as the cluster")
-            .path()
-            .to_path_buf()
+        self.path.clone()
     }
 
     /// The options every node runs with.
@@ -471,6 +489,99 @@ impl Cluster {
         self.nodes[i]
             .launch(bins, &self.options, &dir, i, false)
             .await;
+    }
+
+    /// Cuts the peer links between `groups` (node indices; nodes in no group are cut off from
+    /// everyone): each node drops peer traffic to and from every node outside its own group.
+    /// Needs [`ClusterOptions::fault_control`]; takes effect within the nodes' 20 ms poll (see
+    /// [`Cluster::faults_in_force`]), and holds across restarts until [`Cluster::heal`].
+    pub fn partition(&self, groups: &[Vec<usize>]) {
+        let n = self.nodes.len();
+        let blocked = (0..n)
+            .map(|i| {
+                let group = groups.iter().find(|g| g.contains(&i));
+                (0..n)
+                    .filter(|j| *j != i && group.is_none_or(|g| !g.contains(j)))
+                    .collect()
+            })
+            .collect();
+        self.change_faults(|plan| plan.blocked = blocked);
+    }
+
+    /// Cuts node `i` off from every other node.
+    pub fn isolate(&self, i: usize) {
+        let rest: Vec<usize> = (0..self.nodes.len()).filter(|&j| j != i).collect();
+        self.partition(&[vec![i], rest]);
+    }
+
+    /// Makes every node answer `percent` of the writes it applies with UNKNOWN instead of their
+    /// result, as if the reply were lost; clients then retry them. Needs
+    /// [`ClusterOptions::fault_control`].
+    pub fn drop_replies(&self, percent: u8) {
+        self.change_faults(|plan| plan.drop_replies = percent);
+    }
+
+    /// Restores every peer link and every reply.
+    pub fn heal(&self) {
+        self.change_faults(|plan| {
+            plan.blocked.clear();
+            plan.drop_replies = 0;
+        });
+    }
+
+    /// Waits (bounded) until every running node has put the faults last asked for in force; a
+    /// paused node never does, so call it while none is paused.
+    pub async fn faults_in_force(&self) {
+        let texts = self
+            .faults
+            .lock()
+            .expect("fault plan lock poisoned")
+            .texts
+            .clone();
+        wait_until(
+            Duration::from_secs(10),
+            "every running node has the asked-for faults in force",
+            || async {
+                self.running().into_iter().all(|i| {
+                    let path = fault_file(&self.dir_path(), i).with_extension("in-force");
+                    std::fs::read_to_string(path).ok().as_ref() == texts.get(i)
+                })
+            },
+        )
+        .await;
+    }
+
+    fn change_faults(&self, change: impl FnOnce(&mut FaultPlan)) {
+        assert!(
+            self.options.fault_control,
+            "fault injection needs ClusterOptions::fault_control"
+        );
+        let mut plan = self.faults.lock().expect("fault plan lock poisoned");
+        change(&mut plan);
+        plan.texts.clear();
+        for i in 0..self.nodes.len() {
+            let mut text: String = plan
+                .blocked
+                .get(i)
+                .into_iter()
+                .flatten()
+                .map(|&j| format!("block {}\n", self.nodes[j].id()))
+                .collect();
+            if plan.drop_replies > 0 {
+                text.push_str(&format!("drop-replies {}\n", plan.drop_replies));
+            }
+            // Written aside and renamed, so a node never reads half a file.
+            let path = fault_file(&self.dir_path(), i);
+            let partial = path.with_extension("partial");
+            std::fs::write(&partial, &text).expect("write a fault control file");
+            std::fs::rename(&partial, &path).expect("move a fault control file into place");
+            plan.texts.push(text);
+        }
+    }
+
+    /// Keeps the directory of node logs and data after the cluster is dropped; returns it.
+    pub fn keep_dir(&mut self) -> Option<PathBuf> {
+        self.dir.take().map(TempDir::keep)
     }
 
     // ------------------------------------------------------------- membership
@@ -677,6 +788,22 @@ async fn probe<T>(
         Ok(result) => result.map(tonic::Response::into_inner),
         Err(_) => Err(tonic::Status::deadline_exceeded("harness probe timed out")),
     }
+}
+
+/// The faults the harness has asked each node for.
+#[derive(Debug, Default)]
+struct FaultPlan {
+    /// Per node, the nodes it is cut off from.
+    blocked: Vec<Vec<usize>>,
+    /// Percent of applied writes whose replies are dropped.
+    drop_replies: u8,
+    /// The control file last written for each node.
+    texts: Vec<String>,
+}
+
+/// The fault control file of node `index`.
+fn fault_file(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("faults{index}"))
 }
 
 /// The running test's name (libtest names the thread after it), usable in a file name.

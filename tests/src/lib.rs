@@ -11,6 +11,7 @@
 
 mod binaries;
 mod cluster;
+pub mod jepsen;
 mod kvsctl;
 mod process;
 mod redis_server;

@@ -28,8 +28,18 @@ impl KvService {
         to_status(err, self.replica.leader_hint())
     }
 
-    async fn batch_of(&self, req: proto::BatchRequest) -> Result<proto::BatchResponse, Status> {
+    /// A write through the replica, whose reply the test-only fault layer may drop after it
+    /// was applied (as a lost connection would).
+    async fn write(&self, req: proto::BatchRequest) -> Result<proto::BatchResponse, Status> {
         let resp = self.replica.write(req).await.map_err(|e| self.fail(e))?;
+        if self.replica.peers.faults().drops_reply() {
+            return Err(Status::unknown("reply dropped by fault injection"));
+        }
+        Ok(resp)
+    }
+
+    async fn batch_of(&self, req: proto::BatchRequest) -> Result<proto::BatchResponse, Status> {
+        let resp = self.write(req).await?;
         if !resp.error.is_empty() {
             return Err(self.fail(Error::Refused(resp.error)));
         }
@@ -153,11 +163,6 @@ impl Kv for KvService {
         &self,
         request: Request<proto::BatchRequest>,
     ) -> Result<Response<proto::BatchResponse>, Status> {
-        let resp = self
-            .replica
-            .write(request.into_inner())
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(Response::new(resp))
+        Ok(Response::new(self.write(request.into_inner()).await?))
     }
 }

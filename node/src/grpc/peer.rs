@@ -62,6 +62,9 @@ impl PeerService {
                 envelope.format
             )));
         }
+        if self.replica.peers.faults().blocks(envelope.from) {
+            return Err(Status::unavailable("link cut by fault injection"));
+        }
         self.replica
             .identity
             .admit(

@@ -7,6 +7,7 @@
 //! message limits; the receiver's limit is set to fit the largest batch the node accepts.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,6 +42,7 @@ use crate::peer_proto::peer_client::PeerClient;
 use crate::peer_proto::snapshot_item::Item;
 use crate::raft::MemberAddr;
 use crate::raft::TypeConfig;
+use crate::raft::fault::Faults;
 
 /// Version of the peer payload encoding (postcard of openraft 0.10 messages).
 pub const PEER_FORMAT: u32 = 1;
@@ -74,6 +76,7 @@ pub(crate) struct PeerNetwork {
     identity: Identity,
     max_message_bytes: usize,
     connect_timeout: Duration,
+    faults: Arc<Faults>,
 }
 
 impl PeerNetwork {
@@ -81,12 +84,19 @@ impl PeerNetwork {
         identity: Identity,
         max_message_bytes: usize,
         connect_timeout: Duration,
+        faults: Arc<Faults>,
     ) -> Self {
         Self {
             identity,
             max_message_bytes,
             connect_timeout,
+            faults,
         }
+    }
+
+    /// The injected faults (inert outside tests).
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// A client for `addr` with this node's limits; connects lazily.
@@ -153,6 +163,12 @@ fn status_error(status: tonic::Status) -> RPCError<TypeConfig> {
 
 impl PeerConnection {
     fn client(&self) -> Rpc<PeerClient<Channel>> {
+        if self.network.faults.blocks(self.target) {
+            return Err(unreachable(format!(
+                "link to {} cut by fault injection",
+                self.addr
+            )));
+        }
         self.client
             .clone()
             .ok_or_else(|| unreachable(format!("bad peer address {:?}", self.addr)))

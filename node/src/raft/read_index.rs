@@ -64,6 +64,9 @@ async fn ask_leader(
     let unreachable = || Error::NotLeader {
         leader: replica.leader_hint(),
     };
+    if replica.peers.faults().blocks(leader) {
+        return Err(unreachable());
+    }
     let mut client = replica.peers.client(peer_addr).ok_or_else(unreachable)?;
     let mut req = tonic::Request::new(replica.peers.message(leader, bytes::Bytes::new()));
     req.set_timeout(deadline.remaining());

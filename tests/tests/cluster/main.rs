@@ -16,6 +16,7 @@ mod t80_shutdown;
 mod t90_resp;
 mod t95_operator;
 mod t96_chart;
+mod t97_jepsen;
 
 use std::time::Duration;
 

@@ -1,0 +1,187 @@
+//! Test-only fault injection in the node's transport: drop every Raft message, read-index request
+//! and forwarded write to and from chosen peers, so a test can partition a cluster of processes
+//! on one machine without touching the host's network; and drop the replies to writes that were
+//! applied, so a test can see that a client's retry is not applied twice.
+//!
+//! It is inert unless the node runs with `--fault-control-file PATH`. Then the node re-reads that
+//! file every [`POLL_INTERVAL`]; each line `block <node-id>` cuts this node off from that peer in
+//! both directions (outgoing calls fail as unreachable, incoming messages are refused), a line
+//! `drop-replies <percent>` answers that share of applied writes with UNKNOWN instead of their
+//! result, and an empty or missing file heals everything. A file rather than an RPC, so that a fault written
+//! while the node is paused or down takes hold the moment it runs again, and so that no
+//! production face grows a control surface.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use crate::identity::node_id_string;
+use crate::identity::parse_node_id;
+
+/// How often the control file is re-read.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The faults in force; inert (and always empty) without a control file.
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    current: Option<RwLock<FaultSet>>,
+}
+
+/// What a control file asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct FaultSet {
+    /// Peers this node is cut off from.
+    blocked: HashSet<u64>,
+    /// Share of applied writes whose reply is dropped, in percent.
+    drop_replies: u8,
+}
+
+impl Faults {
+    /// Faults that never drop anything.
+    pub(crate) fn inert() -> Self {
+        Self { current: None }
+    }
+
+    /// Faults that follow a control file (see [`watch`]).
+    pub(crate) fn controlled() -> Self {
+        Self {
+            current: Some(RwLock::new(FaultSet::default())),
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&FaultSet) -> T) -> Option<T> {
+        let current = self.current.as_ref()?;
+        Some(f(&current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)))
+    }
+
+    /// Whether messages to and from `peer` are dropped.
+    pub(crate) fn blocks(&self, peer: u64) -> bool {
+        self.read(|set| set.blocked.contains(&peer))
+            .unwrap_or(false)
+    }
+
+    /// Whether to drop the reply to a write that was just applied (a random draw).
+    pub(crate) fn drops_reply(&self) -> bool {
+        self.read(|set| set.drop_replies)
+            .is_some_and(|percent| rand::random_range(0..100) < percent)
+    }
+
+    fn set(&self, faults: FaultSet) {
+        if let Some(current) = &self.current {
+            let mut current = current
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *current != faults {
+                let names: Vec<String> =
+                    faults.blocked.iter().map(|&p| node_id_string(p)).collect();
+                tracing::warn!(blocked = ?names, drop_replies = faults.drop_replies, "fault injection: faults changed");
+                *current = faults;
+            }
+        }
+    }
+}
+
+/// Keeps `faults` in step with the control file at `path` until `stop` resolves. A file that
+/// cannot be parsed is reported and leaves the faults as they were. Once a new file is in force
+/// its text is copied to `PATH.in-force`, so a test can wait for it instead of guessing.
+pub(crate) async fn watch(
+    faults: std::sync::Arc<Faults>,
+    path: PathBuf,
+    stop: impl Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    let mut in_force: Option<String> = None;
+    let acknowledged = path.with_extension("in-force");
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "fault injection: cannot read the control file");
+                continue;
+            }
+        };
+        if in_force.as_ref() == Some(&text) {
+            continue;
+        }
+        match parse(&text) {
+            Ok(set) => {
+                faults.set(set);
+                if let Err(e) = tokio::fs::write(&acknowledged, &text).await {
+                    tracing::warn!(path = %acknowledged.display(), error = %e, "fault injection: cannot acknowledge");
+                }
+                in_force = Some(text);
+            }
+            Err(line) => {
+                tracing::warn!(path = %path.display(), line, "fault injection: bad control line")
+            }
+        }
+    }
+}
+
+/// The faults a control file asks for; the first bad line on error.
+fn parse(text: &str) -> Result<FaultSet, String> {
+    let mut set = FaultSet::default();
+    let lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'));
+    for line in lines {
+        let bad = || line.to_string();
+        match line.split_whitespace().collect::<Vec<_>>()[..] {
+            ["block", id] => {
+                set.blocked.insert(parse_node_id(id).ok_or_else(bad)?);
+            }
+            ["drop-replies", percent] => {
+                set.drop_replies = percent.parse().ok().filter(|p| *p <= 100).ok_or_else(bad)?;
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_lines_name_peers_and_comments_are_skipped() {
+        let text = "# isolate node 2\nblock 00000000000000ab\n\n  block 0000000000000002 \n";
+        let set = parse(text).expect("valid");
+        assert_eq!(set.blocked, HashSet::from([0xab, 2]));
+        assert_eq!(set.drop_replies, 0);
+        assert_eq!(parse(""), Ok(FaultSet::default()));
+        assert_eq!(parse("drop-replies 40").map(|s| s.drop_replies), Ok(40));
+    }
+
+    #[test]
+    fn a_bad_line_is_named() {
+        assert_eq!(parse("block nope"), Err("block nope".into()));
+        assert_eq!(parse("delay 1 2"), Err("delay 1 2".into()));
+        assert_eq!(parse("drop-replies 101"), Err("drop-replies 101".into()));
+    }
+
+    #[test]
+    fn inert_faults_block_nothing_and_ignore_updates() {
+        let everything = FaultSet {
+            blocked: HashSet::from([1]),
+            drop_replies: 100,
+        };
+        let inert = Faults::inert();
+        inert.set(everything.clone());
+        assert!(!inert.blocks(1) && !inert.drops_reply());
+        let controlled = Faults::controlled();
+        controlled.set(everything);
+        assert!(controlled.blocks(1) && !controlled.blocks(2) && controlled.drops_reply());
+    }
+}

@@ -1,0 +1,125 @@
+//! `jepsen`: a fault-injection campaign against real `kvs-node` processes, checked for
+//! linearizability, lost writes and convergence. Exits 0 if and only if nothing was found.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use anyhow::bail;
+use clap::Parser;
+use kvs_tests::Binaries;
+use kvs_tests::jepsen::campaign;
+use kvs_tests::jepsen::campaign::CampaignOptions;
+use kvs_tests::jepsen::nemesis::Nemesis;
+use kvs_tests::jepsen::workload::WorkloadOptions;
+
+/// Run concurrent clients against a local kvs cluster while a nemesis kills, pauses and
+/// partitions nodes; check the history. The last line printed is `ops=N anomalies=N lost=N`.
+#[derive(Debug, Parser)]
+#[command(name = "jepsen")]
+struct Args {
+    /// Total workload time in seconds (`all` splits it evenly between its phases).
+    #[arg(long, default_value_t = 60)]
+    time: u64,
+    /// `none`, `kill`, `pause`, `partition`, `drop-replies`, `mixed`, or `all` (each alone, then
+    /// mixed).
+    #[arg(long, default_value = "all")]
+    nemesis: String,
+    /// Seeds every random choice of the workload and the nemeses.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The `kvs-node` binary (default: the one next to this executable); `kvsctl` is taken from
+    /// the same directory.
+    #[arg(long)]
+    kvs_node: Option<PathBuf>,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 5)]
+    clients: usize,
+    /// Keys the clients share.
+    #[arg(long, default_value_t = 4)]
+    keys: usize,
+    /// Deadline of one client operation, retries included, in milliseconds; shorter deadlines
+    /// leave more operations indeterminate.
+    #[arg(long, default_value_t = 4000)]
+    op_timeout_ms: u64,
+    /// Serve reads from each node's local state without consensus — deliberately unsafe, to
+    /// show that the checker catches the stale reads this allows under partitions.
+    #[arg(long)]
+    serializable_reads: bool,
+    /// Where offending histories are written.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("kvs-jepsen"))]
+    report_dir: PathBuf,
+}
+
+fn binaries(kvs_node: Option<PathBuf>) -> anyhow::Result<&'static Binaries> {
+    let node = match kvs_node {
+        Some(path) => path,
+        None => std::env::current_exe()
+            .context("cannot find this executable")?
+            .with_file_name("kvs-node"),
+    };
+    let kvsctl = node.with_file_name("kvsctl");
+    for binary in [&node, &kvsctl] {
+        if !binary.is_file() {
+            bail!(
+                "{} not found (build with `cargo build --workspace --bins`)",
+                binary.display()
+            );
+        }
+    }
+    // One set of binaries for the life of the process, as the harness expects.
+    Ok(Box::leak(Box::new(Binaries { node, kvsctl })))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    let args = Args::parse();
+    let phases = match args.nemesis.as_str() {
+        "all" => Nemesis::ALL.to_vec(),
+        name => vec![name.parse::<Nemesis>().map_err(anyhow::Error::msg)?],
+    };
+    if args.nodes < 3 || args.clients == 0 || args.keys == 0 || args.time == 0 {
+        bail!("need --nodes >= 3 and positive --clients, --keys and --time");
+    }
+    if args.op_timeout_ms < 100 {
+        bail!("--op-timeout-ms must be at least 100");
+    }
+    let options = CampaignOptions {
+        phase_time: Duration::from_secs(args.time) / phases.len() as u32,
+        phases,
+        seed: args.seed,
+        nodes: args.nodes,
+        workload: WorkloadOptions {
+            clients: args.clients,
+            keys: args.keys,
+            timeout: Duration::from_millis(args.op_timeout_ms),
+            serializable_reads: args.serializable_reads,
+        },
+        report_dir: args.report_dir,
+    };
+    let report = campaign::run(binaries(args.kvs_node)?, &options).await;
+    for phase in &report.phases {
+        println!("== {} ==", phase.nemesis);
+        for line in phase
+            .events
+            .iter()
+            .chain(&phase.divergence)
+            .chain(&phase.lost)
+        {
+            println!("  {line}");
+        }
+        for file in &phase.files {
+            println!("  offending history / logs kept in {}", file.display());
+        }
+    }
+    println!("{}", report.summary());
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,362 @@
+//! A campaign: for each nemesis phase, start a fresh durable cluster, run the workload while the
+//! nemesis injects faults, heal everything, read every key one last time, and check the history
+//! (linearizability per key), the final state (no acknowledged write lost) and the replicas
+//! (every node converged to the same state).
+//!
+//! Undecided searches and keys on which the nodes do not converge count as anomalies: the run
+//! cannot vouch for them. On any anomaly the minimal offending sub-history of each bad key and
+//! the whole history are written to files, and the cluster's logs and data are kept.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvs_client::Client;
+use kvs_client::proto::GetRequest;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::time::Instant;
+
+use super::convergence::NodeState;
+use super::convergence::divergence;
+use super::history::Call;
+use super::history::Outcome;
+use super::history::OutcomeCounts;
+use super::history::Return;
+use super::history::render;
+use super::linearizability::Anomaly;
+use super::linearizability::Verdict;
+use super::linearizability::check;
+use super::lost_writes::lost_writes;
+use super::nemesis;
+use super::nemesis::Nemesis;
+use super::workload::Recorder;
+use super::workload::Workload;
+use super::workload::WorkloadOptions;
+use crate::Binaries;
+use crate::Cluster;
+use crate::ClusterOptions;
+
+/// How long the nodes get to converge after the run.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts at the final read of each key.
+const FINAL_READ_ATTEMPTS: usize = 5;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct CampaignOptions {
+    /// The phases, one nemesis each.
+    pub phases: Vec<Nemesis>,
+    /// Duration of the workload in each phase.
+    pub phase_time: Duration,
+    /// Seeds every choice of the workload and the nemeses.
+    pub seed: u64,
+    /// Nodes per cluster.
+    pub nodes: usize,
+    /// The workload.
+    pub workload: WorkloadOptions,
+    /// Where files of offending histories go.
+    pub report_dir: PathBuf,
+}
+
+/// What one phase found.
+#[derive(Debug)]
+pub struct PhaseReport {
+    /// The phase's nemesis.
+    pub nemesis: Nemesis,
+    /// Operations by outcome (final reads included).
+    pub counts: OutcomeCounts,
+    /// Keys not shown linearizable.
+    pub anomalies: Vec<Anomaly>,
+    /// Acknowledged writes the final state shows were lost, as text.
+    pub lost: Vec<String>,
+    /// Keys on which the nodes did not converge (or could not be read), as text.
+    pub divergence: Vec<String>,
+    /// The faults injected, as text.
+    pub events: Vec<String>,
+    /// Files written for the anomalies, and the kept cluster directory.
+    pub files: Vec<PathBuf>,
+}
+
+impl PhaseReport {
+    /// Anomalies of every kind but lost writes.
+    pub fn anomaly_count(&self) -> usize {
+        self.anomalies.len() + self.divergence.len()
+    }
+}
+
+/// What a campaign found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// One per phase, in order.
+    pub phases: Vec<PhaseReport>,
+}
+
+impl Report {
+    /// Operations recorded.
+    pub fn ops(&self) -> usize {
+        self.phases.iter().map(|p| p.counts.total()).sum()
+    }
+
+    /// Anomalies found (see [`PhaseReport::anomaly_count`]).
+    pub fn anomalies(&self) -> usize {
+        self.phases.iter().map(PhaseReport::anomaly_count).sum()
+    }
+
+    /// Lost writes found.
+    pub fn lost(&self) -> usize {
+        self.phases.iter().map(|p| p.lost.len()).sum()
+    }
+
+    /// No anomaly and no lost write.
+    pub fn passed(&self) -> bool {
+        self.anomalies() == 0 && self.lost() == 0
+    }
+
+    /// The summary table; its last line is `ops=N anomalies=N lost=N`.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "{:<13} {:>7} {:>7} {:>7} {:>7} {:>10} {:>6}\n",
+            "nemesis", "ops", "ok", "fail", "info", "anomalies", "lost"
+        );
+        let mut total = OutcomeCounts::default();
+        for phase in &self.phases {
+            let c = phase.counts;
+            total.ok += c.ok;
+            total.fail += c.fail;
+            total.info += c.info;
+            let _ = writeln!(
+                out,
+                "{:<13} {:>7} {:>7} {:>7} {:>7} {:>10} {:>6}",
+                phase.nemesis.to_string(),
+                c.total(),
+                c.ok,
+                c.fail,
+                c.info,
+                phase.anomaly_count(),
+                phase.lost.len()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{:<13} {:>7} {:>7} {:>7} {:>7} {:>10} {:>6}",
+            "total",
+            total.total(),
+            total.ok,
+            total.fail,
+            total.info,
+            self.anomalies(),
+            self.lost()
+        );
+        let _ = write!(
+            out,
+            "ops={} anomalies={} lost={}",
+            self.ops(),
+            self.anomalies(),
+            self.lost()
+        );
+        out
+    }
+}
+
+/// Runs every phase of the campaign in turn.
+pub async fn run(bins: &'static Binaries, options: &CampaignOptions) -> Report {
+    let mut report = Report::default();
+    for (index, &nemesis) in options.phases.iter().enumerate() {
+        // Each phase has its own stream of choices, fixed by the seed and the phase's place.
+        let seed = options.seed.wrapping_mul(31).wrapping_add(index as u64);
+        report
+            .phases
+            .push(run_phase(bins, options, nemesis, seed).await);
+    }
+    report
+}
+
+async fn run_phase(
+    bins: &'static Binaries,
+    options: &CampaignOptions,
+    nemesis: Nemesis,
+    seed: u64,
+) -> PhaseReport {
+    let cluster_options = ClusterOptions {
+        durable: true,
+        fault_control: nemesis.needs_fault_control(),
+        ..ClusterOptions::default()
+    };
+    let mut cluster = Cluster::start_with(bins, options.nodes, cluster_options).await;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let recorder = Recorder::new();
+    let start = Instant::now();
+    let workload = Workload::spawn(
+        cluster.endpoints(),
+        &options.workload,
+        seed,
+        recorder.clone(),
+    );
+    let events = nemesis::run(
+        &mut cluster,
+        nemesis,
+        &mut rng,
+        start,
+        start + options.phase_time,
+    )
+    .await;
+    workload.stop().await;
+
+    cluster.leader().await;
+    let finals = final_reads(&cluster, &options.workload, &recorder).await;
+    let history = recorder.history();
+    let anomalies = check(&history);
+    let mut lost = Vec::new();
+    let mut diverged = converge(&cluster, &options.workload.key_names()).await;
+    for (key, ops) in history.by_key() {
+        match finals.iter().find(|(k, _)| *k == key) {
+            Some((_, Some(last))) => lost.extend(
+                lost_writes(&ops, *last)
+                    .into_iter()
+                    .map(|op| format!("{op}  (final value {last:?})")),
+            ),
+            _ => diverged.push(format!("{key}: the final read never succeeded")),
+        }
+    }
+
+    let mut report = PhaseReport {
+        nemesis,
+        counts: history.counts(),
+        anomalies,
+        lost,
+        divergence: diverged,
+        events,
+        files: Vec::new(),
+    };
+    if report.anomaly_count() > 0 || !report.lost.is_empty() {
+        report.files = write_files(&options.report_dir, options.seed, &report, &history);
+        report.files.extend(cluster.keep_dir());
+    }
+    report
+}
+
+/// Reads every key once more, linearizably, after the faults healed and the clients stopped;
+/// the reads are part of the history. `None` for a key that could not be read.
+async fn final_reads(
+    cluster: &Cluster,
+    workload: &WorkloadOptions,
+    recorder: &Arc<Recorder>,
+) -> Vec<(String, Option<Option<u64>>)> {
+    let client = Client::connect(cluster.endpoints(), workload.client_options())
+        .expect("valid endpoints and options");
+    let process = workload.clients;
+    let mut finals = Vec::new();
+    for key in workload.key_names() {
+        let mut last = None;
+        for _ in 0..FINAL_READ_ATTEMPTS {
+            if let Outcome::Ok(Return::Get(value)) =
+                recorder.run(&client, process, &key, Call::Get, false).await
+            {
+                last = Some(value);
+                break;
+            }
+        }
+        finals.push((key, last));
+    }
+    finals
+}
+
+/// Waits (bounded) until every node holds the same value for every key in its own state;
+/// returns the keys still diverging when time runs out.
+async fn converge(cluster: &Cluster, keys: &[String]) -> Vec<String> {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let mut states = Vec::new();
+        let mut unreachable = Vec::new();
+        for i in cluster.running() {
+            match local_state(cluster, i, keys).await {
+                Some(state) => states.push((format!("node{i}"), state)),
+                None => unreachable.push(format!("node {i} did not answer local reads")),
+            }
+        }
+        let mut diverged = divergence(&states);
+        diverged.extend(unreachable);
+        if diverged.is_empty() || Instant::now() >= deadline {
+            return diverged;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn local_state(cluster: &Cluster, i: usize, keys: &[String]) -> Option<NodeState> {
+    let mut state = NodeState::new();
+    for key in keys {
+        let request = GetRequest {
+            key: key.clone().into(),
+            serializable: true,
+        };
+        let mut kv = cluster.kv(i);
+        let response = tokio::time::timeout(Duration::from_secs(2), kv.get(request))
+            .await
+            .ok()?
+            .ok()?
+            .into_inner();
+        let value = response
+            .found
+            .then(|| std::str::from_utf8(&response.value).ok()?.parse().ok())
+            .flatten();
+        state.insert(key.clone(), value);
+    }
+    Some(state)
+}
+
+/// Writes the minimal sub-history of each bad key and the whole history; returns the paths.
+fn write_files(
+    dir: &Path,
+    seed: u64,
+    report: &PhaseReport,
+    history: &super::history::History,
+) -> Vec<PathBuf> {
+    let stem = format!("jepsen-seed{seed}-{}", report.nemesis);
+    let mut files = Vec::new();
+    let mut write = |name: String, text: String| {
+        let path = dir.join(name);
+        match std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text)) {
+            Ok(()) => files.push(path),
+            Err(e) => eprintln!("jepsen: cannot write {}: {e}", path.display()),
+        }
+    };
+    for anomaly in &report.anomalies {
+        let text = match &anomaly.verdict {
+            Verdict::NotLinearizable(violation) => format!(
+                "# key {}: not linearizable; a minimal sub-history that shows it\n\
+                 # the register holds {} before the first operation\n{}",
+                anomaly.key,
+                if violation.starts_unknown {
+                    "anything (the window starts mid-run)"
+                } else {
+                    "nothing (the run's start)"
+                },
+                render(&violation.operations)
+            ),
+            Verdict::Undecided => format!(
+                "# key {}: the search ran out of steps; see the whole history\n",
+                anomaly.key
+            ),
+            Verdict::Linearizable => continue,
+        };
+        write(format!("{stem}-{}.txt", anomaly.key), text);
+    }
+    let mut text = String::new();
+    for line in report
+        .events
+        .iter()
+        .chain(&report.divergence)
+        .chain(&report.lost)
+    {
+        let _ = writeln!(text, "# {line}");
+    }
+    let mut operations = history.operations.clone();
+    operations.sort_by_key(|op| (op.invoke, op.process));
+    text.push_str(&render(&operations));
+    write(format!("{stem}-history.txt"), text);
+    files
+}
