@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use kvs_client::proto;
 use kvs_client::proto::GetRequest;
 use kvs_tests::Cluster;
 use kvs_tests::ClusterOptions;
@@ -210,23 +211,36 @@ async fn a_damaged_log_is_refused_with_a_message_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_added_after_compactions_catches_up_from_a_snapshot() {
+    const WRITERS: usize = 4;
+    const BATCHES: usize = 250;
+    const PER_BATCH: usize = 100;
+    const KEYS: u64 = (WRITERS * BATCHES * PER_BATCH) as u64;
     let options = ClusterOptions {
         durable: true,
         snapshot_every: Some(100),
         ..ClusterOptions::default()
     };
     let mut cluster = Cluster::start(3, options).await;
-    let writers: Vec<_> = (0..4)
+    let key = |w: usize, b: usize, k: usize| format!("snap-{w}-{b}-{k}");
+    let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let mut kv = cluster.kv(w % 3);
             tokio::spawn(async move {
-                for k in 0..150 {
-                    let req = kvs_client::proto::PutRequest {
-                        key: format!("snap-{w}-{k}").into(),
-                        value: format!("{k}").into(),
+                for b in 0..BATCHES {
+                    let ops = (0..PER_BATCH)
+                        .map(|k| proto::Op {
+                            op: Some(proto::op::Op::Put(proto::PutOp {
+                                key: key(w, b, k).into(),
+                                value: format!("{b}-{k}").into(),
+                                ..Default::default()
+                            })),
+                        })
+                        .collect();
+                    let batch = proto::BatchRequest {
+                        ops,
                         ..Default::default()
                     };
-                    kv.put(req).await.expect("put");
+                    kv.batch(batch).await.expect("batch");
                 }
             })
         })
@@ -235,10 +249,22 @@ async fn a_member_added_after_compactions_catches_up_from_a_snapshot() {
         w.await.expect("writer");
     }
     let new = cluster.add_node().await;
-    let keys: Vec<String> = (0..4)
-        .flat_map(|w| (0..150).map(move |k| format!("snap-{w}-{k}")))
+    wait_until(
+        Duration::from_secs(60),
+        &format!("the new member holds all {KEYS} keys"),
+        || async {
+            cluster
+                .status(new)
+                .await
+                .is_ok_and(|status| status.keys == KEYS)
+        },
+    )
+    .await;
+    let sample: Vec<String> = (0..BATCHES)
+        .step_by(10)
+        .flat_map(|b| (0..WRITERS).map(move |w| key(w, b, b % PER_BATCH)))
         .collect();
-    assert_converged(&cluster, &keys).await;
+    assert_converged(&cluster, &sample).await;
     let log = std::fs::read_to_string(cluster.node(new).log_path()).expect("node log");
     assert!(
         log.contains("installed snapshot"),
