@@ -303,6 +303,9 @@ impl<R: Read> Read for Crc<R> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
     use super::*;
 
     fn header() -> BackupHeader {
@@ -384,5 +387,53 @@ mod tests {
         bytes[8] = 9;
         let err = read_all(&bytes).expect_err("newer format");
         assert!(err.to_string().contains("backup format 9"), "{err}");
+    }
+
+    /// A backup of random keys, and the same bytes with a few bytes changed and possibly cut.
+    fn backup_and_damage() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+        let field = || prop::collection::vec(any::<u8>(), 0..8);
+        (
+            prop::collection::vec((field(), field(), any::<u64>()), 0..6),
+            prop::collection::vec((any::<Index>(), 1u8..), 0..4),
+            prop::option::of(any::<Index>()),
+        )
+            .prop_map(|(entries, flips, cut)| {
+                let mut writer = BackupWriter::new(Vec::new(), &header()).expect("header");
+                for (key, value, expires) in &entries {
+                    writer.entry(key, value, *expires).expect("entry");
+                }
+                let valid = writer.finish().expect("trailer");
+                let mut damaged = valid.clone();
+                for (at, mask) in flips {
+                    let at = at.index(damaged.len());
+                    damaged[at] ^= mask;
+                }
+                if let Some(cut) = cut {
+                    damaged.truncate(cut.index(damaged.len() + 1));
+                }
+                (valid, damaged)
+            })
+    }
+
+    proptest! {
+        // The same entry point as the cargo-fuzz target `backup` (tests/fuzz), on stable.
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn random_bytes_are_refused_as_a_damaged_backup(
+            bytes in prop::collection::vec(any::<u8>(), 0..300),
+        ) {
+            prop_assert!(matches!(read_all(&bytes), Err(Error::InvalidBackup(_))));
+        }
+
+        #[test]
+        fn a_damaged_backup_is_refused((valid, damaged) in backup_and_damage()) {
+            let read = read_all(&damaged);
+            if damaged == valid {
+                prop_assert!(read.is_ok());
+            } else {
+                prop_assert!(matches!(read, Err(Error::InvalidBackup(_))), "{:?}", read);
+            }
+        }
     }
 }

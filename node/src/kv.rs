@@ -161,25 +161,7 @@ impl Replica {
             .await
             .map_err(|()| Error::Busy("too many writes in flight on the leader".into()))?
             .map_err(|_| Error::ShuttingDown)?;
-        let stamp_ms = self.cluster_now_ms();
-        let cmd = Command {
-            format: COMMAND_FORMAT,
-            stamp_ms,
-            write_id: req.write_id.map(|w| WriteId {
-                client_id: w.client_id,
-                sequence: w.sequence,
-            }),
-            batch: Batch {
-                compares: req
-                    .compares
-                    .into_iter()
-                    .map(compare_from_proto)
-                    .collect::<Result<_>>()?,
-                ops: ops_from_proto(req.ops, stamp_ms)?,
-                else_ops: ops_from_proto(req.else_ops, stamp_ms)?,
-                return_previous: req.return_previous,
-            },
-        };
+        let cmd = command_of(req, self.cluster_now_ms())?;
         let written = deadline
             .run(self.raft.client_write(cmd))
             .await
@@ -324,6 +306,29 @@ fn op_key_value(op: &proto::Op) -> Result<(Option<&Bytes>, Option<&Bytes>)> {
             P::Clear(_) => (None, None),
         },
     )
+}
+
+/// The replicated command for a client's batch, stamped `stamp_ms`; an op or compare the API
+/// does not allow is an [`Error::InvalidArgument`].
+pub(crate) fn command_of(req: proto::BatchRequest, stamp_ms: u64) -> Result<Command> {
+    Ok(Command {
+        format: COMMAND_FORMAT,
+        stamp_ms,
+        write_id: req.write_id.map(|w| WriteId {
+            client_id: w.client_id,
+            sequence: w.sequence,
+        }),
+        batch: Batch {
+            compares: req
+                .compares
+                .into_iter()
+                .map(compare_from_proto)
+                .collect::<Result<_>>()?,
+            ops: ops_from_proto(req.ops, stamp_ms)?,
+            else_ops: ops_from_proto(req.else_ops, stamp_ms)?,
+            return_previous: req.return_previous,
+        },
+    })
 }
 
 fn compare_from_proto(c: proto::Compare) -> Result<Compare> {

@@ -9,6 +9,8 @@ mod config;
 pub mod demo;
 mod drain;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod grpc;
 pub mod identity;
 mod kv;

@@ -9,7 +9,7 @@
 
 mod command;
 mod connection;
-mod frame;
+pub(crate) mod frame;
 mod status;
 
 use std::sync::Arc;

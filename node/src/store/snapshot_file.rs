@@ -64,13 +64,10 @@ impl SnapshotFiles {
         let index = meta.last_log_id.map_or(0, |id| id.index);
         let path = self.dir.join(format!("snapshot-{index:020}{SUFFIX}"));
         let tmp = path.with_extension("tmp");
-        let sealed_meta = seal(meta);
-        let meta_len = u32::try_from(sealed_meta.len()).map_err(io::Error::other)?;
+        let header = file_header(meta)?;
         {
             let mut file = io::BufWriter::new(std::fs::File::create(&tmp)?);
-            file.write_all(MAGIC)?;
-            file.write_all(&meta_len.to_le_bytes())?;
-            file.write_all(&sealed_meta)?;
+            file.write_all(&header)?;
             file.write_all(data)?;
             file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
@@ -89,27 +86,45 @@ impl SnapshotFiles {
         let Some((_, path)) = self.snapshot_paths()?.pop() else {
             return Ok(None);
         };
-        let bytes = std::fs::read(&path)?;
-        let rest = bytes
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or_else(|| invalid(&path, "bad magic"))?;
-        let (len, rest) = rest
-            .split_first_chunk::<4>()
-            .ok_or_else(|| invalid(&path, "truncated header"))?;
-        let len = u32::from_le_bytes(*len) as usize;
-        if rest.len() < len {
-            return Err(invalid(&path, "truncated meta"));
-        }
-        let (sealed_meta, data) = rest.split_at(len);
-        let meta = unseal(sealed_meta, &|| {
-            format!("the meta of snapshot file {}", path.display())
-        })?;
-        let offset = bytes.len() - data.len();
-        Ok(Some((meta, Bytes::from(bytes).slice(offset..))))
+        parse_file(&path, std::fs::read(&path)?).map(Some)
     }
 
     /// Where the newest snapshot is, for messages.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The start of a snapshot file, everything before the state bytes.
+pub(crate) fn file_header(meta: &SnapshotMetaOf<TypeConfig>) -> io::Result<Vec<u8>> {
+    let sealed_meta = seal(meta);
+    let meta_len = u32::try_from(sealed_meta.len()).map_err(io::Error::other)?;
+    let mut header = MAGIC.to_vec();
+    header.extend_from_slice(&meta_len.to_le_bytes());
+    header.extend_from_slice(&sealed_meta);
+    Ok(header)
+}
+
+/// Splits the bytes of the snapshot file at `path` (named in errors) into its checked meta and
+/// its state bytes, which are checked when decoded.
+pub(crate) fn parse_file(
+    path: &Path,
+    bytes: Vec<u8>,
+) -> io::Result<(SnapshotMetaOf<TypeConfig>, Bytes)> {
+    let rest = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or_else(|| invalid(path, "bad magic"))?;
+    let (len, rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or_else(|| invalid(path, "truncated header"))?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(invalid(path, "truncated meta"));
+    }
+    let (sealed_meta, data) = rest.split_at(len);
+    let meta = unseal(sealed_meta, &|| {
+        format!("the meta of snapshot file {}", path.display())
+    })?;
+    let offset = bytes.len() - data.len();
+    Ok((meta, Bytes::from(bytes).slice(offset..)))
 }
