@@ -246,24 +246,20 @@ for line in open(sys.argv[1]):
     runs[(system, test)].append((float(rps), float(p50), float(p99)))
 def med(system, test, i):
     return statistics.median(r[i] for r in runs[(system, test)])
-print(f"{'gRPC system':<17} {'test':<4} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs etcd':>8}")
-for test in ("PUT", "GET"):
-    for system in ("grpc:kvs-durable", "grpc:kvs-memory", "grpc:etcd"):
-        if (system, test) not in runs:
-            continue
-        rps = med(system, test, 0)
-        ratio = rps / med("grpc:etcd", test, 0)
-        print(f"{system:<17} {test:<4} {rps:>10.0f} {med(system, test, 1):>8.3f} {med(system, test, 2):>8.3f} {ratio:>7.2f}x")
-print()
-print(f"{'RESP system':<12} {'test':<4} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs redis':>9}")
-for test in ("SET", "GET"):
-    for system in ("kvs-durable", "kvs-memory", "redis"):
-        if (system, test) not in runs:
-            continue
-        rps = med(system, test, 0)
-        ratio = rps / med("redis", test, 0)
-        print(f"{system:<12} {test:<4} {rps:>10.0f} {med(system, test, 1):>8.3f} {med(system, test, 2):>8.3f} {ratio:>8.2f}x")
-print()
+def table(title, tests, systems, peer):
+    label = "vs " + peer.split(":")[-1]
+    print(f"{title:<17} {'test':<4} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {label:>10}")
+    for test in tests:
+        for system in systems:
+            if (system, test) not in runs:
+                continue
+            rps = med(system, test, 0)
+            ratio = rps / med(peer, test, 0)
+            print(f"{system:<17} {test:<4} {rps:>10.0f} {med(system, test, 1):>8.3f} "
+                  f"{med(system, test, 2):>8.3f} {ratio:>9.2f}x")
+    print()
+table("gRPC system", ("PUT", "GET"), ("grpc:kvs-durable", "grpc:kvs-memory", "grpc:etcd"), "grpc:etcd")
+table("RESP system", ("SET", "GET"), ("kvs-durable", "kvs-memory", "redis"), "redis")
 for system, (keys, before, after) in memory.items():
     print(f"memory {system:<12} {keys} keys: RSS {after / 1024:.0f} MiB "
           f"({before / 1024:.0f} MiB empty, {(after - before) * 1024 / max(keys, 1):.0f} B per key)")
