@@ -40,20 +40,20 @@ impl Cluster for ClusterService {
         &self,
         _: Request<proto::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let backup = self
-            .replica
-            .backup()
-            .await
-            .map_err(|e| to_status(e, self.replica.leader_hint()))?;
-        let mut expected_bytes = backup.expected_bytes;
-        let chunks = ReceiverStream::new(backup.chunks).map(move |chunk| {
-            let chunk = chunk.map_err(|e| Status::internal(format!("backup failed: {e}")))?;
-            Ok(proto::SnapshotChunk {
-                data: chunk,
-                expected_bytes: std::mem::take(&mut expected_bytes),
-            })
+        let streamed = self.replica.backup().await.map(|backup| {
+            let mut expected_bytes = backup.expected_bytes;
+            ReceiverStream::new(backup.chunks)
+                .map(move |chunk| {
+                    let chunk =
+                        chunk.map_err(|e| Status::internal(format!("backup failed: {e}")))?;
+                    Ok(proto::SnapshotChunk {
+                        data: chunk,
+                        expected_bytes: std::mem::take(&mut expected_bytes),
+                    })
+                })
+                .boxed()
         });
-        Ok(Response::new(chunks.boxed()))
+        self.answer(streamed)
     }
 
     async fn node_info(

@@ -23,7 +23,6 @@ pub(crate) enum System {
 }
 
 /// One client's handle on a shared connection.
-#[derive(Clone)]
 pub(crate) enum Conn {
     Kvs {
         kv: KvClient<Channel>,
