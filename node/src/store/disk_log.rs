@@ -40,6 +40,15 @@ const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
 
+/// The log's memtable: appended entries stay in memory until it fills and is flushed. Entries
+/// are read back only by replication, soon after they are written, and the log is purged behind
+/// every snapshot, so fjall's 64 MiB default would only hold (in RSS) what has long been sent.
+const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// fjall's block cache, for the rare reads of entries already flushed (a lagging follower):
+/// small, because such a follower soon gets a snapshot instead (fjall's default is 32 MiB).
+const BLOCK_CACHE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Encodes a record: format byte, postcard body, CRC32 of both (little endian).
 pub(crate) fn seal<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![RECORD_FORMAT];
@@ -131,10 +140,13 @@ impl DiskLog {
     /// that recovered shorter than `watermark` says it was is refused.
     pub(crate) fn open(path: &Path, watermark: &Path) -> io::Result<Self> {
         let db = Database::builder(path)
+            .cache_size(BLOCK_CACHE_BYTES)
             .open()
             .map_err(|e| storage_error(path, e))?;
         let entries = db
-            .keyspace("entries", KeyspaceCreateOptions::default)
+            .keyspace("entries", || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
             .map_err(|e| storage_error(path, e))?;
         let meta = db
             .keyspace("meta", KeyspaceCreateOptions::default)
