@@ -491,6 +491,18 @@ impl Cluster {
             .await;
     }
 
+    /// Deletes the data directory of stopped node `i`: restarted, it is a new node with a new ID
+    /// that is no member until added.
+    pub fn wipe(&self, i: usize) {
+        assert!(!self.nodes[i].is_running(), "node {i} is running");
+        let dir = self.data_dir(i);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            panic!("cannot wipe {}: {e}", dir.display());
+        }
+    }
+
     /// Cuts the peer links between `groups` (node indices; nodes in no group are cut off from
     /// everyone): each node drops peer traffic to and from every node outside its own group.
     /// Needs [`ClusterOptions::fault_control`]; takes effect within the nodes' 20 ms poll (see
