@@ -196,8 +196,11 @@ mod tests {
 
     #[test]
     fn delay_lines_name_a_peer_a_delay_and_an_optional_jitter() {
-        let set = parse("delay 0000000000000002 150 50
-delay 0000000000000003 20").expect("valid");
+        let set = parse(
+            "delay 0000000000000002 150 50
+delay 0000000000000003 20",
+        )
+        .expect("valid");
         let ms = Duration::from_millis;
         assert_eq!(
             set.delays,

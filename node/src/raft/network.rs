@@ -194,9 +194,9 @@ impl PeerConnection {
             held.await;
             call.await
         })
-            .await
-            .map_err(|_| unreachable(format!("no reply from {} within {ttl:?}", self.addr)))?
-            .map_err(status_error)?;
+        .await
+        .map_err(|_| unreachable(format!("no reply from {} within {ttl:?}", self.addr)))?
+        .map_err(status_error)?;
         decode(&reply.into_inner().payload).map_err(|e| {
             RPCError::Network(NetworkError::from_string(format!(
                 "bad reply from {}: {e}",

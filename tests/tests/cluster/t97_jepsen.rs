@@ -41,7 +41,11 @@ async fn a_short_campaign_of_every_nemesis_finds_no_anomaly() {
     let summary = report.summary();
     eprintln!("{summary}");
     for phase in &report.phases {
-        assert!(phase.counts.total() > 0, "{} ran no workload:\n{summary}", phase.nemesis);
+        assert!(
+            phase.counts.total() > 0,
+            "{} ran no workload:\n{summary}",
+            phase.nemesis
+        );
         assert!(
             !phase.events.is_empty(),
             "{} injected no fault:\n{summary}",
@@ -82,13 +86,18 @@ async fn the_fault_layer_slows_links_and_loses_requests() {
         .await
         .expect("a slow write still commits");
     let took = started.elapsed();
-    assert!(took >= delay, "the write took {took:?}, less than the link delay");
+    assert!(
+        took >= delay,
+        "the write took {took:?}, less than the link delay"
+    );
 
     // Every request lost: nobody answers, so the client cannot know; the node never served it.
     cluster.drop_requests(100);
     cluster.faults_in_force().await;
     let everywhere = Client::connect(cluster.endpoints(), client_options).expect("a client");
-    let lost = everywhere.put("lost".to_string(), "1".to_string(), None).await;
+    let lost = everywhere
+        .put("lost".to_string(), "1".to_string(), None)
+        .await;
     assert!(
         matches!(lost, Err(ref e) if e.is_outcome_unknown()),
         "an unanswered write ends unknown: {lost:?}"
