@@ -185,10 +185,12 @@ async fn inject(cluster: &mut Cluster, kind: Nemesis, rng: &mut StdRng) -> (Faul
             } else {
                 vec![victim(cluster, rng).await]
             };
-            let delay = Duration::from_millis(*[50, 200, 500, 1000].choose(rng).expect("some"));
-            cluster.slow_down(&nodes, delay, delay / 2);
+            // Openraft gives up on a message after a heartbeat interval (300 ms in the harness):
+            // the shorter delays slow the links down, the longest one makes them drop messages.
+            let delay = Duration::from_millis(*[50, 100, 200, 1000].choose(rng).expect("some"));
+            cluster.slow_down(&nodes, delay, delay / 4);
             cluster.faults_in_force().await;
-            let what = format!("delay the links of nodes {nodes:?} by {delay:?} + up to 50%");
+            let what = format!("delay the links of nodes {nodes:?} by {delay:?} + up to 25%");
             (Fault::InLayer, what)
         }
         Nemesis::Membership => change_membership(cluster, rng).await,

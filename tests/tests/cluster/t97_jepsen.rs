@@ -31,7 +31,7 @@ async fn a_short_campaign_of_every_nemesis_finds_no_anomaly() {
         // `jepsen --nemesis all` in miniature: each nemesis alone on a cluster of its own, then
         // all of them mixed; long enough for at least one fault per phase.
         phases: Nemesis::ALL.to_vec(),
-        phase_time: Duration::from_secs(15),
+        phase_time: Duration::from_secs(10),
         seed: 97,
         nodes: 3,
         workload: WorkloadOptions::default(),
@@ -76,8 +76,9 @@ async fn the_fault_layer_slows_links_and_loses_requests() {
     let at_leader = Client::connect(vec![cluster.node(leader).address()], client_options.clone())
         .expect("a client");
 
-    // A write commits only once a follower has it, and every link of the leader is slow.
-    let delay = Duration::from_millis(400);
+    // A write commits only once a follower has it, and every link of the leader is slow (though
+    // not slower than the heartbeat interval, openraft's deadline for one message).
+    let delay = Duration::from_millis(150);
     cluster.slow_down(&[leader], delay, Duration::ZERO);
     cluster.faults_in_force().await;
     let started = tokio::time::Instant::now();
