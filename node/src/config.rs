@@ -114,8 +114,9 @@ pub struct NodeConfig {
 
     /// TESTING ONLY — never in production. Re-read this file every 20 ms and drop all peer
     /// traffic to and from the nodes it names (`block <node-id>` lines), to simulate network
-    /// partitions, and the replies to a share of applied writes (`drop-replies <percent>`).
-    /// Without this flag no fault injection code runs.
+    /// partitions; delay calls to peers (`delay <node-id> <ms> [<jitter-ms>]`); lose a share of
+    /// client requests (`drop-requests <percent>`) and drop the replies to a share of applied
+    /// writes (`drop-replies <percent>`). Without this flag no fault injection code runs.
     #[arg(long, env = "KVS_FAULT_CONTROL_FILE")]
     pub fault_control_file: Option<PathBuf>,
 }

@@ -72,6 +72,7 @@ impl Replica {
         f: impl FnOnce(&StateData, u64, u64) -> T,
     ) -> Result<T> {
         let (_guard, deadline) = self.admit()?;
+        self.lose_if_dropped(&deadline, Error::ReadTimeout).await?;
         if serializable {
             if !self.is_member() {
                 return Err(Error::NotMember);
@@ -86,6 +87,7 @@ impl Replica {
     /// Applies one conditional batch through the leader.
     pub(crate) async fn write(&self, req: proto::BatchRequest) -> Result<proto::BatchResponse> {
         let (_guard, deadline) = self.admit()?;
+        self.lose_if_dropped(&deadline, Error::WriteTimeout).await?;
         self.check_batch(&req)?;
         match self.leadership() {
             Leadership::Here => match self.propose(req.clone(), &deadline).await {
@@ -121,9 +123,22 @@ impl Replica {
         let mut client = self.forwarder.kv(leader, deadline).await?;
         let mut request = tonic::Request::new(req);
         request.set_timeout(deadline.remaining());
-        self.forwarder
-            .relay(leader, deadline, true, client.batch(request))
-            .await
+        let held = self.peers.faults().hold(leader_id);
+        let call = async move {
+            held.await;
+            client.batch(request).await
+        };
+        self.forwarder.relay(leader, deadline, true, call).await
+    }
+
+    /// Loses the request if the test-only fault layer says so: nothing answers it before its
+    /// deadline, as if it never arrived, and then it times out the way `timeout` says.
+    async fn lose_if_dropped(&self, deadline: &Deadline, timeout: fn(u64) -> Error) -> Result<()> {
+        if self.peers.faults().drops_request() {
+            tokio::time::sleep(deadline.remaining()).await;
+            return Err(timeout(deadline.total_ms()));
+        }
+        Ok(())
     }
 
     /// Approximate memory the stored data takes: payload plus per-key overhead

@@ -491,6 +491,18 @@ impl Cluster {
             .await;
     }
 
+    /// Deletes the data directory of stopped node `i`: restarted, it is a new node with a new ID
+    /// that is no member until added.
+    pub fn wipe(&self, i: usize) {
+        assert!(!self.nodes[i].is_running(), "node {i} is running");
+        let dir = self.data_dir(i);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            panic!("cannot wipe {}: {e}", dir.display());
+        }
+    }
+
     /// Cuts the peer links between `groups` (node indices; nodes in no group are cut off from
     /// everyone): each node drops peer traffic to and from every node outside its own group.
     /// Needs [`ClusterOptions::fault_control`]; takes effect within the nodes' 20 ms poll (see
@@ -514,6 +526,41 @@ impl Cluster {
         self.partition(&[vec![i], rest]);
     }
 
+    /// Cuts every peer link between a node of `a` and a node of `b`, and only those (a bridge:
+    /// a node in neither side still sees both); replaces any earlier partition.
+    pub fn cut(&self, a: &[usize], b: &[usize]) {
+        let blocked = (0..self.nodes.len())
+            .map(|i| match (a.contains(&i), b.contains(&i)) {
+                (true, _) => b.to_vec(),
+                (_, true) => a.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        self.change_faults(|plan| plan.blocked = blocked);
+    }
+
+    /// Slows down every peer link of the `nodes`: each end holds every Raft message, read-index
+    /// request and forwarded write it sends over such a link for `delay` plus up to `jitter`.
+    /// Needs [`ClusterOptions::fault_control`].
+    pub fn slow_down(&self, nodes: &[usize], delay: Duration, jitter: Duration) {
+        let n = self.nodes.len();
+        let slow = |i: usize, j: usize| i != j && (nodes.contains(&i) || nodes.contains(&j));
+        let delayed = (0..n)
+            .map(|i| (0..n).filter(|&j| slow(i, j)).collect())
+            .collect();
+        self.change_faults(|plan| {
+            plan.delayed = delayed;
+            plan.delay = (delay, jitter);
+        });
+    }
+
+    /// Makes every node lose `percent` of the client reads and writes it receives, before it
+    /// serves or forwards them: nothing answers those, so clients time out and retry. Needs
+    /// [`ClusterOptions::fault_control`].
+    pub fn drop_requests(&self, percent: u8) {
+        self.change_faults(|plan| plan.drop_requests = percent);
+    }
+
     /// Makes every node answer `percent` of the writes it applies with UNKNOWN instead of their
     /// result, as if the reply were lost; clients then retry them. Needs
     /// [`ClusterOptions::fault_control`].
@@ -521,12 +568,9 @@ impl Cluster {
         self.change_faults(|plan| plan.drop_replies = percent);
     }
 
-    /// Restores every peer link and every reply.
+    /// Restores every peer link, request and reply.
     pub fn heal(&self) {
-        self.change_faults(|plan| {
-            plan.blocked.clear();
-            plan.drop_replies = 0;
-        });
+        self.change_faults(|plan| *plan = FaultPlan::default());
     }
 
     /// Waits (bounded) until every running node has put the faults last asked for in force; a
@@ -567,8 +611,16 @@ impl Cluster {
                 .flatten()
                 .map(|&j| format!("block {}\n", self.nodes[j].id()))
                 .collect();
+            let (delay, jitter) = plan.delay;
+            for &j in plan.delayed.get(i).into_iter().flatten() {
+                let (id, ms) = (self.nodes[j].id(), delay.as_millis());
+                text.push_str(&format!("delay {id} {ms} {}\n", jitter.as_millis()));
+            }
             if plan.drop_replies > 0 {
                 text.push_str(&format!("drop-replies {}\n", plan.drop_replies));
+            }
+            if plan.drop_requests > 0 {
+                text.push_str(&format!("drop-requests {}\n", plan.drop_requests));
             }
             // Written aside and renamed, so a node never reads half a file.
             let path = fault_file(&self.dir_path(), i);
@@ -797,6 +849,12 @@ struct FaultPlan {
     blocked: Vec<Vec<usize>>,
     /// Percent of applied writes whose replies are dropped.
     drop_replies: u8,
+    /// Percent of client requests lost on arrival.
+    drop_requests: u8,
+    /// Per node, the nodes its calls to are held for `delay`.
+    delayed: Vec<Vec<usize>>,
+    /// How long a call over a slowed-down link is held: at least, plus up to.
+    delay: (Duration, Duration),
     /// The control file last written for each node.
     texts: Vec<String>,
 }

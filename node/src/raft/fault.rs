@@ -1,16 +1,21 @@
-//! Test-only fault injection in the node's transport: drop every Raft message, read-index request
-//! and forwarded write to and from chosen peers, so a test can partition a cluster of processes
-//! on one machine without touching the host's network; and drop the replies to writes that were
-//! applied, so a test can see that a client's retry is not applied twice.
+//! Test-only fault injection in the node's transport: drop or delay every Raft message,
+//! read-index request and forwarded write to and from chosen peers, so a test can partition or
+//! slow down a cluster of processes on one machine without touching the host's network; drop
+//! client requests before they are served; and drop the replies to writes that were applied, so a
+//! test can see that a client's retry is not applied twice.
 //!
 //! It is inert unless the node runs with `--fault-control-file PATH`. Then the node re-reads that
 //! file every [`POLL_INTERVAL`]; each line `block <node-id>` cuts this node off from that peer in
 //! both directions (outgoing calls fail as unreachable, incoming messages are refused), a line
-//! `drop-replies <percent>` answers that share of applied writes with UNKNOWN instead of their
-//! result, and an empty or missing file heals everything. A file rather than an RPC, so that a fault written
+//! `delay <node-id> <ms> [<jitter-ms>]` holds every call this node makes to that peer for `ms`
+//! plus a random share of `jitter-ms` before sending it, a line `drop-requests <percent>` loses
+//! that share of client reads and writes on arrival (nothing answers them before their deadline),
+//! a line `drop-replies <percent>` answers that share of applied writes with UNKNOWN instead of
+//! their result, and an empty or missing file heals everything. A file rather than an RPC, so that a fault written
 //! while the node is paused or down takes hold the moment it runs again, and so that no
 //! production face grows a control surface.
 
+use std::collections::HashMap;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::RwLock;
@@ -35,6 +40,10 @@ struct FaultSet {
     blocked: HashSet<u64>,
     /// Share of applied writes whose reply is dropped, in percent.
     drop_replies: u8,
+    /// Share of client requests lost on arrival, in percent.
+    drop_requests: u8,
+    /// Per peer, how long calls to it are held: at least the first, plus up to the second.
+    delays: HashMap<u64, (Duration, Duration)>,
 }
 
 impl Faults {
@@ -69,6 +78,20 @@ impl Faults {
             .is_some_and(|percent| rand::random_range(0..100) < percent)
     }
 
+    /// Whether to lose a client request that just arrived (a random draw).
+    pub(crate) fn drops_request(&self) -> bool {
+        self.read(|set| set.drop_requests)
+            .is_some_and(|percent| rand::random_range(0..100) < percent)
+    }
+
+    /// Holds a call to `peer` for as long as the link to it is slowed down (a random draw).
+    pub(crate) async fn hold(&self, peer: u64) {
+        let delay = self.read(|set| set.delays.get(&peer).copied()).flatten();
+        if let Some((base, jitter)) = delay {
+            tokio::time::sleep(base + jitter.mul_f64(rand::random())).await;
+        }
+    }
+
     fn set(&self, faults: FaultSet) {
         if let Some(current) = &self.current {
             let mut current = current
@@ -77,7 +100,7 @@ impl Faults {
             if *current != faults {
                 let names: Vec<String> =
                     faults.blocked.iter().map(|&p| node_id_string(p)).collect();
-                tracing::warn!(blocked = ?names, drop_replies = faults.drop_replies, "fault injection: faults changed");
+                tracing::warn!(blocked = ?names, drop_replies = faults.drop_replies, drop_requests = faults.drop_requests, delayed = faults.delays.len(), "fault injection: faults changed");
                 *current = faults;
             }
         }
@@ -137,12 +160,18 @@ fn parse(text: &str) -> Result<FaultSet, String> {
         .filter(|line| !line.is_empty() && !line.starts_with('#'));
     for line in lines {
         let bad = || line.to_string();
+        let percent = |p: &str| p.parse().ok().filter(|p| *p <= 100).ok_or_else(bad);
+        let ms = |ms: &str| ms.parse().map(Duration::from_millis).map_err(|_| bad());
         match line.split_whitespace().collect::<Vec<_>>()[..] {
             ["block", id] => {
                 set.blocked.insert(parse_node_id(id).ok_or_else(bad)?);
             }
-            ["drop-replies", percent] => {
-                set.drop_replies = percent.parse().ok().filter(|p| *p <= 100).ok_or_else(bad)?;
+            ["drop-replies", p] => set.drop_replies = percent(p)?,
+            ["drop-requests", p] => set.drop_requests = percent(p)?,
+            ["delay", id, base, ref jitter @ ..] if jitter.len() <= 1 => {
+                let id = parse_node_id(id).ok_or_else(bad)?;
+                let jitter = jitter.first().map_or(Ok(Duration::ZERO), |j| ms(j))?;
+                set.delays.insert(id, (ms(base)?, jitter));
             }
             _ => return Err(bad()),
         }
@@ -162,13 +191,31 @@ mod tests {
         assert_eq!(set.drop_replies, 0);
         assert_eq!(parse(""), Ok(FaultSet::default()));
         assert_eq!(parse("drop-replies 40").map(|s| s.drop_replies), Ok(40));
+        assert_eq!(parse("drop-requests 30").map(|s| s.drop_requests), Ok(30));
+    }
+
+    #[test]
+    fn delay_lines_name_a_peer_a_delay_and_an_optional_jitter() {
+        let set = parse(
+            "delay 0000000000000002 150 50
+delay 0000000000000003 20",
+        )
+        .expect("valid");
+        let ms = Duration::from_millis;
+        assert_eq!(
+            set.delays,
+            HashMap::from([(2, (ms(150), ms(50))), (3, (ms(20), Duration::ZERO))])
+        );
     }
 
     #[test]
     fn a_bad_line_is_named() {
         assert_eq!(parse("block nope"), Err("block nope".into()));
         assert_eq!(parse("delay 1 2"), Err("delay 1 2".into()));
+        let too_many = "delay 0000000000000002 1 2 3";
+        assert_eq!(parse(too_many), Err(too_many.into()));
         assert_eq!(parse("drop-replies 101"), Err("drop-replies 101".into()));
+        assert_eq!(parse("drop-requests -1"), Err("drop-requests -1".into()));
     }
 
     #[test]
@@ -176,12 +223,30 @@ mod tests {
         let everything = FaultSet {
             blocked: HashSet::from([1]),
             drop_replies: 100,
+            drop_requests: 100,
+            delays: HashMap::new(),
         };
         let inert = Faults::inert();
         inert.set(everything.clone());
-        assert!(!inert.blocks(1) && !inert.drops_reply());
+        assert!(!inert.blocks(1) && !inert.drops_reply() && !inert.drops_request());
         let controlled = Faults::controlled();
         controlled.set(everything);
         assert!(controlled.blocks(1) && !controlled.blocks(2) && controlled.drops_reply());
+        assert!(controlled.drops_request());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_link_holds_calls_to_that_peer_only() {
+        let faults = Faults::controlled();
+        faults.set(parse("delay 0000000000000002 300 100").expect("valid"));
+        let start = tokio::time::Instant::now();
+        faults.hold(3).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        faults.hold(2).await;
+        let held = start.elapsed();
+        assert!(
+            (Duration::from_millis(300)..=Duration::from_millis(400)).contains(&held),
+            "{held:?}"
+        );
     }
 }

@@ -189,10 +189,14 @@ impl PeerConnection {
     {
         let ttl = option.hard_ttl();
         let call = f(self.client()?, self.request(body, ttl));
-        let reply = tokio::time::timeout(ttl, call)
-            .await
-            .map_err(|_| unreachable(format!("no reply from {} within {ttl:?}", self.addr)))?
-            .map_err(status_error)?;
+        let held = self.network.faults.hold(self.target);
+        let reply = tokio::time::timeout(ttl, async move {
+            held.await;
+            call.await
+        })
+        .await
+        .map_err(|_| unreachable(format!("no reply from {} within {ttl:?}", self.addr)))?
+        .map_err(status_error)?;
         decode(&reply.into_inner().payload).map_err(|e| {
             RPCError::Network(NetworkError::from_string(format!(
                 "bad reply from {}: {e}",
@@ -296,7 +300,12 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         let head = self
             .network
             .message(self.target, encode(&(vote, &snapshot.meta)));
+        let held = self.network.faults.hold(self.target);
         let send = send_snapshot(client, head, snapshot.snapshot, self.addr.clone());
+        let send = async move {
+            held.await;
+            send.await
+        };
         let ttl = option.hard_ttl().max(Duration::from_secs(60));
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),

@@ -70,7 +70,12 @@ async fn ask_leader(
     let mut client = replica.peers.client(peer_addr).ok_or_else(unreachable)?;
     let mut req = tonic::Request::new(replica.peers.message(leader, bytes::Bytes::new()));
     req.set_timeout(deadline.remaining());
-    match deadline.run(client.read_index(req)).await {
+    let held = replica.peers.faults().hold(leader);
+    let call = async move {
+        held.await;
+        client.read_index(req).await
+    };
+    match deadline.run(call).await {
         Ok(Ok(resp)) => {
             let ReadIndexResponse { index } = resp.into_inner();
             Ok(index)

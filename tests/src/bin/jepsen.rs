@@ -14,16 +14,17 @@ use kvs_tests::jepsen::campaign::CampaignOptions;
 use kvs_tests::jepsen::nemesis::Nemesis;
 use kvs_tests::jepsen::workload::WorkloadOptions;
 
-/// Run concurrent clients against a local kvs cluster while a nemesis kills, pauses and
-/// partitions nodes; check the history. The last line printed is `ops=N anomalies=N lost=N`.
+/// Run concurrent clients against a local kvs cluster while a nemesis kills, pauses,
+/// partitions, slows down, removes and re-adds nodes and drops requests and replies; check the
+/// history. The last line printed is `ops=N anomalies=N lost=N`.
 #[derive(Debug, Parser)]
 #[command(name = "jepsen")]
 struct Args {
     /// Total workload time in seconds (`all` splits it evenly between its phases).
     #[arg(long, default_value_t = 60)]
     time: u64,
-    /// `none`, `kill`, `pause`, `partition`, `drop-replies`, `mixed`, or `all` (each alone, then
-    /// mixed).
+    /// `none`, `kill`, `pause`, `partition`, `delay`, `drop-replies`, `drop-requests`,
+    /// `membership`, `mixed`, or `all` (each alone, then mixed).
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seeds every random choice of the workload and the nemeses.

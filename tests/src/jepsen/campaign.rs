@@ -3,10 +3,11 @@
 //! (linearizability per key), the final state (no acknowledged write lost) and the replicas
 //! (every node converged to the same state).
 //!
-//! Undecided searches and keys on which the nodes do not converge count as anomalies: the run
-//! cannot vouch for them. On any anomaly the minimal offending sub-history of each bad key and
+//! Undecided searches, keys on which the nodes do not converge and a membership that did not
+//! come back whole count as anomalies: the run cannot vouch for them. On any anomaly the minimal offending sub-history of each bad key and
 //! the whole history are written to files, and the cluster's logs and data are kept.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use kvs_client::Client;
 use kvs_client::proto::GetRequest;
+use kvs_client::proto::Role;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::time::Instant;
@@ -41,6 +43,8 @@ use crate::ClusterOptions;
 
 /// How long the nodes get to converge after the run.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the leader gets to list the full membership after the run.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at the final read of each key.
 const FINAL_READ_ATTEMPTS: usize = 5;
 
@@ -211,6 +215,7 @@ async fn run_phase(
     let anomalies = check(&history);
     let mut lost = Vec::new();
     let mut diverged = converge(&cluster, &options.workload.key_names()).await;
+    diverged.extend(membership_gap(&cluster).await);
     for (key, ops) in history.by_key() {
         match finals.iter().find(|(k, _)| *k == key) {
             Some((_, Some(last))) => lost.extend(
@@ -281,6 +286,41 @@ async fn converge(cluster: &Cluster, keys: &[String]) -> Vec<String> {
         diverged.extend(unreachable);
         if diverged.is_empty() || Instant::now() >= deadline {
             return diverged;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits (bounded) until the leader lists exactly the running nodes, all voters; otherwise says
+/// what it lists instead.
+async fn membership_gap(cluster: &Cluster) -> Option<String> {
+    let expected: BTreeSet<String> = cluster
+        .running()
+        .into_iter()
+        .map(|i| cluster.node(i).id().to_string())
+        .collect();
+    let deadline = Instant::now() + MEMBERSHIP_TIMEOUT;
+    loop {
+        let listed = match cluster.try_leader().await {
+            Some(leader) => cluster.members(leader).await.map_err(|e| e.to_string()),
+            None => Err("no leader".to_string()),
+        };
+        let gap = match listed {
+            Ok(members) => {
+                let voters: BTreeSet<String> = members
+                    .iter()
+                    .filter(|m| m.role == Role::Voter as i32)
+                    .map(|m| m.id.clone())
+                    .collect();
+                (voters != expected || members.len() != expected.len()).then(|| {
+                    let listed: Vec<_> = members.iter().map(|m| (&m.id, m.role)).collect();
+                    format!("membership: expected voters {expected:?}, the leader lists {listed:?}")
+                })
+            }
+            Err(e) => Some(format!("membership: cannot list the members: {e}")),
+        };
+        if gap.is_none() || Instant::now() >= deadline {
+            return gap;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -3,13 +3,17 @@
 //!
 //! All choices (which fault, which node, how long) come from the campaign's seeded generator.
 //! Kills are `kill -9` of a durable node followed by a restart on the same data directory;
-//! pauses are SIGSTOP/SIGCONT; partitions cut peer links through the nodes' test-only fault
-//! layer (`--fault-control-file`). Whatever the nemesis did is undone when it ends.
+//! pauses are SIGSTOP/SIGCONT; partitions, slow links and dropped requests and replies go
+//! through the nodes' test-only fault layer (`--fault-control-file`); membership changes use the
+//! client library as an operator's tool would. Whatever the nemesis did is undone when it ends:
+//! a removed member is added back, so every phase ends with its full membership.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use kvs_client::Client;
+use kvs_client::ClientOptions;
 use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -27,22 +31,33 @@ pub enum Nemesis {
     Kill,
     /// SIGSTOP a node (often the leader), then SIGCONT it.
     Pause,
-    /// Isolate the leader, or split the cluster into a majority and a minority.
+    /// Isolate the leader, split the cluster into a majority and a minority, or bridge two
+    /// halves that cannot see each other through one node that sees both.
     Partition,
+    /// Slow down the peer links of one node (often the leader) or of every node.
+    Delay,
     /// Drop the replies to half the writes the nodes apply, so clients retry writes that were
     /// applied: each must still take effect once.
     DropReplies,
+    /// Lose a share of the client requests the nodes receive, before they are served.
+    DropRequests,
+    /// Remove a member (often the leader) and add it back, with its data or wiped; or move
+    /// leadership to another member.
+    Membership,
     /// Any of the above, one at a time, chosen at random.
     Mixed,
 }
 
 impl Nemesis {
     /// The nemeses `--nemesis all` runs, one phase each: every fault alone, then mixed.
-    pub const ALL: [Nemesis; 5] = [
+    pub const ALL: [Nemesis; 8] = [
         Nemesis::Kill,
         Nemesis::Pause,
         Nemesis::Partition,
+        Nemesis::Delay,
         Nemesis::DropReplies,
+        Nemesis::DropRequests,
+        Nemesis::Membership,
         Nemesis::Mixed,
     ];
 
@@ -50,7 +65,11 @@ impl Nemesis {
     pub fn needs_fault_control(self) -> bool {
         matches!(
             self,
-            Nemesis::Partition | Nemesis::DropReplies | Nemesis::Mixed
+            Nemesis::Partition
+                | Nemesis::Delay
+                | Nemesis::DropReplies
+                | Nemesis::DropRequests
+                | Nemesis::Mixed
         )
     }
 }
@@ -62,7 +81,10 @@ impl fmt::Display for Nemesis {
             Nemesis::Kill => "kill",
             Nemesis::Pause => "pause",
             Nemesis::Partition => "partition",
+            Nemesis::Delay => "delay",
             Nemesis::DropReplies => "drop-replies",
+            Nemesis::DropRequests => "drop-requests",
+            Nemesis::Membership => "membership",
             Nemesis::Mixed => "mixed",
         })
     }
@@ -72,15 +94,11 @@ impl FromStr for Nemesis {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Nemesis::None]
-            .into_iter()
-            .chain(Nemesis::ALL)
-            .find(|n| n.to_string() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown nemesis {s:?}: none, kill, pause, partition, drop-replies, mixed or all"
-                )
-            })
+        let names = || [Nemesis::None].into_iter().chain(Nemesis::ALL);
+        names().find(|n| n.to_string() == s).ok_or_else(|| {
+            let known: Vec<String> = names().map(|n| n.to_string()).collect();
+            format!("unknown nemesis {s:?}: {} or all", known.join(", "))
+        })
     }
 }
 
@@ -88,8 +106,12 @@ impl FromStr for Nemesis {
 enum Fault {
     Killed(usize),
     Paused(usize),
-    /// Partitions and dropped replies: undone by healing the fault layer.
+    /// Undone by healing the fault layer.
     InLayer,
+    /// A member removed (or maybe removed) and stopped.
+    Removed(usize),
+    /// Nothing to undo (leadership moved, or the change was refused).
+    Done,
 }
 
 /// Injects `nemesis` faults into `cluster` until `until`; returns a line per fault, stamped with
@@ -110,14 +132,8 @@ pub async fn run(
         }
         tokio::time::sleep(quiet).await;
         let kind = match nemesis {
-            Nemesis::Mixed => *[
-                Nemesis::Kill,
-                Nemesis::Pause,
-                Nemesis::Partition,
-                Nemesis::DropReplies,
-            ]
-            .choose(rng)
-            .expect("not empty"),
+            // Any single fault: every entry of `ALL` but the last, `Mixed` itself.
+            Nemesis::Mixed => Nemesis::ALL[rng.random_range(0..Nemesis::ALL.len() - 1)],
             other => other,
         };
         let (fault, what) = inject(cluster, kind, rng).await;
@@ -156,27 +172,99 @@ async fn inject(cluster: &mut Cluster, kind: Nemesis, rng: &mut StdRng) -> (Faul
             cluster.faults_in_force().await;
             (Fault::InLayer, "drop half the write replies".to_string())
         }
-        _ => {
-            let leader = cluster.try_leader().await;
-            let n = cluster.len();
-            let what = match leader {
-                Some(leader) if rng.random_bool(0.5) => {
-                    cluster.isolate(leader);
-                    format!("isolate leader node {leader}")
-                }
-                _ => {
-                    let mut nodes: Vec<usize> = (0..n).collect();
-                    let split = (n - 1) / 2;
-                    let minority: Vec<usize> = nodes.partial_shuffle(rng, split.max(1)).0.to_vec();
-                    let majority: Vec<usize> = (0..n).filter(|i| !minority.contains(i)).collect();
-                    cluster.partition(&[minority.clone(), majority.clone()]);
-                    format!("partition minority {minority:?} from majority {majority:?}")
-                }
+        Nemesis::DropRequests => {
+            let percent = rng.random_range(20..=50);
+            cluster.drop_requests(percent);
+            cluster.faults_in_force().await;
+            let what = format!("lose {percent}% of the client requests");
+            (Fault::InLayer, what)
+        }
+        Nemesis::Delay => {
+            let nodes = if rng.random_bool(1.0 / 3.0) {
+                (0..cluster.len()).collect()
+            } else {
+                vec![victim(cluster, rng).await]
             };
+            // Openraft gives up on a message after a heartbeat interval (300 ms in the harness):
+            // the shorter delays slow the links down, the longest one makes them drop messages.
+            let delay = Duration::from_millis(*[50, 100, 200, 1000].choose(rng).expect("some"));
+            cluster.slow_down(&nodes, delay, delay / 4);
+            cluster.faults_in_force().await;
+            let what = format!("delay the links of nodes {nodes:?} by {delay:?} + up to 25%");
+            (Fault::InLayer, what)
+        }
+        Nemesis::Membership => change_membership(cluster, rng).await,
+        _ => {
+            let what = partition(cluster, rng).await;
             cluster.faults_in_force().await;
             (Fault::InLayer, what)
         }
     }
+}
+
+/// Isolates the leader, splits off a minority, or bridges two halves through one node.
+async fn partition(cluster: &Cluster, rng: &mut StdRng) -> String {
+    let leader = cluster.try_leader().await;
+    let n = cluster.len();
+    let mut nodes: Vec<usize> = (0..n).collect();
+    nodes.shuffle(rng);
+    match (rng.random_range(0..3), leader) {
+        (0, Some(leader)) => {
+            cluster.isolate(leader);
+            format!("isolate leader node {leader}")
+        }
+        (1, _) => {
+            let (bridge, rest) = nodes.split_first().expect("not empty");
+            let (left, right) = rest.split_at(rest.len() / 2);
+            cluster.cut(left, right);
+            format!("bridge {left:?} and {right:?} through node {bridge} alone")
+        }
+        _ => {
+            let (minority, majority) = nodes.split_at(((n - 1) / 2).max(1));
+            cluster.partition(&[minority.to_vec(), majority.to_vec()]);
+            format!("partition minority {minority:?} from majority {majority:?}")
+        }
+    }
+}
+
+/// Removes a member (the leader half of the time) and stops it, or moves leadership.
+async fn change_membership(cluster: &mut Cluster, rng: &mut StdRng) -> (Fault, String) {
+    let admin = admin(cluster);
+    if rng.random_bool(1.0 / 3.0) {
+        let leader = cluster.try_leader().await;
+        let others: Vec<usize> = (0..cluster.len()).filter(|&i| Some(i) != leader).collect();
+        let to = *others.choose(rng).expect("a cluster of at least two");
+        let what = match admin.transfer_leader(Some(cluster.node(to).id())).await {
+            Ok(id) => format!("transfer leadership to node {to}: {id} leads"),
+            Err(e) => format!("transfer leadership to node {to} failed: {e}"),
+        };
+        return (Fault::Done, what);
+    }
+    let node = victim(cluster, rng).await;
+    let id = cluster.node(node).id().to_string();
+    let removed = admin.remove(&id).await;
+    cluster.kill(node);
+    // Wiping makes the node come back under a new ID, which the cluster only takes once the old
+    // member is gone; after a failed removal it is not known to be.
+    let wiped = removed.is_ok() && rng.random_bool(0.5);
+    if wiped {
+        cluster.wipe(node);
+    }
+    let what = match removed {
+        Ok(()) if wiped => format!("remove node {node} ({id}), stop it and wipe its data"),
+        Ok(()) => format!("remove node {node} ({id}) and stop it, data kept"),
+        Err(e) => format!("remove node {node} ({id}) failed ({e}); stop it, data kept"),
+    };
+    (Fault::Removed(node), what)
+}
+
+/// A client for membership changes, patient enough to wait out an election.
+fn admin(cluster: &Cluster) -> Client {
+    let options = ClientOptions {
+        timeout: Duration::from_secs(20),
+        attempt_timeout: Duration::from_secs(5),
+    };
+    Client::connect(cluster.endpoints(), options).expect("valid endpoints and options")
 }
 
 async fn heal(cluster: &mut Cluster, fault: Fault) {
@@ -187,6 +275,13 @@ async fn heal(cluster: &mut Cluster, fault: Fault) {
             cluster.heal();
             cluster.faults_in_force().await;
         }
+        // A wiped node comes back as a new node with a new ID; one with its data as the same
+        // node, added back under its old ID (or still a member if the removal failed).
+        Fault::Removed(node) => {
+            cluster.restart(node).await;
+            cluster.join(node).await;
+        }
+        Fault::Done => {}
     }
 }
 

@@ -1,5 +1,6 @@
-//! Jepsen-style checking end to end: a short campaign of every nemesis finds nothing, and the
-//! checker does flag a real anomaly when reads are allowed to be stale.
+//! Jepsen-style checking end to end: a short campaign of every nemesis finds nothing, the fault
+//! layer does what the nemeses rely on, and the checker does flag a real anomaly when reads are
+//! allowed to be stale.
 
 use std::time::Duration;
 
@@ -21,16 +22,16 @@ use kvs_tests::jepsen::workload::WorkloadOptions;
 use kvs_tests::wait_until;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_campaign_of_mixed_faults_finds_no_anomaly() {
+async fn a_short_campaign_of_every_nemesis_finds_no_anomaly() {
     let bins = tokio::task::spawn_blocking(kvs_tests::binaries)
         .await
         .expect("binaries are built");
     let report_dir = tempfile::tempdir().expect("a report dir");
     let options = CampaignOptions {
-        // One cluster for kills, pauses, partitions and dropped replies in turn, to stay within
-        // the suite's time budget; `jepsen --nemesis all` runs each alone as well.
-        phases: vec![Nemesis::Mixed],
-        phase_time: Duration::from_secs(16),
+        // `jepsen --nemesis all` in miniature: each nemesis alone on a cluster of its own, then
+        // all of them mixed; long enough for at least one fault per phase.
+        phases: Nemesis::ALL.to_vec(),
+        phase_time: Duration::from_secs(10),
         seed: 97,
         nodes: 3,
         workload: WorkloadOptions::default(),
@@ -38,7 +39,19 @@ async fn a_short_campaign_of_mixed_faults_finds_no_anomaly() {
     };
     let report = campaign::run(bins, &options).await;
     let summary = report.summary();
-    assert!(report.ops() > 0, "the workload ran:\n{summary}");
+    eprintln!("{summary}");
+    for phase in &report.phases {
+        assert!(
+            phase.counts.total() > 0,
+            "{} ran no workload:\n{summary}",
+            phase.nemesis
+        );
+        assert!(
+            !phase.events.is_empty(),
+            "{} injected no fault:\n{summary}",
+            phase.nemesis
+        );
+    }
     assert!(
         report.passed(),
         "anomalies found:\n{summary}\n{:#?}",
@@ -46,6 +59,54 @@ async fn a_short_campaign_of_mixed_faults_finds_no_anomaly() {
     );
     let last = summary.lines().last().expect("a summary");
     assert_eq!(last, format!("ops={} anomalies=0 lost=0", report.ops()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fault_layer_slows_links_and_loses_requests() {
+    let options = ClusterOptions {
+        fault_control: true,
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(3, options).await;
+    let leader = cluster.leader().await;
+    let client_options = kvs_client::ClientOptions {
+        timeout: Duration::from_secs(1),
+        attempt_timeout: Duration::from_secs(1),
+    };
+    let at_leader = Client::connect(vec![cluster.node(leader).address()], client_options.clone())
+        .expect("a client");
+
+    // A write commits only once a follower has it, and every link of the leader is slow (though
+    // not slower than the heartbeat interval, openraft's deadline for one message).
+    let delay = Duration::from_millis(150);
+    cluster.slow_down(&[leader], delay, Duration::ZERO);
+    cluster.faults_in_force().await;
+    let started = tokio::time::Instant::now();
+    at_leader
+        .put("slow".to_string(), "1".to_string(), None)
+        .await
+        .expect("a slow write still commits");
+    let took = started.elapsed();
+    assert!(
+        took >= delay,
+        "the write took {took:?}, less than the link delay"
+    );
+
+    // Every request lost: nobody answers, so the client cannot know; the node never served it.
+    cluster.drop_requests(100);
+    cluster.faults_in_force().await;
+    let everywhere = Client::connect(cluster.endpoints(), client_options).expect("a client");
+    let lost = everywhere
+        .put("lost".to_string(), "1".to_string(), None)
+        .await;
+    assert!(
+        matches!(lost, Err(ref e) if e.is_outcome_unknown()),
+        "an unanswered write ends unknown: {lost:?}"
+    );
+    cluster.heal();
+    cluster.faults_in_force().await;
+    let found = cluster.get(leader, "lost").await.expect("a read");
+    assert_eq!(found, None, "a write lost on arrival was applied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
