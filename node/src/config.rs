@@ -114,7 +114,8 @@ pub struct NodeConfig {
 
     /// TESTING ONLY — never in production. Re-read this file every 20 ms and drop all peer
     /// traffic to and from the nodes it names (`block <node-id>` lines), to simulate network
-    /// partitions, and the replies to a share of applied writes (`drop-replies <percent>`).
+    /// partitions, and the replies to a share of applied writes (`drop-replies <percent>`); in a
+    /// build with the `failpoints` feature, `failpoint <name> crash|stall <ms>` arms a failpoint.
     /// Without this flag no fault injection code runs.
     #[arg(long, env = "KVS_FAULT_CONTROL_FILE")]
     pub fault_control_file: Option<PathBuf>,

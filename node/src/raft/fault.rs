@@ -7,7 +7,8 @@
 //! file every [`POLL_INTERVAL`]; each line `block <node-id>` cuts this node off from that peer in
 //! both directions (outgoing calls fail as unreachable, incoming messages are refused), a line
 //! `drop-replies <percent>` answers that share of applied writes with UNKNOWN instead of their
-//! result, and an empty or missing file heals everything. A file rather than an RPC, so that a fault written
+//! result, a line `failpoint <name> crash|stall <ms>` arms a failpoint of a `failpoints` build
+//! (`crate::failpoint`), and an empty or missing file heals everything. A file rather than an RPC, so that a fault written
 //! while the node is paused or down takes hold the moment it runs again, and so that no
 //! production face grows a control surface.
 
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::RwLock;
 use std::time::Duration;
 
+use crate::failpoint;
 use crate::identity::node_id_string;
 use crate::identity::parse_node_id;
 
@@ -35,6 +37,8 @@ struct FaultSet {
     blocked: HashSet<u64>,
     /// Share of applied writes whose reply is dropped, in percent.
     drop_replies: u8,
+    /// Failpoints armed in this process.
+    failpoints: failpoint::Armed,
 }
 
 impl Faults {
@@ -77,7 +81,8 @@ impl Faults {
             if *current != faults {
                 let names: Vec<String> =
                     faults.blocked.iter().map(|&p| node_id_string(p)).collect();
-                tracing::warn!(blocked = ?names, drop_replies = faults.drop_replies, "fault injection: faults changed");
+                tracing::warn!(blocked = ?names, drop_replies = faults.drop_replies, failpoints = ?faults.failpoints, "fault injection: faults changed");
+                failpoint::arm(&current.failpoints, &faults.failpoints);
                 *current = faults;
             }
         }
@@ -144,6 +149,10 @@ fn parse(text: &str) -> Result<FaultSet, String> {
             ["drop-replies", percent] => {
                 set.drop_replies = percent.parse().ok().filter(|p| *p <= 100).ok_or_else(bad)?;
             }
+            ["failpoint", ref point @ ..] => {
+                let (name, action) = failpoint::parse(point).ok_or_else(bad)?;
+                set.failpoints.insert(name, action);
+            }
             _ => return Err(bad()),
         }
     }
@@ -176,6 +185,7 @@ mod tests {
         let everything = FaultSet {
             blocked: HashSet::from([1]),
             drop_replies: 100,
+            ..FaultSet::default()
         };
         let inert = Faults::inert();
         inert.set(everything.clone());

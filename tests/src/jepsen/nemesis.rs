@@ -4,7 +4,8 @@
 //! All choices (which fault, which node, how long) come from the campaign's seeded generator.
 //! Kills are `kill -9` of a durable node followed by a restart on the same data directory;
 //! pauses are SIGSTOP/SIGCONT; partitions cut peer links through the nodes' test-only fault
-//! layer (`--fault-control-file`). Whatever the nemesis did is undone when it ends.
+//! layer (`--fault-control-file`); failpoints crash or stall a node of the failpoint build
+//! (`failpoint.rs`). Whatever the nemesis did is undone when it ends.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +17,7 @@ use rand::seq::IndexedRandom;
 use rand::seq::SliceRandom;
 use tokio::time::Instant;
 
+use super::failpoint;
 use crate::Cluster;
 
 /// Which faults a campaign phase injects.
@@ -32,17 +34,21 @@ pub enum Nemesis {
     /// Drop the replies to half the writes the nodes apply, so clients retry writes that were
     /// applied: each must still take effect once.
     DropReplies,
-    /// Any of the above, one at a time, chosen at random.
+    /// Crash or stall a node (often the leader) at a failpoint of its storage path; needs the
+    /// failpoint build of the node.
+    Failpoint,
+    /// Any of the above but failpoints, one at a time, chosen at random.
     Mixed,
 }
 
 impl Nemesis {
     /// The nemeses `--nemesis all` runs, one phase each: every fault alone, then mixed.
-    pub const ALL: [Nemesis; 5] = [
+    pub const ALL: [Nemesis; 6] = [
         Nemesis::Kill,
         Nemesis::Pause,
         Nemesis::Partition,
         Nemesis::DropReplies,
+        Nemesis::Failpoint,
         Nemesis::Mixed,
     ];
 
@@ -50,8 +56,13 @@ impl Nemesis {
     pub fn needs_fault_control(self) -> bool {
         matches!(
             self,
-            Nemesis::Partition | Nemesis::DropReplies | Nemesis::Mixed
+            Nemesis::Partition | Nemesis::DropReplies | Nemesis::Failpoint | Nemesis::Mixed
         )
+    }
+
+    /// Whether nodes must be the failpoint build of `kvs-node`.
+    pub fn needs_failpoints(self) -> bool {
+        self == Nemesis::Failpoint
     }
 }
 
@@ -63,6 +74,7 @@ impl fmt::Display for Nemesis {
             Nemesis::Pause => "pause",
             Nemesis::Partition => "partition",
             Nemesis::DropReplies => "drop-replies",
+            Nemesis::Failpoint => "failpoint",
             Nemesis::Mixed => "mixed",
         })
     }
@@ -78,7 +90,8 @@ impl FromStr for Nemesis {
             .find(|n| n.to_string() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown nemesis {s:?}: none, kill, pause, partition, drop-replies, mixed or all"
+                    "unknown nemesis {s:?}: none, kill, pause, partition, drop-replies, failpoint, \
+                     mixed or all"
                 )
             })
     }
@@ -88,6 +101,8 @@ impl FromStr for Nemesis {
 enum Fault {
     Killed(usize),
     Paused(usize),
+    /// A failpoint armed on this node.
+    Failpoint(usize),
     /// Partitions and dropped replies: undone by healing the fault layer.
     InLayer,
 }
@@ -123,8 +138,8 @@ pub async fn run(
         let (fault, what) = inject(cluster, kind, rng).await;
         events.push(format!("{:>8.3}s {what}", start.elapsed().as_secs_f64()));
         tokio::time::sleep(hold).await;
-        heal(cluster, fault).await;
-        events.push(format!("{:>8.3}s healed", start.elapsed().as_secs_f64()));
+        let healed = heal(cluster, fault).await;
+        events.push(format!("{:>8.3}s {healed}", start.elapsed().as_secs_f64()));
     }
     tokio::time::sleep_until(until).await;
     events
@@ -150,6 +165,11 @@ async fn inject(cluster: &mut Cluster, kind: Nemesis, rng: &mut StdRng) -> (Faul
             let node = victim(cluster, rng).await;
             cluster.pause(node);
             (Fault::Paused(node), format!("pause node {node}"))
+        }
+        Nemesis::Failpoint => {
+            let node = victim(cluster, rng).await;
+            let what = failpoint::arm(cluster, node, rng);
+            (Fault::Failpoint(node), what)
         }
         Nemesis::DropReplies => {
             cluster.drop_replies(50);
@@ -179,15 +199,18 @@ async fn inject(cluster: &mut Cluster, kind: Nemesis, rng: &mut StdRng) -> (Faul
     }
 }
 
-async fn heal(cluster: &mut Cluster, fault: Fault) {
+/// Undoes `fault`; says what it did.
+async fn heal(cluster: &mut Cluster, fault: Fault) -> String {
     match fault {
         Fault::Killed(node) => cluster.restart(node).await,
         Fault::Paused(node) => cluster.resume(node),
+        Fault::Failpoint(node) => return failpoint::heal(cluster, node).await,
         Fault::InLayer => {
             cluster.heal();
             cluster.faults_in_force().await;
         }
     }
+    "healed".to_string()
 }
 
 #[cfg(test)]
