@@ -4,7 +4,7 @@
 //! step a node dies in.
 //!
 //! They exist only with the `failpoints` cargo feature, which the test harness builds into a
-//! binary of its own (`target/failpoints/`). Without it [`failpoint!`] expands to nothing, the
+//! binary of its own name, `kvs-node-failpoints`. Without it [`failpoint!`] expands to nothing, the
 //! `fail` crate is not linked and no failpoint name is in the binary, so the node that is
 //! shipped and benchmarked carries none of this.
 //!
@@ -66,9 +66,7 @@ pub(crate) fn parse(words: &[&str]) -> Option<(String, Action)> {
         ),
         _ => return None,
     };
-    NAMES
-        .contains(&name)
-        .then(|| (name.to_string(), action))
+    NAMES.contains(&name).then(|| (name.to_string(), action))
 }
 
 /// Moves the process's failpoints from `before` to `after`: arms the new and changed ones and

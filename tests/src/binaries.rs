@@ -55,7 +55,10 @@ pub fn failpoint_binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Result<Binaries, String>> = OnceLock::new();
     let usual = binaries();
     let built = BINARIES.get_or_init(|| {
-        let target = target_dir(&workspace_root(), std::env::var_os("CARGO_TARGET_DIR").as_deref());
+        let target = target_dir(
+            &workspace_root(),
+            std::env::var_os("CARGO_TARGET_DIR").as_deref(),
+        );
         Ok(Binaries {
             node: failpoint_node(&target.join(profile()?))?,
             kvsctl: usual.kvsctl.clone(),

@@ -190,7 +190,9 @@ async fn run_phase(
         fault_control: nemesis.needs_fault_control(),
         // Snapshots every few seconds of load, behind a log tail short enough that a restarted
         // node needs one: so snapshot building and installing are failpoints passed often.
-        snapshot_every: nemesis.needs_failpoints().then_some(FAILPOINT_SNAPSHOT_EVERY),
+        snapshot_every: nemesis
+            .needs_failpoints()
+            .then_some(FAILPOINT_SNAPSHOT_EVERY),
         ..ClusterOptions::default()
     };
     let bins = if nemesis.needs_failpoints() {

@@ -5,7 +5,6 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use kvs_client::proto::GetRequest;
-use nix::sys::signal::Signal;
 use kvs_tests::Cluster;
 use kvs_tests::ClusterOptions;
 use kvs_tests::Writer;
@@ -14,6 +13,7 @@ use kvs_tests::jepsen::campaign::CampaignOptions;
 use kvs_tests::jepsen::nemesis::Nemesis;
 use kvs_tests::jepsen::workload::WorkloadOptions;
 use kvs_tests::wait_until;
+use nix::sys::signal::Signal;
 
 async fn failpoint_build() -> &'static kvs_tests::Binaries {
     match tokio::task::spawn_blocking(kvs_tests::failpoint_binaries).await {
