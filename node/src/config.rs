@@ -116,7 +116,9 @@ pub struct NodeConfig {
     /// traffic to and from the nodes it names (`block <node-id>` lines), to simulate network
     /// partitions; delay calls to peers (`delay <node-id> <ms> [<jitter-ms>]`); lose a share of
     /// client requests (`drop-requests <percent>`) and drop the replies to a share of applied
-    /// writes (`drop-replies <percent>`). Without this flag no fault injection code runs.
+    /// writes (`drop-replies <percent>`); in a build with the `failpoints` feature,
+    /// `failpoint <name> crash|stall <ms>` arms a failpoint. Without this flag no fault injection
+    /// code runs.
     #[arg(long, env = "KVS_FAULT_CONTROL_FILE")]
     pub fault_control_file: Option<PathBuf>,
 }

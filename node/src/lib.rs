@@ -9,6 +9,7 @@ mod config;
 pub mod demo;
 mod drain;
 mod error;
+mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
 mod grpc;

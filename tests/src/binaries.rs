@@ -1,6 +1,12 @@
 //! The binaries under test: built once per test process, found in the target directory, and
 //! refused when older than the sources they are built from — a stale binary would make every
 //! test report on code that no longer exists.
+//!
+//! The failpoint build of the node (feature `failpoints`) is a binary of its own name,
+//! `kvs-node-failpoints`, so that `kvs-node` — the binary that is benchmarked and shipped — never
+//! carries failpoints. It is built in the same target directory with the workspace's feature set,
+//! so it shares every compiled dependency: only `fail` and `kvs-node` itself are compiled again
+//! (a target directory of its own compiled all ~225 dependencies a second time, far too slow).
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -43,14 +49,70 @@ pub(crate) fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn build_and_find() -> Result<Binaries, String> {
+/// [`binaries`] with the failpoint build of the node (see the module docs) as `node`; built
+/// once per test process, on first use only.
+pub fn failpoint_binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Result<Binaries, String>> = OnceLock::new();
+    let usual = binaries();
+    let built = BINARIES.get_or_init(|| {
+        let target = target_dir(
+            &workspace_root(),
+            std::env::var_os("CARGO_TARGET_DIR").as_deref(),
+        );
+        Ok(Binaries {
+            node: failpoint_node(&target.join(profile()?))?,
+            kvsctl: usual.kvsctl.clone(),
+        })
+    });
+    match built {
+        Ok(binaries) => binaries,
+        Err(msg) => panic!("{msg}"),
+    }
+}
+
+/// The failpoint build of the node in `profile_dir` (`<target>/debug`, `<target>/release`, …),
+/// built there with cargo (quick when it is up to date) and refused when older than its sources.
+pub fn failpoint_node(profile_dir: &Path) -> Result<PathBuf, String> {
     let root = workspace_root();
-    let profile = profile()?;
+    let (Some(target), Some(profile)) = (
+        profile_dir.parent(),
+        profile_dir.file_name().and_then(OsStr::to_str),
+    ) else {
+        return Err(format!(
+            "kvs-tests: {} is not a profile directory of a target directory",
+            profile_dir.display()
+        ));
+    };
+    let cargo_profile = if profile == "debug" { "dev" } else { profile };
+    // `--workspace` resolves dependency features as the usual build does, so none is rebuilt.
+    let mut args = [
+        "build",
+        "--workspace",
+        "--features",
+        "kvs-node/failpoints",
+        "--bin",
+        FAILPOINT_NODE,
+        "--profile",
+        cargo_profile,
+        "--target-dir",
+    ]
+    .map(OsStr::new)
+    .to_vec();
+    args.push(target.as_os_str());
+    cargo_build(&root, &args)?;
+    let node = profile_dir.join(FAILPOINT_NODE);
+    check_fresh(&node, &root, NODE_SOURCES, NODE_EXCLUDES)?;
+    Ok(node)
+}
+
+/// The name of the failpoint build of the node.
+const FAILPOINT_NODE: &str = "kvs-node-failpoints";
+
+/// Runs `cargo args…` in the workspace root; on failure, the tail of its output.
+fn cargo_build(root: &Path, args: &[&OsStr]) -> Result<(), String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(&cargo);
-    build
-        .current_dir(&root)
-        .args(["build", "--workspace", "--bins"]);
+    build.current_dir(root).args(args);
     // `cargo test` describes the test's own package in these variables; a build script that
     // watches one (ring's watches CARGO_MANIFEST_DIR) would see it change between this build and
     // the user's own, and each would rebuild everything above it again.
@@ -59,21 +121,33 @@ fn build_and_find() -> Result<Binaries, String> {
             build.env_remove(name);
         }
     }
-    if profile == "release" {
-        build.arg("--release");
-    }
     eprintln!("kvs-tests: building binaries: {build:?}");
     let output = build
         .output()
         .map_err(|e| format!("kvs-tests: could not run {cargo:?} to build the binaries: {e}"))?;
     if !output.status.success() {
         return Err(format!(
-            "kvs-tests: `cargo build --workspace --bins` failed ({}); refusing to test old \
-             binaries. Last lines of its output:\n{}",
+            "kvs-tests: `cargo {}` failed ({}); refusing to test old binaries. Last lines of its \
+             output:\n{}",
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
             output.status,
             tail(&String::from_utf8_lossy(&output.stderr), 40)
         ));
     }
+    Ok(())
+}
+
+fn build_and_find() -> Result<Binaries, String> {
+    let root = workspace_root();
+    let profile = profile()?;
+    let mut args: Vec<&OsStr> = ["build", "--workspace", "--bins"].map(OsStr::new).to_vec();
+    if profile == "release" {
+        args.push("--release".as_ref());
+    }
+    cargo_build(&root, &args)?;
     let dir = target_dir(&root, std::env::var_os("CARGO_TARGET_DIR").as_deref()).join(profile);
     let binaries = Binaries {
         node: dir.join("kvs-node"),

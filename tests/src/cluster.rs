@@ -568,29 +568,66 @@ impl Cluster {
         self.change_faults(|plan| plan.drop_replies = percent);
     }
 
-    /// Restores every peer link, request and reply.
+    /// Arms failpoint `name` on node `i`: `action` is `crash` or `stall <ms>` (see
+    /// `docs/correctness.md`). Needs [`ClusterOptions::fault_control`] and the failpoint build of
+    /// the node ([`crate::failpoint_binaries`]); holds across restarts until [`Cluster::heal`].
+    pub fn arm_failpoint(&self, i: usize, name: &str, action: &str) {
+        self.change_faults(|plan| {
+            plan.failpoints.resize(self.nodes.len(), Vec::new());
+            plan.failpoints[i].push(format!("{name} {action}"));
+        });
+    }
+
+    /// Restores every peer link, request and reply, and disarms every failpoint.
     pub fn heal(&self) {
         self.change_faults(|plan| *plan = FaultPlan::default());
+    }
+
+    /// How node `i`'s process ended, if it died on its own (a crash failpoint, say); it is then
+    /// reaped, and keeps its seat until [`Cluster::restart`].
+    pub fn exited(&mut self, i: usize) -> Option<ExitStatus> {
+        self.nodes[i].process.as_mut()?.child.try_wait()
+    }
+
+    /// Waits up to `within` for node `i`'s process to die on its own; how it ended, if it did.
+    pub async fn wait_exit(&mut self, i: usize, within: Duration) -> Option<ExitStatus> {
+        let process = self.nodes[i].process.as_mut()?;
+        process.child.wait_exit(within).await
+    }
+
+    /// Waits (bounded) until node `i` has put the faults last asked for in force, or has died;
+    /// how it ended if it died.
+    pub async fn in_force_or_exited(&mut self, i: usize) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.exited(i) {
+                return Some(status);
+            }
+            if self.in_force(i) {
+                return None;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {i} neither put its faults in force nor died within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether node `i` has put the faults last asked for in force.
+    fn in_force(&self, i: usize) -> bool {
+        let plan = self.faults.lock().expect("fault plan lock poisoned");
+        let path = fault_file(&self.dir_path(), i).with_extension("in-force");
+        std::fs::read_to_string(path).ok().as_ref() == plan.texts.get(i)
     }
 
     /// Waits (bounded) until every running node has put the faults last asked for in force; a
     /// paused node never does, so call it while none is paused.
     pub async fn faults_in_force(&self) {
-        let texts = self
-            .faults
-            .lock()
-            .expect("fault plan lock poisoned")
-            .texts
-            .clone();
         wait_until(
             Duration::from_secs(10),
             "every running node has the asked-for faults in force",
-            || async {
-                self.running().into_iter().all(|i| {
-                    let path = fault_file(&self.dir_path(), i).with_extension("in-force");
-                    std::fs::read_to_string(path).ok().as_ref() == texts.get(i)
-                })
-            },
+            || async { self.running().into_iter().all(|i| self.in_force(i)) },
         )
         .await;
     }
@@ -621,6 +658,9 @@ impl Cluster {
             }
             if plan.drop_requests > 0 {
                 text.push_str(&format!("drop-requests {}\n", plan.drop_requests));
+            }
+            for failpoint in plan.failpoints.get(i).into_iter().flatten() {
+                text.push_str(&format!("failpoint {failpoint}\n"));
             }
             // Written aside and renamed, so a node never reads half a file.
             let path = fault_file(&self.dir_path(), i);
@@ -855,6 +895,8 @@ struct FaultPlan {
     delayed: Vec<Vec<usize>>,
     /// How long a call over a slowed-down link is held: at least, plus up to.
     delay: (Duration, Duration),
+    /// Per node, the failpoints armed (`<name> <action>`).
+    failpoints: Vec<Vec<String>>,
     /// The control file last written for each node.
     texts: Vec<String>,
 }

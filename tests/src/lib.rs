@@ -20,6 +20,8 @@ mod writer;
 
 pub use binaries::Binaries;
 pub use binaries::binaries;
+pub use binaries::failpoint_binaries;
+pub use binaries::failpoint_node;
 pub use cluster::Cluster;
 pub use cluster::ClusterOptions;
 pub use cluster::Node;

@@ -11,7 +11,8 @@
 //! plus a random share of `jitter-ms` before sending it, a line `drop-requests <percent>` loses
 //! that share of client reads and writes on arrival (nothing answers them before their deadline),
 //! a line `drop-replies <percent>` answers that share of applied writes with UNKNOWN instead of
-//! their result, and an empty or missing file heals everything. A file rather than an RPC, so that a fault written
+//! their result, a line `failpoint <name> crash|stall <ms>` arms a failpoint of a `failpoints`
+//! build (`crate::failpoint`), and an empty or missing file heals everything. A file rather than an RPC, so that a fault written
 //! while the node is paused or down takes hold the moment it runs again, and so that no
 //! production face grows a control surface.
 
@@ -21,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::RwLock;
 use std::time::Duration;
 
+use crate::failpoint;
 use crate::identity::node_id_string;
 use crate::identity::parse_node_id;
 
@@ -44,6 +46,8 @@ struct FaultSet {
     drop_requests: u8,
     /// Per peer, how long calls to it are held: at least the first, plus up to the second.
     delays: HashMap<u64, (Duration, Duration)>,
+    /// Failpoints armed in this process.
+    failpoints: failpoint::Armed,
 }
 
 impl Faults {
@@ -100,7 +104,8 @@ impl Faults {
             if *current != faults {
                 let names: Vec<String> =
                     faults.blocked.iter().map(|&p| node_id_string(p)).collect();
-                tracing::warn!(blocked = ?names, drop_replies = faults.drop_replies, drop_requests = faults.drop_requests, delayed = faults.delays.len(), "fault injection: faults changed");
+                tracing::warn!(blocked = ?names, drop_replies = faults.drop_replies, drop_requests = faults.drop_requests, delayed = faults.delays.len(), failpoints = ?faults.failpoints, "fault injection: faults changed");
+                failpoint::arm(&current.failpoints, &faults.failpoints);
                 *current = faults;
             }
         }
@@ -173,6 +178,10 @@ fn parse(text: &str) -> Result<FaultSet, String> {
                 let jitter = jitter.first().map_or(Ok(Duration::ZERO), |j| ms(j))?;
                 set.delays.insert(id, (ms(base)?, jitter));
             }
+            ["failpoint", ref point @ ..] => {
+                let (name, action) = failpoint::parse(point).ok_or_else(bad)?;
+                set.failpoints.insert(name, action);
+            }
             _ => return Err(bad()),
         }
     }
@@ -224,7 +233,7 @@ delay 0000000000000003 20",
             blocked: HashSet::from([1]),
             drop_replies: 100,
             drop_requests: 100,
-            delays: HashMap::new(),
+            ..FaultSet::default()
         };
         let inert = Faults::inert();
         inert.set(everything.clone());

@@ -31,6 +31,7 @@ use openraft::storage::RaftLogStorage;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::failpoint::failpoint;
 use crate::raft::TypeConfig;
 
 /// Version of the record encoding (format byte, postcard body, CRC32 of both).
@@ -219,6 +220,7 @@ impl DiskLog {
         tokio::task::spawn_blocking(move || {
             batch.commit().map_err(|e| storage_error(&path, e))?;
             if sync {
+                failpoint!("log-fsync");
                 db.persist(PersistMode::SyncAll)
                     .map_err(|e| storage_error(&path, e))?;
             }
@@ -323,6 +325,7 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
         I: IntoIterator<Item = EntryOf<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        failpoint!("log-append");
         let mut batch = self.db.batch();
         let mut last = None;
         for entry in entries {

@@ -22,6 +22,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
 
+use crate::failpoint::failpoint;
 use crate::raft::TypeConfig;
 use crate::store::command::COMMAND_FORMAT;
 use crate::store::data::StateData;
@@ -130,6 +131,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta,
             snapshot: encoded,
         };
+        failpoint!("snapshot-build");
         self.keep(snapshot.clone()).await?;
         tracing::info!(last_log_id = ?snapshot.meta.last_log_id, bytes = snapshot.snapshot.len(), "built snapshot");
         Ok(snapshot)
@@ -152,6 +154,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
+            failpoint!("apply");
             let log_id = entry.log_id();
             let outcome = {
                 let mut applied = self.inner.write().expect("state machine lock poisoned");
@@ -199,6 +202,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(io::Error::other)??;
+        failpoint!("snapshot-install");
         self.keep(SnapshotOf::<TypeConfig, Bytes> {
             meta: meta.clone(),
             snapshot,

@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     time: u64,
     /// `none`, `kill`, `pause`, `partition`, `delay`, `drop-replies`, `drop-requests`,
-    /// `membership`, `mixed`, or `all` (each alone, then mixed).
+    /// `membership`, `failpoint`, `mixed`, or `all` (each alone, then mixed).
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seeds every random choice of the workload and the nemeses.
@@ -34,6 +34,11 @@ struct Args {
     /// the same directory.
     #[arg(long)]
     kvs_node: Option<PathBuf>,
+    /// The failpoint build of the node, for the `failpoint` nemesis (default: the
+    /// `kvs-node-failpoints` next to this executable, built or rebuilt there when missing or
+    /// older than its sources).
+    #[arg(long)]
+    kvs_node_failpoints: Option<PathBuf>,
     /// Nodes in the cluster.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
@@ -76,6 +81,26 @@ fn binaries(kvs_node: Option<PathBuf>) -> anyhow::Result<&'static Binaries> {
     Ok(Box::leak(Box::new(Binaries { node, kvsctl })))
 }
 
+/// `usual` with the failpoint build of the node: `path`, or the one next to this executable.
+fn failpoint_binaries(
+    usual: &Binaries,
+    path: Option<PathBuf>,
+) -> anyhow::Result<&'static Binaries> {
+    let node = match path {
+        Some(path) if path.is_file() => path,
+        Some(path) => bail!("{} not found", path.display()),
+        None => {
+            let exe = std::env::current_exe().context("cannot find this executable")?;
+            let dir = exe.parent().context("this executable is in no directory")?;
+            kvs_tests::failpoint_node(dir).map_err(anyhow::Error::msg)?
+        }
+    };
+    Ok(Box::leak(Box::new(Binaries {
+        node,
+        kvsctl: usual.kvsctl.clone(),
+    })))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
@@ -89,6 +114,12 @@ async fn main() -> anyhow::Result<ExitCode> {
     if args.op_timeout_ms < 100 {
         bail!("--op-timeout-ms must be at least 100");
     }
+    let bins = binaries(args.kvs_node)?;
+    let failpoint_binaries = if phases.iter().any(|n| n.needs_failpoints()) {
+        Some(failpoint_binaries(bins, args.kvs_node_failpoints)?)
+    } else {
+        None
+    };
     let options = CampaignOptions {
         phase_time: Duration::from_secs(args.time) / phases.len() as u32,
         phases,
@@ -101,8 +132,9 @@ async fn main() -> anyhow::Result<ExitCode> {
             serializable_reads: args.serializable_reads,
         },
         report_dir: args.report_dir,
+        failpoint_binaries,
     };
-    let report = campaign::run(binaries(args.kvs_node)?, &options).await;
+    let report = campaign::run(bins, &options).await;
     for phase in &report.phases {
         println!("== {} ==", phase.nemesis);
         for line in phase

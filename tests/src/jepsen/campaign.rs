@@ -47,6 +47,8 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at the final read of each key.
 const FINAL_READ_ATTEMPTS: usize = 5;
+/// `--snapshot-every` of the nodes in a failpoint phase.
+const FAILPOINT_SNAPSHOT_EVERY: u64 = 100;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -63,6 +65,9 @@ pub struct CampaignOptions {
     pub workload: WorkloadOptions,
     /// Where files of offending histories go.
     pub report_dir: PathBuf,
+    /// The binaries with the failpoint build of the node, for the phases that need it
+    /// ([`Nemesis::needs_failpoints`]).
+    pub failpoint_binaries: Option<&'static Binaries>,
 }
 
 /// What one phase found.
@@ -187,7 +192,19 @@ async fn run_phase(
     let cluster_options = ClusterOptions {
         durable: true,
         fault_control: nemesis.needs_fault_control(),
+        // Snapshots every few seconds of load, behind a log tail short enough that a restarted
+        // node needs one: so snapshot building and installing are failpoints passed often.
+        snapshot_every: nemesis
+            .needs_failpoints()
+            .then_some(FAILPOINT_SNAPSHOT_EVERY),
         ..ClusterOptions::default()
+    };
+    let bins = if nemesis.needs_failpoints() {
+        options
+            .failpoint_binaries
+            .unwrap_or_else(|| panic!("the {nemesis} nemesis needs the failpoint build"))
+    } else {
+        bins
     };
     let mut cluster = Cluster::start_with(bins, options.nodes, cluster_options).await;
     let mut rng = StdRng::seed_from_u64(seed);

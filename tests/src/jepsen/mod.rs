@@ -4,6 +4,7 @@
 
 pub mod campaign;
 pub mod convergence;
+pub mod failpoint;
 pub mod history;
 pub mod linearizability;
 pub mod lost_writes;

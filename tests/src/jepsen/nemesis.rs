@@ -4,9 +4,10 @@
 //! All choices (which fault, which node, how long) come from the campaign's seeded generator.
 //! Kills are `kill -9` of a durable node followed by a restart on the same data directory;
 //! pauses are SIGSTOP/SIGCONT; partitions, slow links and dropped requests and replies go
-//! through the nodes' test-only fault layer (`--fault-control-file`); membership changes use the
-//! client library as an operator's tool would. Whatever the nemesis did is undone when it ends:
-//! a removed member is added back, so every phase ends with its full membership.
+//! through the nodes' test-only fault layer (`--fault-control-file`); failpoints crash or stall
+//! a node of the failpoint build (`failpoint.rs`); membership changes use the client library as
+//! an operator's tool would. Whatever the nemesis did is undone when it ends: a removed member
+//! is added back, so every phase ends with its full membership.
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,6 +21,7 @@ use rand::seq::IndexedRandom;
 use rand::seq::SliceRandom;
 use tokio::time::Instant;
 
+use super::failpoint;
 use crate::Cluster;
 
 /// Which faults a campaign phase injects.
@@ -44,13 +46,16 @@ pub enum Nemesis {
     /// Remove a member (often the leader) and add it back, with its data or wiped; or move
     /// leadership to another member.
     Membership,
-    /// Any of the above, one at a time, chosen at random.
+    /// Crash or stall a node (often the leader) at a failpoint of its storage path; needs the
+    /// failpoint build of the node.
+    Failpoint,
+    /// Any of the above but failpoints, one at a time, chosen at random.
     Mixed,
 }
 
 impl Nemesis {
     /// The nemeses `--nemesis all` runs, one phase each: every fault alone, then mixed.
-    pub const ALL: [Nemesis; 8] = [
+    pub const ALL: [Nemesis; 9] = [
         Nemesis::Kill,
         Nemesis::Pause,
         Nemesis::Partition,
@@ -58,6 +63,7 @@ impl Nemesis {
         Nemesis::DropReplies,
         Nemesis::DropRequests,
         Nemesis::Membership,
+        Nemesis::Failpoint,
         Nemesis::Mixed,
     ];
 
@@ -69,8 +75,14 @@ impl Nemesis {
                 | Nemesis::Delay
                 | Nemesis::DropReplies
                 | Nemesis::DropRequests
+                | Nemesis::Failpoint
                 | Nemesis::Mixed
         )
+    }
+
+    /// Whether nodes must be the failpoint build of `kvs-node`.
+    pub fn needs_failpoints(self) -> bool {
+        self == Nemesis::Failpoint
     }
 }
 
@@ -85,6 +97,7 @@ impl fmt::Display for Nemesis {
             Nemesis::DropReplies => "drop-replies",
             Nemesis::DropRequests => "drop-requests",
             Nemesis::Membership => "membership",
+            Nemesis::Failpoint => "failpoint",
             Nemesis::Mixed => "mixed",
         })
     }
@@ -106,6 +119,8 @@ impl FromStr for Nemesis {
 enum Fault {
     Killed(usize),
     Paused(usize),
+    /// A failpoint armed on this node.
+    Failpoint(usize),
     /// Undone by healing the fault layer.
     InLayer,
     /// A member removed (or maybe removed) and stopped.
@@ -132,15 +147,21 @@ pub async fn run(
         }
         tokio::time::sleep(quiet).await;
         let kind = match nemesis {
-            // Any single fault: every entry of `ALL` but the last, `Mixed` itself.
-            Nemesis::Mixed => Nemesis::ALL[rng.random_range(0..Nemesis::ALL.len() - 1)],
+            // Any single fault but `Mixed` itself and failpoints (they need another build).
+            Nemesis::Mixed => {
+                let singles: Vec<Nemesis> = Nemesis::ALL
+                    .into_iter()
+                    .filter(|n| *n != Nemesis::Mixed && !n.needs_failpoints())
+                    .collect();
+                *singles.choose(rng).expect("there are single faults")
+            }
             other => other,
         };
         let (fault, what) = inject(cluster, kind, rng).await;
         events.push(format!("{:>8.3}s {what}", start.elapsed().as_secs_f64()));
         tokio::time::sleep(hold).await;
-        heal(cluster, fault).await;
-        events.push(format!("{:>8.3}s healed", start.elapsed().as_secs_f64()));
+        let healed = heal(cluster, fault).await;
+        events.push(format!("{:>8.3}s {healed}", start.elapsed().as_secs_f64()));
     }
     tokio::time::sleep_until(until).await;
     events
@@ -166,6 +187,11 @@ async fn inject(cluster: &mut Cluster, kind: Nemesis, rng: &mut StdRng) -> (Faul
             let node = victim(cluster, rng).await;
             cluster.pause(node);
             (Fault::Paused(node), format!("pause node {node}"))
+        }
+        Nemesis::Failpoint => {
+            let node = victim(cluster, rng).await;
+            let what = failpoint::arm(cluster, node, rng);
+            (Fault::Failpoint(node), what)
         }
         Nemesis::DropReplies => {
             cluster.drop_replies(50);
@@ -267,10 +293,12 @@ fn admin(cluster: &Cluster) -> Client {
     Client::connect(cluster.endpoints(), options).expect("valid endpoints and options")
 }
 
-async fn heal(cluster: &mut Cluster, fault: Fault) {
+/// Undoes `fault`; says what it did.
+async fn heal(cluster: &mut Cluster, fault: Fault) -> String {
     match fault {
         Fault::Killed(node) => cluster.restart(node).await,
         Fault::Paused(node) => cluster.resume(node),
+        Fault::Failpoint(node) => return failpoint::heal(cluster, node).await,
         Fault::InLayer => {
             cluster.heal();
             cluster.faults_in_force().await;
@@ -283,6 +311,7 @@ async fn heal(cluster: &mut Cluster, fault: Fault) {
         }
         Fault::Done => {}
     }
+    "healed".to_string()
 }
 
 #[cfg(test)]

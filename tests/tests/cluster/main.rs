@@ -17,6 +17,7 @@ mod t90_resp;
 mod t95_operator;
 mod t96_chart;
 mod t97_jepsen;
+mod t98_failpoints;
 
 use std::time::Duration;
 

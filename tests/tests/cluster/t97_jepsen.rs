@@ -36,6 +36,7 @@ async fn a_short_campaign_of_every_nemesis_finds_no_anomaly() {
         nodes: 3,
         workload: WorkloadOptions::default(),
         report_dir: report_dir.path().to_path_buf(),
+        failpoint_binaries: None,
     };
     let report = campaign::run(bins, &options).await;
     let summary = report.summary();

@@ -1,0 +1,144 @@
+//! Failpoints (TiKV's `fail` crate): named places on the storage path — log append, log fsync,
+//! apply, snapshot build and install — where a test build can crash the node like a power cut
+//! or stall it like a slow disk, so a test can show that no acknowledged write is lost whichever
+//! step a node dies in.
+//!
+//! They exist only with the `failpoints` cargo feature, which the test harness builds into a
+//! binary of its own name, `kvs-node-failpoints`. Without it [`failpoint!`] expands to nothing, the
+//! `fail` crate is not linked and no failpoint name is in the binary, so the node that is
+//! shipped and benchmarked carries none of this.
+//!
+//! A failpoint is armed through the fault control file (`raft::fault`): a line
+//! `failpoint <name> crash` or `failpoint <name> stall <ms>`. Crashing aborts the process
+//! (`std::process::abort`), never unwinds: a panic could be caught by the task running the
+//! storage call and the node would go on as if nothing happened. Stalling sleeps for a bounded
+//! time each time the point is passed, until the line is removed.
+
+use std::collections::BTreeMap;
+
+/// The failpoints this binary has: every name a [`failpoint!`] site uses.
+#[cfg(feature = "failpoints")]
+const NAMES: [&str; 5] = [
+    "log-append",
+    "log-fsync",
+    "apply",
+    "snapshot-build",
+    "snapshot-install",
+];
+/// Built without the `failpoints` feature: none.
+#[cfg(not(feature = "failpoints"))]
+const NAMES: [&str; 0] = [];
+
+/// The longest stall a control line may ask for, so a stalled node always comes back.
+const MAX_STALL_MS: u64 = 60_000;
+
+/// Marks a failpoint named by a string literal listed in `NAMES`. Compiles to nothing without
+/// the `failpoints` feature.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| $crate::failpoint::crash($name));
+    };
+}
+pub(crate) use failpoint;
+
+/// What an armed failpoint does when the node passes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Abort the process on the spot.
+    Crash,
+    /// Sleep this many milliseconds, every time.
+    Stall(u64),
+}
+
+/// Armed failpoints by name.
+pub(crate) type Armed = BTreeMap<String, Action>;
+
+/// Parses the words after `failpoint` on a control line: `<name> crash` or `<name> stall <ms>`.
+/// `None` when the name is not a failpoint of this binary (none is, without the feature) or
+/// the action is malformed.
+pub(crate) fn parse(words: &[&str]) -> Option<(String, Action)> {
+    let (name, action) = match *words {
+        [name, "crash"] => (name, Action::Crash),
+        [name, "stall", ms] => (
+            name,
+            Action::Stall(ms.parse().ok().filter(|ms| *ms <= MAX_STALL_MS)?),
+        ),
+        _ => return None,
+    };
+    NAMES.contains(&name).then(|| (name.to_string(), action))
+}
+
+/// Moves the process's failpoints from `before` to `after`: arms the new and changed ones and
+/// disarms (and wakes) the ones no longer asked for.
+pub(crate) fn arm(before: &Armed, after: &Armed) {
+    #[cfg(feature = "failpoints")]
+    {
+        for name in before.keys().filter(|name| !after.contains_key(*name)) {
+            fail::remove(name);
+        }
+        for (name, action) in after {
+            if before.get(name) != Some(action) {
+                let actions = match action {
+                    Action::Crash => "return".to_string(),
+                    Action::Stall(ms) => format!("sleep({ms})"),
+                };
+                fail::cfg(name.as_str(), &actions).expect("the actions of a parsed line are valid");
+            }
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    // Nothing can be armed: `parse` knows no names in this build.
+    let _ = (before, after);
+}
+
+/// Called by an armed `crash` failpoint: dies the way a power cut would, leaving whatever was
+/// not yet fsynced to the recovery code.
+#[cfg(feature = "failpoints")]
+pub(crate) fn crash(name: &str) -> ! {
+    tracing::error!(failpoint = name, "failpoint: crashing (abort)");
+    std::process::abort()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn control_words_name_a_failpoint_and_a_bounded_action() {
+        assert_eq!(
+            parse(&["log-fsync", "crash"]),
+            Some(("log-fsync".into(), Action::Crash))
+        );
+        assert_eq!(
+            parse(&["apply", "stall", "250"]),
+            Some(("apply".into(), Action::Stall(250)))
+        );
+        assert_eq!(parse(&["apply", "stall", "600000"]), None);
+        assert_eq!(parse(&["apply", "panic"]), None);
+        assert_eq!(parse(&["no-such-point", "crash"]), None);
+    }
+
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn an_armed_stall_holds_until_disarmed() {
+        fn passes() -> std::time::Duration {
+            let start = std::time::Instant::now();
+            failpoint!("snapshot-install");
+            start.elapsed()
+        }
+        let stalled = Armed::from([("snapshot-install".into(), Action::Stall(50))]);
+        arm(&Armed::new(), &stalled);
+        assert!(passes() >= std::time::Duration::from_millis(50));
+        arm(&stalled, &Armed::new());
+        assert!(passes() < std::time::Duration::from_millis(50));
+    }
+
+    #[cfg(not(feature = "failpoints"))]
+    #[test]
+    fn without_the_feature_no_failpoint_exists() {
+        assert_eq!(parse(&["log-fsync", "crash"]), None);
+        assert_eq!(parse(&["apply", "stall", "10"]), None);
+    }
+}
