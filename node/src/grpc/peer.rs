@@ -177,9 +177,13 @@ impl Peer for PeerService {
             .state
             .receive_snapshot(&meta)
             .map_err(receive_error)?;
+        let (started, mut bytes) = (std::time::Instant::now(), 0);
         while let Some(item) = items.next().await {
             match item?.item {
-                Some(Item::Chunk(chunk)) => receiver.write(&chunk).await.map_err(receive_error)?,
+                Some(Item::Chunk(chunk)) => {
+                    bytes += chunk.len();
+                    receiver.write(&chunk).await.map_err(receive_error)?;
+                }
                 _ => return Err(Status::invalid_argument("a snapshot stream has one head")),
             }
         }
@@ -187,6 +191,7 @@ impl Peer for PeerService {
             meta,
             snapshot: receiver.finish().await.map_err(receive_error)?,
         };
+        tracing::info!(last_log_id = ?snapshot.meta.last_log_id, bytes, seconds = started.elapsed().as_secs_f64(), "received snapshot");
         let resp = self
             .replica
             .raft
