@@ -6,6 +6,7 @@
 # leader (sender) and the new node (receiver) against their RSS holding the state.
 #
 #   bash tests/bench/snapshot-transfer.sh [KEYS] [VALUE_BYTES]     # default 4194304 x 256
+#   PROFILE=debug NO_BUILD=1 bash tests/bench/snapshot-transfer.sh 1048576   # debug, as built
 #
 # Everything runs on 127.0.0.1 and is removed at the end. Needs redis-cli (redis-tools).
 set -Eeuo pipefail
@@ -14,10 +15,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 KEYS=${1:-4194304}
 VALUE_BYTES=${2:-256}
 command -v redis-cli >/dev/null || { echo "needs redis-cli (apt-get install redis-tools)" >&2; exit 1; }
-cargo build --release -p kvs-node >&2
-cargo build --release -p kvs-client --bin kvsctl >&2
-NODE=target/release/kvs-node
-KVSCTL=target/release/kvsctl
+PROFILE=${PROFILE:-release}
+if [ -z "${NO_BUILD:-}" ]; then
+    cargo build --profile "${PROFILE/debug/dev}" -p kvs-node >&2
+    cargo build --profile "${PROFILE/debug/dev}" -p kvs-client --bin kvsctl >&2
+fi
+NODE=target/$PROFILE/kvs-node
+KVSCTL=target/$PROFILE/kvsctl
 
 WORK=$(mktemp -d)
 PIDS=()

@@ -89,19 +89,10 @@ impl StateMachine {
                     .map_err(io::Error::other)??;
                 Ok(SnapshotData::File(kept))
             }
-            (files, _) => Err(io::Error::other(format!(
-                "snapshot storage mismatch: {} node keeps its snapshots {}",
-                if files.is_some() {
-                    "a durable"
-                } else {
-                    "an in-memory"
-                },
-                if files.is_some() {
-                    "in files"
-                } else {
-                    "in memory"
-                },
-            ))),
+            (_, _) => Err(io::Error::other(
+                "snapshot storage mismatch: a durable node keeps snapshots in files, an in-memory \
+                 node in memory",
+            )),
         }
     }
 
