@@ -38,7 +38,7 @@ use crate::store::command::COMMAND_FORMAT;
 use crate::store::command::Command;
 use crate::store::data::StateData;
 use crate::store::disk_log::unseal;
-use crate::store::snapshot_file::parse_file;
+use crate::store::snapshot_file::read_header;
 
 /// Limits far below the node's defaults, so that inputs of a few hundred bytes reach every
 /// limit check of the RESP parser.
@@ -99,8 +99,9 @@ pub fn snapshot_state(data: &[u8]) {
 
 /// A whole snapshot file, as a durable node loads it at start: header and meta, then the state.
 pub fn snapshot_file(data: &[u8]) {
-    if let Ok((_, state)) = parse_file(Path::new("fuzzed.snap"), data.to_vec()) {
-        snapshot_state(&state);
+    let mut file = data;
+    if read_header(Path::new("fuzzed.snap"), &mut file).is_ok() {
+        snapshot_state(file);
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use futures::StreamExt;
 use openraft::alias::SnapshotMetaOf;
 use openraft::alias::SnapshotOf;
@@ -29,9 +28,7 @@ use crate::raft::network::decode;
 use crate::raft::network::encode;
 use crate::raft::read_index::leader_read_index;
 use crate::replica::Replica;
-
-/// Largest snapshot accepted over the peer stream while snapshots are held in memory.
-const MAX_SNAPSHOT_BYTES: usize = 8 * 1024 * 1024 * 1024;
+use crate::store::snapshot::SnapshotData;
 
 /// Serves peer RPCs for a replica.
 pub(crate) struct PeerService {
@@ -110,6 +107,16 @@ impl PeerService {
     }
 }
 
+/// A snapshot that arrived damaged is the sender's to fix; one this node cannot store (disk full,
+/// too large for memory) makes the sender back off and retry later.
+fn receive_error(e: std::io::Error) -> Status {
+    tracing::warn!(error = %e, "refused a snapshot from the leader");
+    match e.kind() {
+        std::io::ErrorKind::InvalidData => Status::invalid_argument(e.to_string()),
+        _ => Status::unavailable(format!("cannot receive the snapshot: {e}")),
+    }
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
@@ -164,22 +171,27 @@ impl Peer for PeerService {
         self.admit(&head, Adopt::FromLeader)?;
         let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) = decode(&head.payload)
             .map_err(|e| Status::invalid_argument(format!("bad snapshot head: {e}")))?;
-        let mut data = BytesMut::new();
+        // Dropped unfinished (a broken stream, a refusal), the receiver removes what it wrote.
+        let mut receiver = self
+            .replica
+            .state
+            .receive_snapshot(&meta)
+            .map_err(receive_error)?;
+        let (started, mut bytes) = (std::time::Instant::now(), 0);
         while let Some(item) = items.next().await {
             match item?.item {
-                Some(Item::Chunk(chunk)) if data.len() + chunk.len() <= MAX_SNAPSHOT_BYTES => {
-                    data.extend_from_slice(&chunk)
-                }
-                Some(Item::Chunk(_)) => {
-                    return Err(Status::resource_exhausted("snapshot too large"));
+                Some(Item::Chunk(chunk)) => {
+                    bytes += chunk.len();
+                    receiver.write(&chunk).await.map_err(receive_error)?;
                 }
                 _ => return Err(Status::invalid_argument("a snapshot stream has one head")),
             }
         }
-        let snapshot = SnapshotOf::<TypeConfig, bytes::Bytes> {
+        let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
             meta,
-            snapshot: data.freeze(),
+            snapshot: receiver.finish().await.map_err(receive_error)?,
         };
+        tracing::info!(last_log_id = ?snapshot.meta.last_log_id, bytes, seconds = started.elapsed().as_secs_f64(), "received snapshot");
         let resp = self
             .replica
             .raft

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use openraft::EntryPayload;
 use openraft::RaftNetworkFactory;
 use openraft::alias::SnapshotOf;
@@ -43,6 +44,7 @@ use crate::peer_proto::snapshot_item::Item;
 use crate::raft::MemberAddr;
 use crate::raft::TypeConfig;
 use crate::raft::fault::Faults;
+use crate::store::snapshot::SnapshotData;
 
 /// Version of the peer payload encoding (postcard of openraft 0.10 messages).
 pub const PEER_FORMAT: u32 = 1;
@@ -221,7 +223,7 @@ fn entry_bytes(payload: &EntryPayload<crate::store::command::Command, u64, Membe
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
-    type SnapshotData = Bytes;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -290,7 +292,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,
-        snapshot: SnapshotOf<TypeConfig, Bytes>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
@@ -316,31 +318,46 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     }
 }
 
-/// Streams a snapshot: its head, then the data in chunks, never one giant message.
+/// Streams a snapshot: its head, then the data in chunks, never one giant message. A chunk is
+/// read only when the stream has room for it, so the sender holds one chunk plus the HTTP/2
+/// send window.
 async fn send_snapshot(
     mut client: PeerClient<Channel>,
     head: PeerMessage,
-    data: Bytes,
+    data: SnapshotData,
     addr: String,
 ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-    let chunks = (0..data.len().div_ceil(SNAPSHOT_CHUNK_BYTES)).map(move |i| SnapshotItem {
-        item: Some(Item::Chunk(data.slice(
-            i * SNAPSHOT_CHUNK_BYTES..((i + 1) * SNAPSHOT_CHUNK_BYTES).min(data.len()),
-        ))),
-    });
-    let items = futures::stream::iter(
-        std::iter::once(SnapshotItem {
-            item: Some(Item::Head(head)),
-        })
-        .chain(chunks),
-    );
-    let reply = client
-        .install_snapshot(items)
-        .await
-        .map_err(|s| match status_error(s) {
-            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-            other => StreamingError::Network(NetworkError::from_string(other)),
-        })?;
+    let (items, stream) = tokio::sync::mpsc::channel(1);
+    // Reads chunks as the stream takes them. A chunk that cannot be read must not end the stream
+    // as if it were complete: the call is dropped instead, which resets the stream.
+    let feed = async move {
+        let mut chunks = data.into_chunks(SNAPSHOT_CHUNK_BYTES);
+        let mut item = Some(Item::Head(head));
+        while let Some(next) = item.take() {
+            if items.send(SnapshotItem { item: Some(next) }).await.is_err() {
+                break; // the call ended early; its answer says why
+            }
+            item = chunks.next().await.transpose()?.map(Item::Chunk);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(stream));
+    tokio::pin!(call);
+    let reply = tokio::select! {
+        reply = &mut call => reply,
+        fed = feed => match fed {
+            Ok(()) => call.await,
+            Err(e) => {
+                return Err(StreamingError::Network(NetworkError::from_string(format!(
+                    "cannot read the snapshot to send to {addr}: {e}"
+                ))));
+            }
+        },
+    }
+    .map_err(|s| match status_error(s) {
+        RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+        other => StreamingError::Network(NetworkError::from_string(other)),
+    })?;
     decode::<SnapshotResponse<TypeConfig>>(&reply.into_inner().payload).map_err(|e| {
         StreamingError::Network(NetworkError::from_string(format!(
             "bad reply from {addr}: {e}"

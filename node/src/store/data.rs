@@ -501,20 +501,7 @@ impl StateData {
             crc: crc32fast::Hasher::new(),
             position: 0,
         };
-        if input.array::<8>()? != *MAGIC {
-            return Err(invalid("not a kvs snapshot (bad magic bytes)".to_owned()));
-        }
-        let version = u16::from_le_bytes(input.array()?);
-        if version > SNAPSHOT_FORMAT {
-            return Err(invalid(format!(
-                "snapshot format version {version} is newer than this binary supports ({SNAPSHOT_FORMAT})"
-            )));
-        }
-        if version != SNAPSHOT_FORMAT {
-            return Err(invalid(format!(
-                "unknown snapshot format version {version}"
-            )));
-        }
+        check_preamble(&input.array()?)?;
         let mut data = StateData {
             last_stamp_ms: input.u64()?,
             ..StateData::default()
@@ -605,6 +592,89 @@ fn invalid(message: String) -> io::Error {
         io::ErrorKind::InvalidData,
         format!("invalid snapshot: {message}"),
     )
+}
+
+/// Magic and format version.
+const PREAMBLE_BYTES: usize = MAGIC.len() + 2;
+/// The shortest encoding: preamble, stamp, end tag, two counts and the checksum.
+const MIN_ENCODED_BYTES: u64 = PREAMBLE_BYTES as u64 + 8 + 1 + 16 + 4;
+
+fn check_preamble(preamble: &[u8; PREAMBLE_BYTES]) -> io::Result<()> {
+    let (magic, version) = preamble.split_at(MAGIC.len());
+    if magic != MAGIC {
+        return Err(invalid("not a kvs snapshot (bad magic bytes)".to_owned()));
+    }
+    let version = u16::from_le_bytes(version.try_into().expect("two bytes"));
+    if version > SNAPSHOT_FORMAT {
+        return Err(invalid(format!(
+            "snapshot format version {version} is newer than this binary supports ({SNAPSHOT_FORMAT})"
+        )));
+    }
+    if version != SNAPSHOT_FORMAT {
+        return Err(invalid(format!(
+            "unknown snapshot format version {version}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an encoded state as it streams past, without decoding it: its preamble, its length and
+/// the CRC-32 of its trailer. A snapshot received from a peer passes this before anything installs
+/// it, because a snapshot that fails to install stops the node; [`StateData::decode`] still checks
+/// everything when it installs.
+#[derive(Default)]
+pub(crate) struct EncodingCheck {
+    preamble: Vec<u8>,
+    crc: crc32fast::Hasher,
+    /// The last (up to) four bytes seen: the trailer's checksum once the stream ends.
+    held_back: Vec<u8>,
+    len: u64,
+}
+
+impl EncodingCheck {
+    /// Takes the next bytes of the stream.
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        let room = PREAMBLE_BYTES - self.preamble.len();
+        self.preamble
+            .extend_from_slice(&bytes[..room.min(bytes.len())]);
+        self.len += bytes.len() as u64;
+        let keep = bytes.len().min(4);
+        let (body, last) = bytes.split_at(bytes.len() - keep);
+        // Held-back bytes no longer among the last four are checksummed, in stream order.
+        let spill = (self.held_back.len() + keep).saturating_sub(4);
+        self.crc.update(&self.held_back[..spill]);
+        self.held_back.drain(..spill);
+        self.crc.update(body);
+        self.held_back.extend_from_slice(last);
+    }
+
+    /// Ends the stream: an error says what is wrong with it.
+    pub(crate) fn finish(self) -> io::Result<()> {
+        if self.len < MIN_ENCODED_BYTES {
+            return Err(invalid(format!("truncated after {} bytes", self.len)));
+        }
+        check_preamble(
+            self.preamble
+                .as_slice()
+                .try_into()
+                .expect("a long enough stream has its whole preamble"),
+        )?;
+        let stored = u32::from_le_bytes(
+            self.held_back
+                .as_slice()
+                .try_into()
+                .expect("a long enough stream has held back four bytes"),
+        );
+        let computed = self.crc.finalize();
+        if stored != computed {
+            return Err(invalid(format!(
+                "checksum mismatch after {} bytes (stored {stored:08x}, computed {computed:08x}): \
+                 damaged or truncated",
+                self.len
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Writes through to the caller's writer, checksumming what passes.
@@ -1482,6 +1552,42 @@ mod tests {
                 decode_err(&bad);
             }
         }
+    }
+
+    /// Runs the stream check over `bytes` fed in pieces of `piece` bytes.
+    fn stream_check(bytes: &[u8], piece: usize) -> io::Result<()> {
+        let mut check = EncodingCheck::default();
+        bytes.chunks(piece).for_each(|p| check.update(p));
+        check.finish()
+    }
+
+    #[test]
+    fn the_stream_check_passes_an_intact_encoding_in_pieces_of_any_size() {
+        let good = encoded(&sample());
+        for piece in [1, 2, 3, 4, 5, 7, 64, good.len()] {
+            stream_check(&good, piece).unwrap_or_else(|e| panic!("pieces of {piece}: {e}"));
+        }
+        stream_check(&encoded(&StateData::default()), 3).expect("an empty state");
+    }
+
+    #[test]
+    fn the_stream_check_refuses_every_truncation_and_byte_flip() {
+        let good = encoded(&sample());
+        for len in 0..good.len() {
+            let err = stream_check(&good[..len], 5).expect_err("truncated");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        }
+        for position in 0..good.len() {
+            for mask in [0x01, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[position] ^= mask;
+                stream_check(&bad, 7).expect_err("flipped");
+            }
+        }
+        let mut newer = good.clone();
+        newer[8..10].copy_from_slice(&7u16.to_le_bytes());
+        let err = stream_check(&newer, 64).expect_err("newer");
+        assert!(err.to_string().contains("version 7 is newer"), "{err}");
     }
 
     fn outcome_strategy() -> impl Strategy<Value = Outcome> {

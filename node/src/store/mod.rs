@@ -10,5 +10,6 @@ mod fixtures;
 pub(crate) mod keyspace;
 pub(crate) mod log;
 pub(crate) mod sessions;
+pub(crate) mod snapshot;
 pub(crate) mod snapshot_file;
 pub(crate) mod state_machine;
