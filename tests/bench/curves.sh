@@ -76,8 +76,7 @@ load() {
             python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-print(f"  loaded {r[\"ops\"]} keys of {r[\"value_size\"]} B into {r[\"target\"]} in {r[\"seconds\"]:.1f} s"
-      + (f" ({r[\"errors\"]} errors)" if r["errors"] else ""))' >&2
+print("  loaded {ops} keys of {value_size} B into {target} in {seconds:.1f} s ({errors} errors)".format(**r))' >&2
     done
 }
 
@@ -100,9 +99,8 @@ import json, sys
 r = json.load(sys.stdin)
 r.update(sweep=sys.argv[1], x=int(sys.argv[2]), test=sys.argv[3])
 print(json.dumps(r))
-print(f"  {r[\"sweep\"]}={r[\"x\"]:<7} {r[\"target\"]:<8} {r[\"test\"]} {r[\"ops_per_sec\"]:>9.0f} ops/s"
-      f"  p99 {r[\"p99_ms\"]:>8.2f} ms" + (f"  {r[\"errors\"]} errors" if r["errors"] else ""),
-      file=sys.stderr)' "$sweep" "$x" "$test" >>"$WORK/results"
+print("  {sweep}={x:<7} {target:<8} {test} {ops_per_sec:>9.0f} ops/s  p99 {p99_ms:>8.2f} ms  {errors} errors"
+      .format(**r), file=sys.stderr)' "$sweep" "$x" "$test" >>"$WORK/results"
             done
         done
     done
