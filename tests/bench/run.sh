@@ -34,98 +34,11 @@ CLIENTS=64
 VALUE_BYTES=256
 KEYSPACE=100000
 
-missing=()
-for pkg in redis-server redis-tools etcd-server etcd-client; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    sudo_if() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-    sudo_if apt-get update
-    sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-fi
-
+# shellcheck source=tests/bench/lib.sh
+source tests/bench/lib.sh
+install_peers
 cargo build --release --bins >&2
-NODE=target/release/kvs-node
-KVSCTL=target/release/kvsctl
-BENCH=target/release/kvs-bench
 SECONDS_PER_RUN=10
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_base_port() {
-    # A base port whose client (P..P+2) and RESP (P+100..P+102) ports are all free.
-    local base port busy
-    for base in $(shuf -i 20000-40000 -n 50); do
-        busy=0
-        for port in $base $((base + 1)) $((base + 2)) $((base + 100)) $((base + 101)) $((base + 102)); do
-            if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then busy=1; break; fi
-        done
-        if [ "$busy" -eq 0 ]; then echo "$base"; return; fi
-    done
-    echo "no free ports" >&2
-    exit 1
-}
-
-# Starts a 3-node demo cluster; prints "PID RESP_PORT_OF_LEADER CLIENT_ENDPOINTS".
-start_kvs() {
-    local mode=$1 base dir endpoints leader i deadline
-    base=$(free_base_port)
-    dir="$WORK/$mode"
-    local flags=() env=()
-    if [ "$mode" = memory ]; then flags=(--in-memory); fi
-    if [ "$mode" = memory-test ]; then env=(KVS_SNAPSHOT_EVERY=1000); fi
-    env "${env[@]}" "$NODE" demo --nodes 3 --base-port "$base" --dir "$dir" "${flags[@]}" >"$WORK/$mode.out" 2>&1 &
-    local pid=$!
-    endpoints="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
-    deadline=$((SECONDS + 60))
-    until leader=$("$KVSCTL" --endpoints "$endpoints" endpoint status -o json 2>/dev/null |
-        python3 -c 'import json,sys; print(next(i for i, e in enumerate(json.load(sys.stdin)) if e.get("leader") and e.get("leader") == e.get("node_id")))' 2>/dev/null); do
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            echo "kvs ($mode) did not elect a leader; see $WORK/$mode.out" >&2
-            cat "$WORK/$mode.out" >&2
-            exit 1
-        fi
-        sleep 0.5
-    done
-    echo "$pid $((base + 100 + leader)) $endpoints"
-}
-
-# Starts a 3-member etcd cluster; prints "PIDS CLIENT_ENDPOINTS" (PIDS comma-separated).
-start_etcd() {
-    local base i cluster="" endpoints="" pids=""
-    base=$(free_base_port)
-    for i in 0 1 2; do
-        cluster+="${cluster:+,}e$i=http://127.0.0.1:$((base + 100 + i))"
-        endpoints+="${endpoints:+,}127.0.0.1:$((base + i))"
-    done
-    for i in 0 1 2; do
-        etcd --name "e$i" --data-dir "$WORK/etcd-$i" \
-            --listen-client-urls "http://127.0.0.1:$((base + i))" \
-            --advertise-client-urls "http://127.0.0.1:$((base + i))" \
-            --listen-peer-urls "http://127.0.0.1:$((base + 100 + i))" \
-            --initial-advertise-peer-urls "http://127.0.0.1:$((base + 100 + i))" \
-            --initial-cluster "$cluster" --initial-cluster-state new \
-            --initial-cluster-token kvs-bench >"$WORK/etcd-$i.out" 2>&1 &
-        pids+="${pids:+,}$!"
-    done
-    local deadline=$((SECONDS + 60))
-    until ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1; do
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            echo "etcd did not become healthy; see $WORK/etcd-0.out" >&2
-            cat "$WORK/etcd-0.out" >&2
-            exit 1
-        fi
-        sleep 0.5
-    done
-    echo "$pids $endpoints"
-}
 
 # One kvs-bench run; appends "system test ops/s p50 p99" to $WORK/results.
 grpc_measure() {
@@ -138,20 +51,6 @@ import json, sys
 r = json.load(sys.stdin)
 print(sys.argv[1], sys.argv[2], r["ops_per_sec"], r["p50_ms"], r["p99_ms"])
 ' "$system" "$test" >>"$WORK/results"
-}
-
-start_redis() {
-    local port
-    port=$(free_base_port)
-    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-        >"$WORK/redis.out" 2>&1 &
-    local pid=$!
-    local deadline=$((SECONDS + 20))
-    until redis-cli -p "$port" ping >/dev/null 2>&1; do
-        [ "$SECONDS" -ge "$deadline" ] && { echo "redis-server did not start" >&2; exit 1; }
-        sleep 0.2
-    done
-    echo "$pid $port"
 }
 
 # One redis-benchmark run; appends "system test rps p50 p99" lines to $WORK/results.
@@ -169,8 +68,8 @@ for row in rows[1:]:
 ' "$system" >>"$WORK/results"
 }
 
-read -r pid port endpoints < <(start_kvs durable); PIDS+=("$pid"); KVS_DURABLE=$port; KVS_DURABLE_GRPC=$endpoints
-read -r pid port endpoints < <(start_kvs memory); PIDS+=("$pid"); KVS_MEMORY=$port; KVS_MEMORY_GRPC=$endpoints
+read -r pid port endpoints _ < <(start_kvs durable); PIDS+=("$pid"); KVS_DURABLE=$port; KVS_DURABLE_GRPC=$endpoints
+read -r pid port endpoints _ < <(start_kvs memory); PIDS+=("$pid"); KVS_MEMORY=$port; KVS_MEMORY_GRPC=$endpoints
 read -r pids endpoints < <(start_etcd); IFS=, read -r -a etcd_pids <<<"$pids"; PIDS+=("${etcd_pids[@]}"); ETCD_GRPC=$endpoints
 read -r pid port < <(start_redis); PIDS+=("$pid"); REDIS=$port
 for started in "$KVS_DURABLE_GRPC" "$KVS_MEMORY_GRPC" "$ETCD_GRPC" "$REDIS"; do
@@ -178,7 +77,7 @@ for started in "$KVS_DURABLE_GRPC" "$KVS_MEMORY_GRPC" "$ETCD_GRPC" "$REDIS"; do
 done
 if [ "$QUICK" = 1 ]; then SECONDS_PER_RUN=5; fi
 
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)" >&2
+echo "machine: $(machine_note)" >&2
 echo "workload: redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS -d $VALUE_BYTES -r $KEYSPACE; $ROUNDS round(s)" >&2
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
@@ -221,7 +120,7 @@ for first in range(0, n, per):
     for key in keys:
         out.write(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, size, value))
 ' "$MEMORY_KEYS" "$VALUE_BYTES" >"$WORK/load.resp"
-read -r pid port endpoints < <(start_kvs memory-test); PIDS+=("$pid"); KVS_MEM_TEST=$port
+read -r pid port _ _ < <(start_kvs memory-test); PIDS+=("$pid"); KVS_MEM_TEST=$port
 read -r pid port < <(start_redis); PIDS+=("$pid"); REDIS_MEM_TEST=$port
 for target in "kvs-durable $KVS_MEM_TEST" "redis $REDIS_MEM_TEST"; do
     read -r system port <<<"$target"

@@ -2,7 +2,14 @@
 //! generating billion-record synthetic databases", θ = 0.99), with hot keys scattered over the
 //! key space by a multiplicative hash so they do not all sit in one hash shard.
 
+use bytes::Bytes;
 use rand::Rng;
+
+/// The key numbered `n`: fixed width, so every key costs the same and a loaded key space of
+/// `n` keys is exactly the keys a run over `n` keys draws from.
+pub(crate) fn key_name(n: u64) -> Bytes {
+    Bytes::from(format!("bench-{n:012}"))
+}
 
 /// How keys are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

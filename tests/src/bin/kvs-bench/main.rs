@@ -1,51 +1,57 @@
-//! kvs-bench: closed-loop load against kvs or etcd through their gRPC APIs, with HDR latency
-//! histograms, so both are measured by the same program in the same way.
+//! kvs-bench: closed-loop load against kvs, etcd and redis-server, with HDR latency
+//! histograms, so all are measured by the same program in the same way.
 //!
-//! `--clients` tasks share `--conns` HTTP/2 connections spread round robin over `--endpoints`;
-//! each task sends one request, waits for the answer, records its latency and sends the next,
-//! for `--duration` seconds or `--ops` operations in all. `tests/bench/run.sh` runs it side by
-//! side with etcd; `docs/benchmarks.md` has the results.
+//! `--clients` tasks share `--conns` connections (HTTP/2 for gRPC targets, TCP for RESP ones)
+//! spread round robin over `--endpoints`; each task sends one request, waits for the answer,
+//! records its latency and sends the next, for `--duration` seconds or `--ops` operations in
+//! all. `--load` instead writes every key once, in batches. `tests/bench/run.sh` runs it side
+//! by side with etcd and redis-server, `tests/bench/curves.sh` sweeps clients, value sizes and
+//! key counts; `docs/benchmarks.md` has the results.
 
 mod keys;
 mod target;
+mod workload;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde_json::json;
-use tonic::transport::Endpoint;
 
 use crate::keys::{Distribution, KeyChooser};
 use crate::target::{Conn, System};
+use crate::workload::{Until, Workload};
 
-/// Closed-loop load generator for kvs and etcd.
+/// Closed-loop load generator for kvs, etcd and redis-server.
 #[derive(Debug, Parser)]
 #[command(name = "kvs-bench")]
 struct Args {
-    /// The system to load.
+    /// The system to load, and through which API.
     #[arg(long, value_enum, default_value_t = System::Kvs)]
     target: System,
     /// Client endpoints (host:port), comma-separated; connections are spread over all.
     #[arg(long, value_delimiter = ',', required = true)]
     endpoints: Vec<String>,
-    /// Concurrent closed-loop clients.
+    /// Concurrent closed-loop clients, each with one request in flight.
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// HTTP/2 connections the clients share.
+    /// Connections the clients share (at most one per client).
     #[arg(long, default_value_t = 8)]
     conns: usize,
-    /// How long to run, in seconds (ignored with --ops).
+    /// How long to run, in seconds (ignored with --ops and --load).
     #[arg(long, default_value_t = 10)]
     duration: u64,
     /// Stop after this many operations instead of after --duration.
     #[arg(long)]
     ops: Option<u64>,
+    /// Write every key of the key space once, in batches, instead of the timed mix.
+    #[arg(long)]
+    load: bool,
     /// Number of distinct keys.
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
@@ -71,11 +77,33 @@ fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// What one client measured.
+/// What the clients measured.
 struct Tally {
     latency_us: Histogram<u64>,
+    /// Operations answered, or keys written for a load.
+    ops: u64,
     errors: u64,
     first_error: Option<String>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            latency_us: latency_histogram(),
+            ops: 0,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.latency_us
+            .add(&other.latency_us)
+            .expect("histograms of the same shape add");
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
+    }
 }
 
 #[tokio::main]
@@ -88,123 +116,74 @@ async fn main() -> std::process::ExitCode {
     match run(&args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("kvs-bench: {err}");
+            eprintln!("kvs-bench: {err:#}");
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-async fn run(args: &Args) -> Result<(), String> {
+async fn run(args: &Args) -> anyhow::Result<()> {
     let mut conns = Vec::with_capacity(args.conns);
-    for i in 0..args.conns {
+    for i in 0..args.conns.min(args.clients) {
         let endpoint = &args.endpoints[i % args.endpoints.len()];
-        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|e| format!("endpoint {endpoint}: {e}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
-        conns.push(Conn::new(args.target, channel));
+        conns.push(Conn::connect(args.target, endpoint, args.serializable).await?);
     }
-    let chooser = Arc::new(KeyChooser::new(args.distribution, args.keys.max(1)));
     let value = Bytes::from(vec![b'x'; args.value_size]);
-    let done = Arc::new(AtomicU64::new(0));
+    let keys = args.keys.max(1);
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.duration);
+    let workload = Arc::new(if args.load {
+        Workload::load(keys, value)
+    } else {
+        let until = match args.ops {
+            Some(ops) => Until::Ops(ops),
+            None => Until::Deadline(started + Duration::from_secs(args.duration)),
+        };
+        let chooser = KeyChooser::new(args.distribution, keys);
+        Workload::mixed(chooser, args.read_ratio, until, value)
+    });
     let clients: Vec<_> = (0..args.clients)
-        .map(|i| {
-            let conn = conns[i % conns.len()].fork();
-            let (chooser, value, done) = (chooser.clone(), value.clone(), done.clone());
-            let (ops, read_ratio, serializable) = (args.ops, args.read_ratio, args.serializable);
-            tokio::spawn(async move {
-                client(
-                    conn,
-                    &chooser,
-                    value,
-                    &done,
-                    ops,
-                    deadline,
-                    read_ratio,
-                    serializable,
-                )
-                .await
-            })
-        })
+        .map(|i| tokio::spawn(client(conns[i % conns.len()].fork(), workload.clone())))
         .collect();
-    let progress = progress_line(done.clone(), started);
-    let mut latency_us = latency_histogram();
-    let (mut errors, mut first_error) = (0, None);
+    let progress = progress_line(workload.clone(), started);
+    let mut tally = Tally::new();
     for client in clients {
-        let tally = client
-            .await
-            .map_err(|e| format!("a client panicked: {e}"))?;
-        latency_us
-            .add(&tally.latency_us)
-            .expect("histograms of the same shape add");
-        errors += tally.errors;
-        first_error = first_error.or(tally.first_error);
+        tally.add(client.await.context("a client panicked")?);
     }
     progress.abort();
     let seconds = started.elapsed().as_secs_f64();
-    if let Some(err) = &first_error {
-        eprintln!("kvs-bench: {errors} operations failed; the first: {err}");
+    if let Some(err) = &tally.first_error {
+        eprintln!(
+            "kvs-bench: {} operations failed; the first: {err}",
+            tally.errors
+        );
     }
-    report(args, &latency_us, errors, seconds);
+    report(args, conns.len(), &tally, seconds);
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn client(
-    mut conn: Conn,
-    chooser: &KeyChooser,
-    value: Bytes,
-    done: &AtomicU64,
-    ops: Option<u64>,
-    deadline: Instant,
-    read_ratio: f64,
-    serializable: bool,
-) -> Tally {
-    let mut tally = Tally {
-        latency_us: latency_histogram(),
-        errors: 0,
-        first_error: None,
-    };
+async fn client(mut conn: Conn, workload: Arc<Workload>) -> Tally {
+    let mut tally = Tally::new();
     let mut rng = rand::rngs::SmallRng::from_os_rng();
-    loop {
-        let more = match ops {
-            Some(ops) => done.fetch_add(1, Ordering::Relaxed) < ops,
-            None => {
-                done.fetch_add(1, Ordering::Relaxed);
-                Instant::now() < deadline
-            }
-        };
-        if !more {
-            return tally;
-        }
-        let key = Bytes::from(format!("bench-{:012}", chooser.next(&mut rng)));
-        let read = rng.random_bool(read_ratio);
+    while let Some(op) = workload.next(&mut rng) {
+        let keys = op.keys();
         let sent = Instant::now();
-        let result = if read {
-            conn.get(key, serializable).await
-        } else {
-            conn.put(key, value.clone()).await
-        };
-        match result {
+        match conn.run(op).await {
             Ok(()) => {
                 let micros = sent.elapsed().as_micros().max(1) as u64;
                 tally.latency_us.saturating_record(micros);
+                tally.ops += keys;
             }
-            Err(status) => {
+            Err(err) => {
                 tally.errors += 1;
-                tally.first_error.get_or_insert_with(|| status.to_string());
+                tally.first_error.get_or_insert_with(|| format!("{err:#}"));
             }
         }
     }
+    tally
 }
 
 /// Once a second on a terminal: operations so far and the current rate.
-fn progress_line(done: Arc<AtomicU64>, started: Instant) -> tokio::task::JoinHandle<()> {
+fn progress_line(workload: Arc<Workload>, started: Instant) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if !std::io::stderr().is_terminal() {
             return;
@@ -214,7 +193,7 @@ fn progress_line(done: Arc<AtomicU64>, started: Instant) -> tokio::task::JoinHan
         tick.tick().await;
         loop {
             tick.tick().await;
-            let now = done.load(Ordering::Relaxed);
+            let now = workload.issued();
             eprint!(
                 "\r{:>6.1}s {now:>10} ops {:>9} ops/s ",
                 started.elapsed().as_secs_f64(),
@@ -225,22 +204,25 @@ fn progress_line(done: Arc<AtomicU64>, started: Instant) -> tokio::task::JoinHan
     })
 }
 
-fn report(args: &Args, latency_us: &Histogram<u64>, errors: u64, seconds: f64) {
+/// The result as a table or one JSON object. Latencies are per request: for a load, per batch.
+fn report(args: &Args, conns: usize, tally: &Tally, seconds: f64) {
+    let latency_us = &tally.latency_us;
     let ms = |q: f64| latency_us.value_at_quantile(q) as f64 / 1000.0;
-    let ops = latency_us.len();
-    let rate = ops as f64 / seconds;
-    let target = format!("{:?}", args.target).to_lowercase();
+    let rate = tally.ops as f64 / seconds;
+    let target = args.target.name();
     if args.json {
         let report = json!({
             "target": target,
+            "workload": if args.load { "load" } else { "mixed" },
             "clients": args.clients,
-            "conns": args.conns,
+            "conns": conns,
             "read_ratio": args.read_ratio,
             "serializable": args.serializable,
+            "distribution": format!("{:?}", args.distribution).to_lowercase(),
             "value_size": args.value_size,
             "keys": args.keys,
-            "ops": ops,
-            "errors": errors,
+            "ops": tally.ops,
+            "errors": tally.errors,
             "seconds": seconds,
             "ops_per_sec": rate,
             "p50_ms": ms(0.5),
@@ -251,15 +233,25 @@ fn report(args: &Args, latency_us: &Histogram<u64>, errors: u64, seconds: f64) {
         println!("{report}");
     } else {
         println!(
-            "{:<6} {:>7} {:>10} {:>7} {:>10} {:>8} {:>8} {:>9} {:>8}",
-            "target", "clients", "ops", "errors", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+            "{:<8} {:>7} {:>5} {:>10} {:>7} {:>10} {:>8} {:>8} {:>9} {:>8}",
+            "target",
+            "clients",
+            "conns",
+            "ops",
+            "errors",
+            "ops/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms"
         );
         println!(
-            "{:<6} {:>7} {:>10} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>9.2} {:>8.2}",
+            "{:<8} {:>7} {:>5} {:>10} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>9.2} {:>8.2}",
             target,
             args.clients,
-            ops,
-            errors,
+            conns,
+            tally.ops,
+            tally.errors,
             rate,
             ms(0.5),
             ms(0.99),
