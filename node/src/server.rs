@@ -13,7 +13,7 @@ use kvs_client::proto::cluster_server::ClusterServer;
 use kvs_client::proto::kv_server::KvServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::config::NodeConfig;
@@ -193,17 +193,17 @@ pub async fn run(
         None => servers.push(tokio::spawn(
             client_router
                 .add_service(peer_service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), stopped()),
+                .serve_with_incoming_shutdown(incoming(listeners.client), stopped()),
         )),
         Some(peer_listener) => {
             servers.push(tokio::spawn(client_router.serve_with_incoming_shutdown(
-                TcpListenerStream::new(listeners.client),
+                incoming(listeners.client),
                 stopped(),
             )));
             servers.push(tokio::spawn(
                 Server::builder()
                     .add_service(peer_service)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), stopped()),
+                    .serve_with_incoming_shutdown(incoming(peer_listener), stopped()),
             ));
         }
     }
@@ -341,4 +341,11 @@ fn announce(node_id: u64, advertised: &MemberAddr) {
         advertised.peer_addr
     );
     let _ = out.flush();
+}
+
+/// Accepted gRPC connections with Nagle's algorithm off: a reply's frames (headers, data,
+/// trailers) leave at once instead of waiting for the client's delayed ACK, which cost every
+/// request that waited on another one (a follower's read index, a forwarded write) about 40 ms.
+fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
