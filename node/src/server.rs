@@ -13,8 +13,8 @@ use kvs_client::proto::cluster_server::ClusterServer;
 use kvs_client::proto::kv_server::KvServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::NodeConfig;
 use crate::drain::Drain;
@@ -196,10 +196,9 @@ pub async fn run(
                 .serve_with_incoming_shutdown(incoming(listeners.client), stopped()),
         )),
         Some(peer_listener) => {
-            servers.push(tokio::spawn(client_router.serve_with_incoming_shutdown(
-                incoming(listeners.client),
-                stopped(),
-            )));
+            servers.push(tokio::spawn(
+                client_router.serve_with_incoming_shutdown(incoming(listeners.client), stopped()),
+            ));
             servers.push(tokio::spawn(
                 Server::builder()
                     .add_service(peer_service)
