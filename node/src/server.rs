@@ -34,6 +34,7 @@ use crate::raft::fault;
 use crate::raft::fault::Faults;
 use crate::raft::forward::Forwarder;
 use crate::raft::network::PeerNetwork;
+use crate::raft::read_index::ReadIndexRounds;
 use crate::replica::Deadline;
 use crate::replica::Leadership;
 use crate::replica::Replica;
@@ -135,6 +136,7 @@ pub async fn run(
     }
     .map_err(|e| Error::Fatal(e.to_string()))?;
 
+    let (read_index, read_index_runners) = ReadIndexRounds::new();
     let replica = Arc::new(Replica {
         raft: raft.clone(),
         state,
@@ -143,6 +145,7 @@ pub async fn run(
         advertised: advertised.clone(),
         peers,
         forwarder: Forwarder::new(max_message),
+        read_index,
         drain: Drain::default(),
         proposals: tokio::sync::Semaphore::new(MAX_PROPOSALS_IN_FLIGHT),
         init_lock: tokio::sync::Mutex::new(()),
@@ -166,6 +169,7 @@ pub async fn run(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(health::report(replica.clone(), reporter, stopped()));
     let purge_task = tokio::spawn(purge_expired(replica.clone(), stopped()));
+    let read_index_task = tokio::spawn(read_index_runners.run(replica.clone(), stopped()));
     let fault_task = config
         .fault_control_file
         .clone()
@@ -240,6 +244,7 @@ pub async fn run(
     }
     let _ = grace.run(health_task).await;
     let _ = grace.run(purge_task).await;
+    let _ = grace.run(read_index_task).await;
     if let Some(fault_task) = fault_task {
         let _ = grace.run(fault_task).await;
     }
