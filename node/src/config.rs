@@ -59,6 +59,13 @@ pub struct NodeConfig {
     #[arg(long, env = "KVS_HEARTBEAT_INTERVAL_MS", default_value_t = 200)]
     pub heartbeat_interval_ms: u64,
 
+    /// How a leader confirms it still leads before a linearizable read: `read-index` has a quorum
+    /// acknowledge a heartbeat sent after the read arrived; `lease` accepts a quorum
+    /// acknowledgement from within the leader lease (2 x election timeout), which saves the round
+    /// trip but is only safe while clocks run at nearly the same rate (docs/configuration.md).
+    #[arg(long, env = "KVS_READ_POLICY", value_enum, default_value_t = ReadPolicy::ReadIndex)]
+    pub read_policy: ReadPolicy,
+
     /// Deadline for every request this node serves; nothing waits longer.
     #[arg(long, env = "KVS_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
@@ -121,6 +128,15 @@ pub struct NodeConfig {
     /// code runs.
     #[arg(long, env = "KVS_FAULT_CONTROL_FILE")]
     pub fault_control_file: Option<PathBuf>,
+}
+
+/// How a leader confirms its leadership for linearizable reads (`--read-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadPolicy {
+    /// A quorum acknowledges a heartbeat sent after the read arrived (one round per batch).
+    ReadIndex,
+    /// A quorum acknowledgement within the leader lease suffices; relies on bounded clock drift.
+    Lease,
 }
 
 /// The most a value may be configured to: replication messages must stay bounded.

@@ -4,10 +4,12 @@
 //! distinction is what clients build safe retries on. They are mapped to gRPC statuses in one
 //! place per face: `grpc::status` for gRPC, `resp::status` for RESP.
 
+use std::sync::Arc;
+
 use crate::identity::Mismatch;
 
 /// Errors of a kvs node.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// This node is not the leader and could not forward; nothing was applied.
     #[error("not the leader{}", leader_suffix(.leader))]
@@ -104,7 +106,7 @@ pub enum Error {
         /// What was being done.
         context: String,
         /// The cause.
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     /// The demo cluster could not be started.
     #[error("demo: {0}")]
@@ -129,7 +131,7 @@ impl Error {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
-            source,
+            source: Arc::new(source),
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod peer_proto {
 }
 
 pub use config::NodeConfig;
+pub use config::ReadPolicy;
 pub use error::Error;
 pub use error::Result;
 pub use raft::network::PEER_FORMAT;

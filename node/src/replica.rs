@@ -25,6 +25,7 @@ use crate::raft::Raft;
 use crate::raft::TypeConfig;
 use crate::raft::forward::Forwarder;
 use crate::raft::network::PeerNetwork;
+use crate::raft::read_index::ReadIndexRounds;
 use crate::store::state_machine::StateMachine;
 
 /// Everything a request handler needs; shared by all faces.
@@ -37,6 +38,8 @@ pub(crate) struct Replica {
     pub(crate) advertised: MemberAddr,
     pub(crate) peers: PeerNetwork,
     pub(crate) forwarder: Forwarder,
+    /// Linearizable reads wait here for a read-index round they share with concurrent reads.
+    pub(crate) read_index: ReadIndexRounds,
     pub(crate) drain: Drain,
     /// Bounds the writes being proposed at once, so overload slows clients down instead of
     /// growing queues without limit.

@@ -34,6 +34,7 @@ use crate::raft::fault;
 use crate::raft::fault::Faults;
 use crate::raft::forward::Forwarder;
 use crate::raft::network::PeerNetwork;
+use crate::raft::read_index::ReadIndexRounds;
 use crate::replica::Deadline;
 use crate::replica::Leadership;
 use crate::replica::Replica;
@@ -135,6 +136,7 @@ pub async fn run(
     }
     .map_err(|e| Error::Fatal(e.to_string()))?;
 
+    let (read_index, read_index_runners) = ReadIndexRounds::new();
     let replica = Arc::new(Replica {
         raft: raft.clone(),
         state,
@@ -143,6 +145,7 @@ pub async fn run(
         advertised: advertised.clone(),
         peers,
         forwarder: Forwarder::new(max_message),
+        read_index,
         drain: Drain::default(),
         proposals: tokio::sync::Semaphore::new(MAX_PROPOSALS_IN_FLIGHT),
         init_lock: tokio::sync::Mutex::new(()),
@@ -166,6 +169,7 @@ pub async fn run(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(health::report(replica.clone(), reporter, stopped()));
     let purge_task = tokio::spawn(purge_expired(replica.clone(), stopped()));
+    let read_index_task = tokio::spawn(read_index_runners.run(replica.clone(), stopped()));
     let fault_task = config
         .fault_control_file
         .clone()
@@ -193,16 +197,17 @@ pub async fn run(
         None => servers.push(tokio::spawn(
             client_router
                 .add_service(peer_service)
-                .serve_with_incoming_shutdown(incoming(listeners.client), stopped()),
+                .serve_with_incoming_shutdown(without_nagle(listeners.client), stopped()),
         )),
         Some(peer_listener) => {
-            servers.push(tokio::spawn(
-                client_router.serve_with_incoming_shutdown(incoming(listeners.client), stopped()),
-            ));
+            servers.push(tokio::spawn(client_router.serve_with_incoming_shutdown(
+                without_nagle(listeners.client),
+                stopped(),
+            )));
             servers.push(tokio::spawn(
                 Server::builder()
                     .add_service(peer_service)
-                    .serve_with_incoming_shutdown(incoming(peer_listener), stopped()),
+                    .serve_with_incoming_shutdown(without_nagle(peer_listener), stopped()),
             ));
         }
     }
@@ -239,6 +244,7 @@ pub async fn run(
     }
     let _ = grace.run(health_task).await;
     let _ = grace.run(purge_task).await;
+    let _ = grace.run(read_index_task).await;
     if let Some(fault_task) = fault_task {
         let _ = grace.run(fault_task).await;
     }
@@ -250,6 +256,14 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off. A gRPC reply goes out as several small
+/// writes (headers, data, trailers); with Nagle on, each after the first waits for the peer's
+/// delayed ACK — 40 ms on Linux — whenever one request at a time is in flight on a connection,
+/// as with a follower's batched `ReadIndex` rounds. tonic sets this only on listeners it binds.
+fn without_nagle(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// While this node leads, deletes expired keys a few at a time until `stop` resolves.
@@ -340,11 +354,4 @@ fn announce(node_id: u64, advertised: &MemberAddr) {
         advertised.peer_addr
     );
     let _ = out.flush();
-}
-
-/// Accepted gRPC connections with Nagle's algorithm off: a reply's frames (headers, data,
-/// trailers) leave at once instead of waiting for the client's delayed ACK, which cost every
-/// request that waited on another one (a follower's read index, a forwarded write) about 40 ms.
-fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -26,7 +26,6 @@ use crate::raft::TypeConfig;
 use crate::raft::network::PEER_FORMAT;
 use crate::raft::network::decode;
 use crate::raft::network::encode;
-use crate::raft::read_index::leader_read_index;
 use crate::replica::Replica;
 use crate::store::snapshot::SnapshotData;
 
@@ -211,7 +210,10 @@ impl Peer for PeerService {
         let msg = request.into_inner();
         self.admit(&msg, Adopt::Never)?;
         let (_guard, deadline) = self.replica.admit().map_err(|e| to_status(e, None))?;
-        let index = leader_read_index(&self.replica, &deadline)
+        let index = self
+            .replica
+            .read_index
+            .leader_index(&deadline)
             .await
             .map_err(|e| to_status(e, self.replica.leader_hint()))?;
         Ok(Response::new(ReadIndexResponse { index }))

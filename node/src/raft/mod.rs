@@ -1,11 +1,12 @@
 //! Consensus wiring: openraft's type configuration for kvs, the peer network client, leader
-//! forwarding, the follower read index and (for tests only) fault injection on peer links.
+//! forwarding, batched read index rounds and (for tests only) fault injection on peer links.
 //!
 //! openraft decides; this module only adapts it to kvs's identity rules and transport.
 
 pub(crate) mod fault;
 pub(crate) mod forward;
 pub(crate) mod network;
+pub(crate) mod read_batch;
 pub(crate) mod read_index;
 
 use std::fmt;
