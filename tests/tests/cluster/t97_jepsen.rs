@@ -29,8 +29,12 @@ async fn a_short_campaign_of_every_nemesis_finds_no_anomaly() {
     let report_dir = tempfile::tempdir().expect("a report dir");
     let options = CampaignOptions {
         // `jepsen --nemesis all` in miniature: each nemesis alone on a cluster of its own, then
-        // all of them mixed; long enough for at least one fault per phase.
-        phases: Nemesis::ALL.to_vec(),
+        // all of them mixed; long enough for at least one fault per phase. Failpoints need the
+        // failpoint build: t98 runs that nemesis.
+        phases: Nemesis::ALL
+            .into_iter()
+            .filter(|n| !n.needs_failpoints())
+            .collect(),
         phase_time: Duration::from_secs(10),
         seed: 97,
         nodes: 3,
