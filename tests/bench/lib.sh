@@ -1,4 +1,4 @@
-# Sourced by the bench scripts (run.sh, curves.sh): installs the peers, starts each system on
+# Sourced by the bench scripts (run.sh, curves.sh, snapshot-transfer.sh): installs the peers, starts each system on
 # 127.0.0.1 and stops everything started when the script exits. Expects the workspace root as
 # the current directory and release binaries in target/release.
 

@@ -20,17 +20,10 @@ if [ -z "${NO_BUILD:-}" ]; then
     cargo build --profile "${PROFILE/debug/dev}" -p kvs-node >&2
     cargo build --profile "${PROFILE/debug/dev}" -p kvs-client --bin kvsctl >&2
 fi
+# The scratch directory and the cleanup of everything started, shared with the other benches.
+source tests/bench/lib.sh
 NODE=target/$PROFILE/kvs-node
 KVSCTL=target/$PROFILE/kvsctl
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 BASE=$(shuf -i 20000-40000 -n 1)
 # Starts node $1 (0, 1, 2); extra flags follow. Prints nothing; waits until it serves.
