@@ -255,8 +255,14 @@ impl NodeConfig {
     }
 }
 
-/// Total physical memory from `/proc/meminfo`, if it can be read.
+/// Total physical memory from `/proc/meminfo`, if it can be read; read once, since the quota
+/// is checked on every write.
 fn physical_memory() -> Option<u64> {
+    static TOTAL: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(read_physical_memory)
+}
+
+fn read_physical_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -66,7 +66,8 @@ echo "loaded $(redis-cli -p "$((BASE + 100))" dbsize) keys in $((SECONDS - load_
 
 # Wait for the leader's newest snapshot to cover the load (building one takes a while).
 last_index() { "$KVSCTL" --endpoints "127.0.0.1:$BASE" status -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["applied_index"])'; }
-target=$(( $(last_index) / 10000 * 10000 ))
+# Snapshots land at indexes 9999, 19999, ...: the newest one at or below the last entry.
+target=$(( ($(last_index) + 1) / 10000 * 10000 - 1 ))
 deadline=$((SECONDS + 600))
 until ls "$WORK/node-0/snapshots/" | awk -F'[-.]' -v t="$target" '$2 + 0 >= t {found=1} END {exit !found}'; do
     [ "$SECONDS" -lt "$deadline" ] || { echo "no snapshot at $target" >&2; exit 1; }

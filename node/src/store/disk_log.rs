@@ -6,15 +6,26 @@
 //! top, every record kvs stores carries its own format byte and CRC32, so a damaged record is
 //! reported naming the database and the index — never served.
 //!
-//! Group commit: openraft hands `append` every entry queued since the last call, and one
-//! journal fsync covers them all, however many clients proposed them.
+//! Group commit: `append` writes its entries to the journal and returns at once; one thread,
+//! the [`Syncer`], fsyncs the journal and only then tells openraft the entries are durable. Every
+//! append that arrives while an fsync runs is covered by the next one, so a busy leader pays
+//! one fsync per round however many batches and clients it serves, and openraft's core goes on
+//! replicating to followers while its own disk syncs (waiting for the fsync inside `append`
+//! stalled the core for every sync).
 
 use std::fmt::Debug;
+use std::fs::File;
+use std::fs::OpenOptions;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::sync::mpsc;
 
 use fjall::Database;
 use fjall::Keyspace;
@@ -89,7 +100,7 @@ pub(crate) fn unseal<T: DeserializeOwned>(
     }
 }
 
-/// The durable log; clones share the database.
+/// The durable log; clones share the database and the syncer.
 #[derive(Clone)]
 pub(crate) struct DiskLog {
     db: Database,
@@ -97,6 +108,92 @@ pub(crate) struct DiskLog {
     meta: Keyspace,
     path: PathBuf,
     watermark: Watermark,
+    syncer: Syncer,
+}
+
+/// Asks the sync thread for an fsync of everything written so far, and says who to tell.
+enum SyncRequest {
+    /// Entries up to `last` were appended; `callback` tells openraft once they are durable.
+    Append {
+        last: u64,
+        callback: IOFlushed<TypeConfig>,
+    },
+    /// Answers once every request before it is durable and its watermark written.
+    Barrier(tokio::sync::oneshot::Sender<io::Result<()>>),
+}
+
+/// The handle of the thread that fsyncs the journal for appends, in the order they came.
+#[derive(Clone)]
+struct Syncer {
+    requests: mpsc::Sender<SyncRequest>,
+}
+
+impl Syncer {
+    /// Starts the sync thread; it ends when the last handle is dropped.
+    fn start(db: Database, path: PathBuf, watermark: Watermark) -> io::Result<Self> {
+        let (requests, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("kvs-log-sync".into())
+            .spawn(move || Self::run(&db, &path, &watermark, &queue))?;
+        Ok(Syncer { requests })
+    }
+
+    fn run(db: &Database, path: &Path, watermark: &Watermark, queue: &mpsc::Receiver<SyncRequest>) {
+        while let Ok(first) = queue.recv() {
+            let group: Vec<SyncRequest> = std::iter::once(first).chain(queue.try_iter()).collect();
+            let last = group
+                .iter()
+                .filter_map(|request| match request {
+                    SyncRequest::Append { last, .. } => Some(*last),
+                    SyncRequest::Barrier(_) => None,
+                })
+                .max();
+            let result = (|| {
+                failpoint!("log-fsync");
+                db.persist(PersistMode::SyncAll)
+                    .map_err(|e| storage_error(path, e))?;
+                match last {
+                    Some(last) => watermark.write(last),
+                    None => Ok(()),
+                }
+            })();
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "syncing the raft log failed");
+            }
+            for request in group {
+                let result = result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| io::Error::new(e.kind(), e.to_string()));
+                match request {
+                    SyncRequest::Append { callback, .. } => callback.io_completed(result),
+                    SyncRequest::Barrier(done) => {
+                        let _ = done.send(result);
+                    }
+                }
+            }
+        }
+    }
+
+    fn gone() -> io::Error {
+        io::Error::other("the raft log's sync thread has stopped")
+    }
+
+    /// Queues an fsync for entries up to `last`; `callback` hears when it is done.
+    fn append(&self, last: u64, callback: IOFlushed<TypeConfig>) -> io::Result<()> {
+        self.requests
+            .send(SyncRequest::Append { last, callback })
+            .map_err(|_| Self::gone())
+    }
+
+    /// Waits until every append queued so far is durable.
+    async fn drain(&self) -> io::Result<()> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.requests
+            .send(SyncRequest::Barrier(done))
+            .map_err(|_| Self::gone())?;
+        wait.await.map_err(|_| Self::gone())?
+    }
 }
 
 /// The highest log index known to be durable, kept in a small file beside the database.
@@ -105,13 +202,23 @@ pub(crate) struct DiskLog {
 /// recovered log early. The watermark can: it is written only after the journal fsync that made
 /// an index durable, so a recovered log that ends below it has lost acknowledged entries — the
 /// node then refuses to start instead of serving a log with a hole. (It is not fsynced itself:
-/// if it lags after a power loss, the check is merely weaker, never wrong.)
+/// if it lags after a power loss, the check is merely weaker, never wrong.) It is rewritten in
+/// place after every group fsync, so the file stays open.
 #[derive(Clone)]
 struct Watermark {
     path: PathBuf,
+    /// The open file and the length of the record in it.
+    file: Arc<Mutex<Option<(File, usize)>>>,
 }
 
 impl Watermark {
+    fn new(path: &Path) -> Self {
+        Watermark {
+            path: path.to_path_buf(),
+            file: Arc::default(),
+        }
+    }
+
     fn read(&self) -> io::Result<Option<u64>> {
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => bytes,
@@ -128,7 +235,24 @@ impl Watermark {
     }
 
     fn write(&self, index: u64) -> io::Result<()> {
-        std::fs::write(&self.path, seal(&index))
+        let record = seal(&index);
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if file.is_none() {
+            let opened = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&self.path)?;
+            let len = opened.metadata()?.len() as usize;
+            *file = Some((opened, len));
+        }
+        let (f, len) = file.as_mut().expect("opened above");
+        f.write_all_at(&record, 0)?;
+        if *len != record.len() {
+            f.set_len(record.len() as u64)?;
+            *len = record.len();
+        }
+        Ok(())
     }
 }
 
@@ -152,14 +276,15 @@ impl DiskLog {
         let meta = db
             .keyspace("meta", KeyspaceCreateOptions::default)
             .map_err(|e| storage_error(path, e))?;
+        let watermark = Watermark::new(watermark);
+        let syncer = Syncer::start(db.clone(), path.to_path_buf(), watermark.clone())?;
         let mut log = DiskLog {
             db,
             entries,
             meta,
             path: path.to_path_buf(),
-            watermark: Watermark {
-                path: watermark.to_path_buf(),
-            },
+            watermark,
+            syncer,
         };
         log.check_watermark()?;
         Ok(log)
@@ -213,18 +338,20 @@ impl DiskLog {
         })
     }
 
-    /// Writes a batch and, when `sync`, fsyncs the journal, off the async runtime.
-    async fn write(&self, batch: fjall::OwnedWriteBatch, sync: bool) -> io::Result<()> {
+    /// Writes a batch to the journal's buffer and the memtable, in place: that takes
+    /// microseconds, and handing it to a blocking thread cost two thread switches per append.
+    fn commit(&self, batch: fjall::OwnedWriteBatch) -> io::Result<()> {
+        batch.commit().map_err(|e| self.err(e))
+    }
+
+    /// Writes a batch and fsyncs the journal, the fsync off the async runtime.
+    async fn write_synced(&self, batch: fjall::OwnedWriteBatch) -> io::Result<()> {
+        self.commit(batch)?;
         let db = self.db.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            batch.commit().map_err(|e| storage_error(&path, e))?;
-            if sync {
-                failpoint!("log-fsync");
-                db.persist(PersistMode::SyncAll)
-                    .map_err(|e| storage_error(&path, e))?;
-            }
-            Ok(())
+            db.persist(PersistMode::SyncAll)
+                .map_err(|e| storage_error(&path, e))
         })
         .await
         .map_err(io::Error::other)?
@@ -297,7 +424,7 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
         let mut batch = self.db.batch();
         batch.insert(&self.meta, VOTE, seal(vote));
-        self.write(batch, true).await
+        self.write_synced(batch).await
     }
 
     async fn save_committed(
@@ -307,7 +434,7 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
         // Not fsynced: after a crash openraft re-learns the commit index from the leader.
         let mut batch = self.db.batch();
         batch.insert(&self.meta, COMMITTED, seal(&committed));
-        self.write(batch, false).await
+        self.commit(batch)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
@@ -332,17 +459,13 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
             last = Some(entry.index());
             batch.insert(&self.entries, key(entry.index()), seal(&entry));
         }
-        let mut result = self.write(batch, true).await;
-        if let (Ok(()), Some(last)) = (&result, last) {
-            result = self.watermark.write(last);
-        }
-        callback.io_completed(
-            result
-                .as_ref()
-                .map(|_| ())
-                .map_err(|e| io::Error::new(e.kind(), e.to_string())),
-        );
-        result
+        let Some(last) = last else {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        };
+        // Written (readable by replication) now; durable when the syncer says so.
+        self.commit(batch)?;
+        self.syncer.append(last, callback)
     }
 
     async fn truncate_after(
@@ -350,13 +473,15 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
         last_log_id: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
+        // Appends still syncing would raise the watermark behind our back: let them finish.
+        self.syncer.drain().await?;
         // Lower the watermark first: entries above the truncation point are legitimately gone.
         self.watermark.write(from.saturating_sub(1))?;
         let mut batch = self.db.batch();
         for guard in self.entries.range::<[u8; 8], _>(key(from)..) {
             batch.remove(&self.entries, guard.key().map_err(|e| self.err(e))?);
         }
-        self.write(batch, true).await
+        self.write_synced(batch).await
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
@@ -365,7 +490,7 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
         for guard in self.entries.range::<[u8; 8], _>(..=key(log_id.index())) {
             batch.remove(&self.entries, guard.key().map_err(|e| self.err(e))?);
         }
-        self.write(batch, false).await
+        self.commit(batch)
     }
 }
 
