@@ -13,7 +13,8 @@
 # gRPC (kvs-bench): 64 clients over 8 connections spread over all three members, 256-byte
 # values, 100k keys: all writes, then all linearizable reads. RESP (redis-benchmark): -t set,get,
 # 64 clients, against the kvs leader and redis-server. Rounds alternate the systems; tables show
-# medians over rounds. Then memory: RSS of the kvs leader and of redis-server after loading 1M
+# medians over rounds; gRPC rows also show the servers' CPU time per operation (user + system,
+# load generator excluded), steadier than throughput on a shared machine. Then memory: RSS of the kvs leader and of redis-server after loading 1M
 # keys x 256 B.
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -40,17 +41,33 @@ install_peers
 cargo build --release --bins >&2
 SECONDS_PER_RUN=10
 
-# One kvs-bench run; appends "system test ops/s p50 p99" to $WORK/results.
+# CPU seconds (user + system) the given processes have used so far.
+cpu_seconds() {
+    local ticks=0 pid
+    for pid in "$@"; do
+        ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$ticks $(getconf CLK_TCK)" | awk '{print $1 / $2}'
+}
+
+# One kvs-bench run against the system made of the processes $6 (comma-separated); appends
+# "system test ops/s p50 p99 cpu-us-per-op" to $WORK/results. CPU per operation counts the
+# servers' processes only (not the load generator) and is much steadier than ops/s on a shared box.
 grpc_measure() {
-    local system=$1 target=$2 endpoints=$3 test=$4 ratio=$5
+    local system=$1 target=$2 endpoints=$3 test=$4 ratio=$5 before after
+    local -a pids
+    IFS=, read -r -a pids <<<"$6"
+    before=$(cpu_seconds "${pids[@]}")
     "$BENCH" --target "$target" --endpoints "$endpoints" --clients "$CLIENTS" --conns 8 \
         --duration "$SECONDS_PER_RUN" --value-size "$VALUE_BYTES" --keys "$KEYSPACE" \
-        --read-ratio "$ratio" --json |
-        python3 -c '
+        --read-ratio "$ratio" --json >"$WORK/run.json"
+    after=$(cpu_seconds "${pids[@]}")
+    python3 -c '
 import json, sys
-r = json.load(sys.stdin)
-print(sys.argv[1], sys.argv[2], r["ops_per_sec"], r["p50_ms"], r["p99_ms"])
-' "$system" "$test" >>"$WORK/results"
+r = json.load(open(sys.argv[3]))
+cpu_us = (float(sys.argv[5]) - float(sys.argv[4])) * 1e6 / max(r["ops"], 1)
+print(sys.argv[1], sys.argv[2], r["ops_per_sec"], r["p50_ms"], r["p99_ms"], round(cpu_us))
+' "$system" "$test" "$WORK/run.json" "$before" "$after" >>"$WORK/results"
 }
 
 # One redis-benchmark run; appends "system test rps p50 p99" lines to $WORK/results.
@@ -68,9 +85,14 @@ for row in rows[1:]:
 ' "$system" >>"$WORK/results"
 }
 
+# The node processes a `kvs-node demo` started.
+nodes_of() { pgrep -d, -P "$1"; }
 read -r pid port endpoints _ < <(start_kvs durable); PIDS+=("$pid"); KVS_DURABLE=$port; KVS_DURABLE_GRPC=$endpoints
+KVS_DURABLE_PIDS=$(nodes_of "$pid")
 read -r pid port endpoints _ < <(start_kvs memory); PIDS+=("$pid"); KVS_MEMORY=$port; KVS_MEMORY_GRPC=$endpoints
+KVS_MEMORY_PIDS=$(nodes_of "$pid")
 read -r pids endpoints < <(start_etcd); IFS=, read -r -a etcd_pids <<<"$pids"; PIDS+=("${etcd_pids[@]}"); ETCD_GRPC=$endpoints
+ETCD_PIDS=$pids
 read -r pid port < <(start_redis); PIDS+=("$pid"); REDIS=$port
 for started in "$KVS_DURABLE_GRPC" "$KVS_MEMORY_GRPC" "$ETCD_GRPC" "$REDIS"; do
     [ -n "$started" ] || { echo "a system did not start; see the messages above" >&2; exit 1; }
@@ -81,11 +103,11 @@ echo "machine: $(machine_note)" >&2
 echo "workload: redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS -d $VALUE_BYTES -r $KEYSPACE; $ROUNDS round(s)" >&2
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
-    grpc_measure grpc:kvs-durable kvs "$KVS_DURABLE_GRPC" PUT 0
-    grpc_measure grpc:etcd etcd "$ETCD_GRPC" PUT 0
-    grpc_measure grpc:kvs-memory kvs "$KVS_MEMORY_GRPC" PUT 0
-    grpc_measure grpc:kvs-durable kvs "$KVS_DURABLE_GRPC" GET 1
-    grpc_measure grpc:etcd etcd "$ETCD_GRPC" GET 1
+    grpc_measure grpc:kvs-durable kvs "$KVS_DURABLE_GRPC" PUT 0 "$KVS_DURABLE_PIDS"
+    grpc_measure grpc:etcd etcd "$ETCD_GRPC" PUT 0 "$ETCD_PIDS"
+    grpc_measure grpc:kvs-memory kvs "$KVS_MEMORY_GRPC" PUT 0 "$KVS_MEMORY_PIDS"
+    grpc_measure grpc:kvs-durable kvs "$KVS_DURABLE_GRPC" GET 1 "$KVS_DURABLE_PIDS"
+    grpc_measure grpc:etcd etcd "$ETCD_GRPC" GET 1 "$ETCD_PIDS"
     measure kvs-durable "$KVS_DURABLE"
     measure kvs-memory "$KVS_MEMORY"
     measure redis "$REDIS"
@@ -141,21 +163,27 @@ for line in open(sys.argv[1]):
         _, system, keys, before, after = line.split()
         memory[system] = (int(keys), int(before), int(after))
         continue
-    system, test, rps, p50, p99 = line.split()
-    runs[(system, test)].append((float(rps), float(p50), float(p99)))
+    system, test, rps, p50, p99, *cpu = line.split()
+    runs[(system, test)].append((float(rps), float(p50), float(p99), float(cpu[0]) if cpu else None))
 def med(system, test, i):
     return statistics.median(r[i] for r in runs[(system, test)])
 def table(title, tests, systems, peer):
     label = "vs " + peer.split(":")[-1]
-    print(f"{title:<17} {'test':<4} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {label:>10}")
+    cpu = any(r[3] is not None for (system, _), rs in runs.items() if system in systems for r in rs)
+    print(f"{title:<17} {'test':<4} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {label:>10}"
+          + (f" {'cpu us/op':>10} {label:>8}" if cpu else ""))
     for test in tests:
         for system in systems:
             if (system, test) not in runs:
                 continue
             rps = med(system, test, 0)
             ratio = rps / med(peer, test, 0)
-            print(f"{system:<17} {test:<4} {rps:>10.0f} {med(system, test, 1):>8.3f} "
-                  f"{med(system, test, 2):>8.3f} {ratio:>9.2f}x")
+            line = (f"{system:<17} {test:<4} {rps:>10.0f} {med(system, test, 1):>8.3f} "
+                    f"{med(system, test, 2):>8.3f} {ratio:>9.2f}x")
+            if cpu:
+                us = med(system, test, 3)
+                line += f" {us:>10.0f} {us / med(peer, test, 3):>7.2f}x"
+            print(line)
     print()
 table("gRPC system", ("PUT", "GET"), ("grpc:kvs-durable", "grpc:kvs-memory", "grpc:etcd"), "grpc:etcd")
 table("RESP system", ("SET", "GET"), ("kvs-durable", "kvs-memory", "redis"), "redis")

@@ -81,7 +81,7 @@ echo 5 >"/proc/$leader/clear_refs" # reset the leader's VmHWM to its current RSS
 
 start_node 2
 add_start=$(date +%s.%N)
-"$KVSCTL" --endpoints "127.0.0.1:$BASE" member add "127.0.0.1:$((BASE + 2))" >/dev/null
+"$KVSCTL" --endpoints "127.0.0.1:$BASE" member add --timeout 10m "127.0.0.1:$((BASE + 2))" >/dev/null
 add_end=$(date +%s.%N)
 receiver=${PIDS[2]}
 grep -q "installed snapshot" "$WORK/node-2.log" || { echo "the new member did not install a snapshot" >&2; exit 1; }
