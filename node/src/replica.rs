@@ -107,8 +107,16 @@ impl Replica {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// Runs `f` on openraft's current metrics without copying them: the request path asks who
+    /// leads on every request, and a copy of the metrics is a dozen allocations.
+    fn with_metrics<T>(&self, f: impl FnOnce(&RaftMetrics<TypeConfig>) -> T) -> T {
+        let metrics = self.raft.metrics();
+        let current = metrics.borrow_watched();
+        f(&current)
+    }
+
     pub(crate) fn membership(&self) -> Arc<StoredMembershipOf<TypeConfig>> {
-        self.metrics().membership_config
+        self.with_metrics(|metrics| metrics.membership_config.clone())
     }
 
     pub(crate) fn is_member(&self) -> bool {
@@ -121,11 +129,10 @@ impl Replica {
     /// its lease (an election timeout's worth) is no leader for clients: it cannot commit, and
     /// the rest of the cluster may well have elected another.
     pub(crate) fn leadership(&self) -> Leadership {
-        let metrics = self.metrics();
         let me = self.identity.node_id();
-        match metrics.current_leader {
+        self.with_metrics(|metrics| match metrics.current_leader {
             Some(id) if id == me && metrics.state == ServerState::Leader => {
-                match self.lease_lost(&metrics) {
+                match self.lease_lost(metrics) {
                     None => Leadership::Here,
                     Some(_) => Leadership::Unknown,
                 }
@@ -138,7 +145,7 @@ impl Replica {
                 None => Leadership::Unknown,
             },
             _ => Leadership::Unknown,
-        }
+        })
     }
 
     /// The leader's node ID, when one is known (see [`Replica::leadership`]).

@@ -296,21 +296,29 @@ impl Frame {
                     .collect();
                 line(out, b'-', &text);
             }
-            Frame::Integer(n) => line(out, b':', n.to_string().as_bytes()),
+            Frame::Integer(n) => number_line(out, b':', *n),
             Frame::Bulk(bytes) => {
-                line(out, b'$', bytes.len().to_string().as_bytes());
+                number_line(out, b'$', bytes.len() as i64);
                 out.extend_from_slice(bytes);
                 out.extend_from_slice(b"\r\n");
             }
             Frame::Null => out.extend_from_slice(b"$-1\r\n"),
             Frame::Array(items) => {
-                line(out, b'*', items.len().to_string().as_bytes());
+                number_line(out, b'*', items.len() as i64);
                 for item in items {
                     item.encode(out);
                 }
             }
         }
     }
+}
+
+/// A tag and a number: formatted straight into the reply, with no string per reply.
+fn number_line(out: &mut BytesMut, tag: u8, n: i64) {
+    use std::fmt::Write as _;
+    out.extend_from_slice(&[tag]);
+    write!(out, "{n}").expect("formatting into a BytesMut cannot fail");
+    out.extend_from_slice(b"\r\n");
 }
 
 fn line(out: &mut BytesMut, tag: u8, text: &[u8]) {
