@@ -208,8 +208,11 @@ impl PeerConnection {
     }
 }
 
-/// A rough upper bound of an entry's encoded size, enough to cut append batches by bytes.
-fn entry_bytes(payload: &EntryPayload<crate::store::command::Command, u64, MemberAddr>) -> usize {
+/// A rough upper bound of an entry's encoded size: replication cuts batches by it, and the
+/// durable log bounds its cache of recent entries by it.
+pub(crate) fn entry_bytes(
+    payload: &EntryPayload<crate::store::command::Command, u64, MemberAddr>,
+) -> usize {
     match payload {
         EntryPayload::Blank => 32,
         EntryPayload::Normal(cmd) => cmd.encoded_len_hint(),

@@ -6,6 +6,10 @@
 //! top, every record kvs stores carries its own format byte and CRC32, so a damaged record is
 //! reported naming the database and the index — never served.
 //!
+//! Entries appended lately are also kept decoded in memory ([`RecentEntries`], bounded): the
+//! state machine applies, and the leader replicates, each entry soon after it is appended, and
+//! reading it back from the journal (decode and checksum) was ~7% of a follower's CPU.
+//!
 //! Group commit: `append` writes its entries to the journal and returns at once; one thread,
 //! the [`Syncer`], fsyncs the journal and only then tells openraft the entries are durable. Every
 //! append that arrives while an fsync runs is covered by the next one, so a busy leader pays
@@ -13,6 +17,7 @@
 //! replicating to followers while its own disk syncs (waiting for the fsync inside `append`
 //! stalled the core for every sync).
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::fs::File;
 use std::fs::OpenOptions;
@@ -44,6 +49,7 @@ use serde::de::DeserializeOwned;
 
 use crate::failpoint::failpoint;
 use crate::raft::TypeConfig;
+use crate::raft::network::entry_bytes;
 
 /// Version of the record encoding (format byte, postcard body, CRC32 of both).
 pub(crate) const RECORD_FORMAT: u8 = 1;
@@ -60,6 +66,11 @@ const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// fjall's block cache, for the rare reads of entries already flushed (a lagging follower):
 /// small, because such a follower soon gets a snapshot instead (fjall's default is 32 MiB).
 const BLOCK_CACHE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// How much of the newest log the [`RecentEntries`] cache keeps, by encoded size: a few thousand
+/// small writes, enough for apply and replication to find what they read next; little enough
+/// to leave the node's memory as it was.
+const RECENT_ENTRY_BYTES: usize = 1024 * 1024;
 
 /// Encodes a record: format byte, postcard body, CRC32 of both (little endian).
 pub(crate) fn seal<T: Serialize>(value: &T) -> Vec<u8> {
@@ -100,7 +111,7 @@ pub(crate) fn unseal<T: DeserializeOwned>(
     }
 }
 
-/// The durable log; clones share the database and the syncer.
+/// The durable log; clones share the database, the syncer and the cache.
 #[derive(Clone)]
 pub(crate) struct DiskLog {
     db: Database,
@@ -109,6 +120,61 @@ pub(crate) struct DiskLog {
     path: PathBuf,
     watermark: Watermark,
     syncer: Syncer,
+    recent: Arc<Mutex<RecentEntries>>,
+}
+
+/// The newest entries of the log, decoded: always a contiguous run ending at the last entry
+/// appended, or empty. The journal stays the truth; this only spares reading it back.
+#[derive(Default)]
+struct RecentEntries {
+    entries: VecDeque<EntryOf<TypeConfig>>,
+    bytes: usize,
+}
+
+impl RecentEntries {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.index())
+    }
+
+    /// Adds appended entries; a batch that does not follow the newest starts the run afresh.
+    fn extend(&mut self, batch: &[EntryOf<TypeConfig>]) {
+        let Some(first) = batch.first() else { return };
+        if self
+            .entries
+            .back()
+            .is_some_and(|last| last.index() + 1 != first.index())
+        {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        for entry in batch {
+            self.bytes += entry_bytes(&entry.payload);
+            self.entries.push_back(entry.clone());
+        }
+        while self.bytes > RECENT_ENTRY_BYTES
+            && let Some(old) = self.entries.pop_front()
+        {
+            self.bytes -= entry_bytes(&old.payload);
+        }
+    }
+
+    /// Drops entries from index `from` on (a truncation) or up to `upto` (a purge).
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        self.entries.retain(|e| keep(e.index()));
+        self.bytes = self.entries.iter().map(|e| entry_bytes(&e.payload)).sum();
+    }
+
+    /// The entries in `start..end` (`end` exclusive, `None` for all), if the cache holds them all.
+    fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<EntryOf<TypeConfig>>> {
+        let first = self.first_index()?;
+        let last = first + self.entries.len() as u64 - 1;
+        let end = end.unwrap_or(last + 1);
+        if start < first || start > last + 1 || end > last + 1 {
+            return None;
+        }
+        let (from, to) = ((start - first) as usize, (end.max(start) - first) as usize);
+        Some(self.entries.range(from..to).cloned().collect())
+    }
 }
 
 /// Asks the sync thread for an fsync of everything written so far, and says who to tell.
@@ -285,6 +351,7 @@ impl DiskLog {
             path: path.to_path_buf(),
             watermark,
             syncer,
+            recent: Arc::default(),
         };
         log.check_watermark()?;
         Ok(log)
@@ -312,6 +379,10 @@ impl DiskLog {
             ));
         }
         Ok(())
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn err(&self, e: fjall::Error) -> io::Error {
@@ -379,9 +450,16 @@ impl RaftLogReader<TypeConfig> for DiskLog {
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
+            Bound::Included(i) => Some(i.saturating_add(1)),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        if let Some(cached) = self.recent().get(start, end) {
+            return Ok(cached);
+        }
+        let end = match end {
+            Some(end) => Bound::Excluded(key(end)),
+            None => Bound::Unbounded,
         };
         let mut out = Vec::new();
         for guard in self
@@ -453,18 +531,18 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
         I::IntoIter: Send,
     {
         failpoint!("log-append");
-        let mut batch = self.db.batch();
-        let mut last = None;
-        for entry in entries {
-            last = Some(entry.index());
-            batch.insert(&self.entries, key(entry.index()), seal(&entry));
-        }
-        let Some(last) = last else {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.index()) else {
             callback.io_completed(Ok(()));
             return Ok(());
         };
+        let mut batch = self.db.batch();
+        for entry in &entries {
+            batch.insert(&self.entries, key(entry.index()), seal(entry));
+        }
         // Written (readable by replication) now; durable when the syncer says so.
         self.commit(batch)?;
+        self.recent().extend(&entries);
         self.syncer.append(last, callback)
     }
 
@@ -475,6 +553,7 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
         // Appends still syncing would raise the watermark behind our back: let them finish.
         self.syncer.drain().await?;
+        self.recent().retain(|index| index < from);
         // Lower the watermark first: entries above the truncation point are legitimately gone.
         self.watermark.write(from.saturating_sub(1))?;
         let mut batch = self.db.batch();
@@ -485,6 +564,7 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
+        self.recent().retain(|index| index > log_id.index());
         let mut batch = self.db.batch();
         batch.insert(&self.meta, LAST_PURGED, seal(&log_id));
         for guard in self.entries.range::<[u8; 8], _>(..=key(log_id.index())) {
@@ -520,6 +600,64 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_disk_log_passes_openrafts_storage_suite() {
         Suite::test_all(DiskStores).await.expect("storage suite");
+    }
+
+    fn blank(index: u64) -> EntryOf<TypeConfig> {
+        use openraft::vote::RaftLeaderId;
+        use openraft::vote::leader_id_adv::LeaderId;
+        EntryOf::<TypeConfig>::new_blank(LogIdOf::<TypeConfig>::new(
+            LeaderId::new(1, 1).to_committed(),
+            index,
+        ))
+    }
+
+    fn indexes(got: Option<Vec<EntryOf<TypeConfig>>>) -> Option<Vec<u64>> {
+        got.map(|entries| entries.iter().map(|e| e.index()).collect())
+    }
+
+    #[test]
+    fn recent_entries_answer_only_ranges_they_hold_whole() {
+        let mut recent = RecentEntries::default();
+        recent.extend(&(5..10).map(blank).collect::<Vec<_>>());
+        assert_eq!(indexes(recent.get(5, None)), Some(vec![5, 6, 7, 8, 9]));
+        assert_eq!(indexes(recent.get(7, Some(9))), Some(vec![7, 8]));
+        assert_eq!(indexes(recent.get(10, None)), Some(vec![]));
+        assert_eq!(
+            indexes(recent.get(4, Some(6))),
+            None,
+            "starts before the cache"
+        );
+        assert_eq!(indexes(recent.get(8, Some(11))), None, "ends after the log");
+        assert_eq!(indexes(recent.get(12, None)), None);
+
+        recent.extend(&[blank(20)]);
+        assert_eq!(
+            indexes(recent.get(20, None)),
+            Some(vec![20]),
+            "a gap starts afresh"
+        );
+        assert_eq!(indexes(recent.get(9, None)), None);
+
+        recent.extend(&(21..25).map(blank).collect::<Vec<_>>());
+        recent.retain(|index| index < 23);
+        assert_eq!(
+            indexes(recent.get(20, None)),
+            Some(vec![20, 21, 22]),
+            "truncated"
+        );
+        recent.retain(|index| index > 20);
+        assert_eq!(indexes(recent.get(21, None)), Some(vec![21, 22]), "purged");
+        assert_eq!(indexes(recent.get(20, None)), None);
+
+        let many = 2 * RECENT_ENTRY_BYTES as u64 / 32;
+        recent.extend(&(23..23 + many).map(blank).collect::<Vec<_>>());
+        assert!(recent.bytes <= RECENT_ENTRY_BYTES);
+        assert_eq!(
+            indexes(recent.get(23, None)),
+            None,
+            "the oldest were evicted"
+        );
+        assert_eq!(indexes(recent.get(22 + many, None)), Some(vec![22 + many]));
     }
 
     #[test]
