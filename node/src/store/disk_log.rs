@@ -158,7 +158,7 @@ impl RecentEntries {
         }
     }
 
-    /// Drops entries from index `from` on (a truncation) or up to `upto` (a purge).
+    /// Keeps the entries whose index `keep` accepts: a truncation drops a tail, a purge a head.
     fn retain(&mut self, keep: impl Fn(u64) -> bool) {
         self.entries.retain(|e| keep(e.index()));
         self.bytes = self.entries.iter().map(|e| entry_bytes(&e.payload)).sum();
