@@ -109,7 +109,7 @@ impl Replica {
 
     /// Runs `f` on openraft's current metrics without copying them: the request path asks who
     /// leads on every request, and a copy of the metrics is a dozen allocations.
-    fn with_metrics<T>(&self, f: impl FnOnce(&RaftMetrics<TypeConfig>) -> T) -> T {
+    pub(crate) fn with_metrics<T>(&self, f: impl FnOnce(&RaftMetrics<TypeConfig>) -> T) -> T {
         let metrics = self.raft.metrics();
         let current = metrics.borrow_watched();
         f(&current)

@@ -15,11 +15,14 @@ use crate::replica::Replica;
 const SERVICES: [&str; 2] = ["", "kvs.v1.Kv"];
 
 fn serving(replica: &Replica) -> bool {
-    let metrics = replica.metrics();
     let me = replica.identity.node_id();
-    let member = metrics.membership_config.get_node(&me).is_some();
-    let caught_up =
-        metrics.last_applied.map(|l| l.index) >= metrics.local_committed.map(|l| l.index);
+    // Looked at on every change of the metrics, so read in place rather than copied.
+    let (member, caught_up) = replica.with_metrics(|metrics| {
+        (
+            metrics.membership_config.get_node(&me).is_some(),
+            metrics.last_applied.map(|l| l.index) >= metrics.local_committed.map(|l| l.index),
+        )
+    });
     member && replica.leader_id().is_some() && caught_up && !replica.drain.is_closing()
 }
 

@@ -184,7 +184,8 @@ enum SyncRequest {
         last: u64,
         callback: IOFlushed<TypeConfig>,
     },
-    /// Answers once every request before it is durable and its watermark written.
+    /// Answers once everything written before it is durable (and the watermark of the appends
+    /// before it written).
     Barrier(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
@@ -252,7 +253,7 @@ impl Syncer {
             .map_err(|_| Self::gone())
     }
 
-    /// Waits until every append queued so far is durable.
+    /// Waits until everything written to the journal so far is durable.
     async fn drain(&self) -> io::Result<()> {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.requests
@@ -415,17 +416,11 @@ impl DiskLog {
         batch.commit().map_err(|e| self.err(e))
     }
 
-    /// Writes a batch and fsyncs the journal, the fsync off the async runtime.
+    /// Writes a batch and waits until it, and everything written before, is durable: the
+    /// sync thread's fsync, so every fsync of the journal happens in one place.
     async fn write_synced(&self, batch: fjall::OwnedWriteBatch) -> io::Result<()> {
         self.commit(batch)?;
-        let db = self.db.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            db.persist(PersistMode::SyncAll)
-                .map_err(|e| storage_error(&path, e))
-        })
-        .await
-        .map_err(io::Error::other)?
+        self.syncer.drain().await
     }
 }
 
