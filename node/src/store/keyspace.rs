@@ -8,19 +8,18 @@
 //! calls `Arc::make_mut` on its one shard, so after a clone only the shards written to are
 //! copied, and such a copy bumps each entry's reference count instead of copying its bytes.
 //!
-//! **Memory per key.** An entry is one `Arc<[u8]>` holding the key's length (LEB128, one byte
-//! for keys under 128 bytes), the key and the value, plus the absolute expiry. Per key that
-//! costs:
-//! - the table slot: 24 bytes (`Arc<[u8]>` fat pointer 16 + expiry 8) and 1 control byte, divided
-//!   by the load factor, which hashbrown keeps between 7/16 and 7/8: 29 to 57 bytes;
-//! - the allocation: `Arc` counts 16 + length prefix 1 + the allocator's own header and
-//!   rounding (glibc: 8 + 0..15): about 32 bytes.
+//! **Memory per key.** An entry is one `Arc<[u8]>` holding a header (LEB128 of the key's length
+//! and a has-expiry bit: one byte for keys under 64 bytes), the absolute expiry only if the key
+//! has one, the key and the value. Per key that costs:
+//! - the table slot: 16 bytes (the `Arc<[u8]>` fat pointer) and 1 control byte, divided by the
+//!   load factor, which hashbrown keeps between 7/16 and 7/8: 19 to 39 bytes;
+//! - the allocation: `Arc` counts 16 + header 1 (+ 8 with an expiry) + the allocator's own
+//!   header and rounding (glibc: 8 + 0..15): about 32 bytes.
 //!
-//! So about 60 to 90 bytes per key beyond its key and value bytes. Measured: 1M keys of 16 bytes
-//! with 256-byte values add 340 MiB RSS — 272 MB of payload and 85 bytes per key, at the
-//! unlucky end since ~244 keys per shard sit in 512-bucket tables — below the ~395 MB RSS
-//! of redis-server with 1M 256-byte values. Keeping the key length in the slot instead would
-//! round the slot up to 32 bytes.
+//! So about 50 to 70 bytes per key beyond its key and value bytes. Keys without an expiry — most
+//! keys — pay nothing for expiry support; an expiry in the slot would cost every key 8 bytes,
+//! 16 MB at 1M keys (~244 keys per shard sit in 512-bucket tables), and changing an expiry copies
+//! the entry instead. Keeping the key length in the slot instead would round the slot up to 24.
 //!
 //! The shard is chosen by the top bits of a SipHash-1-3 hash with fixed keys. SipHash-1-3 is a
 //! specified function, so every node on every platform and version computes the same hash: a
@@ -55,12 +54,11 @@ pub(crate) struct Keyspace {
     bytes_used: usize,
 }
 
-/// One stored key: `data` is the key's length (LEB128), the key, then the value.
+/// One stored key: `data` is the header (LEB128 of `key length << 1 | has expiry`), the absolute
+/// expiry in cluster ms (8 bytes, little-endian) if it has one, the key, then the value.
 #[derive(Clone)]
 struct Entry {
     data: Arc<[u8]>,
-    /// Absolute expiry in cluster ms; 0 means none.
-    expires_at_ms: u64,
 }
 
 /// A borrowed view of one stored key.
@@ -115,13 +113,13 @@ impl Keyspace {
         // Look before writing: an unchanged key must not copy a shard shared with a snapshot.
         match self.shards[index].find(table_hash(hash), |e| e.key() == key) {
             None => return false,
-            Some(entry) if entry.expires_at_ms == expires_at_ms => return true,
+            Some(entry) if entry.expires_at_ms() == expires_at_ms => return true,
             Some(_) => {}
         }
         let shard = Arc::make_mut(&mut self.shards[index]);
         match shard.find_mut(table_hash(hash), |e| e.key() == key) {
             Some(entry) => {
-                entry.expires_at_ms = expires_at_ms;
+                *entry = Entry::new(entry.key(), entry.value(), expires_at_ms);
                 true
             }
             None => false,
@@ -211,73 +209,99 @@ impl<'a> EntryRef<'a> {
     }
 
     pub(crate) fn value(&self) -> &'a [u8] {
-        let data = &self.entry.data[..];
-        &data[self.entry.value_start()..]
+        self.entry.value()
     }
 
     /// Absolute expiry in cluster ms; 0 means none.
     pub(crate) fn expires_at_ms(&self) -> u64 {
-        self.entry.expires_at_ms
+        self.entry.expires_at_ms()
     }
 
     /// The key, sharing the entry's allocation instead of copying it.
     pub(crate) fn key_bytes(&self) -> Bytes {
-        let (len, prefix) = read_key_len(&self.entry.data);
-        Bytes::from_owner(Arc::clone(&self.entry.data)).slice(prefix..prefix + len)
+        let layout = self.entry.layout();
+        Bytes::from_owner(Arc::clone(&self.entry.data)).slice(layout.key_start..layout.value_start)
     }
 
     /// The value, sharing the entry's allocation instead of copying it.
     pub(crate) fn value_bytes(&self) -> Bytes {
-        Bytes::from_owner(Arc::clone(&self.entry.data)).slice(self.entry.value_start()..)
+        Bytes::from_owner(Arc::clone(&self.entry.data)).slice(self.entry.layout().value_start..)
     }
+}
+
+/// Where the parts of an entry's data lie.
+struct Layout {
+    /// Where the expiry starts, if the entry has one.
+    expiry_start: Option<usize>,
+    key_start: usize,
+    value_start: usize,
 }
 
 impl Entry {
     fn new(key: &[u8], value: &[u8], expires_at_ms: u64) -> Entry {
-        let mut prefix = [0u8; MAX_KEY_LEN_BYTES];
-        let prefix_len = write_key_len(key.len(), &mut prefix);
-        let total = prefix_len + key.len() + value.len();
+        let has_expiry = expires_at_ms != 0;
+        let mut header = [0u8; MAX_HEADER_BYTES];
+        let header_len = write_header(key.len() << 1 | usize::from(has_expiry), &mut header);
+        let expiry = if has_expiry {
+            &expires_at_ms.to_le_bytes()[..]
+        } else {
+            &[]
+        };
+        let total = header_len + expiry.len() + key.len() + value.len();
         // One allocation of the exact size, filled in place.
         let mut data: Arc<[u8]> = iter::repeat_n(0u8, total).collect();
         let buf = Arc::get_mut(&mut data).expect("a fresh Arc has no other owner");
-        let (head, rest) = buf.split_at_mut(prefix_len);
-        head.copy_from_slice(&prefix[..prefix_len]);
-        let (key_buf, value_buf) = rest.split_at_mut(key.len());
-        key_buf.copy_from_slice(key);
-        value_buf.copy_from_slice(value);
-        Entry {
-            data,
-            expires_at_ms,
+        let mut at = 0;
+        for part in [&header[..header_len], expiry, key, value] {
+            buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        Entry { data }
+    }
+
+    fn layout(&self) -> Layout {
+        let (word, header_len) = read_header(&self.data);
+        let (key_len, has_expiry) = (word >> 1, word & 1 == 1);
+        let key_start = header_len + if has_expiry { 8 } else { 0 };
+        Layout {
+            expiry_start: has_expiry.then_some(header_len),
+            key_start,
+            value_start: key_start + key_len,
         }
     }
 
     fn key(&self) -> &[u8] {
-        let (len, prefix) = read_key_len(&self.data);
-        &self.data[prefix..prefix + len]
+        let layout = self.layout();
+        &self.data[layout.key_start..layout.value_start]
     }
 
-    fn value_start(&self) -> usize {
-        let (len, prefix) = read_key_len(&self.data);
-        prefix + len
+    fn value(&self) -> &[u8] {
+        &self.data[self.layout().value_start..]
+    }
+
+    fn expires_at_ms(&self) -> u64 {
+        self.layout().expiry_start.map_or(0, |at| {
+            let bytes = self.data[at..at + 8].try_into().expect("8 bytes");
+            u64::from_le_bytes(bytes)
+        })
     }
 
     /// Key and value bytes, as counted by [`Keyspace::bytes_used`].
     fn payload_len(&self) -> usize {
-        let (_, prefix) = read_key_len(&self.data);
-        self.data.len() - prefix
+        self.data.len() - self.layout().key_start
     }
 }
 
 /// LEB128 of a `usize` takes at most 10 bytes.
-const MAX_KEY_LEN_BYTES: usize = 10;
+const MAX_HEADER_BYTES: usize = 10;
 
-/// Writes `len` as LEB128 into `out`, returning how many bytes it took.
-fn write_key_len(mut len: usize, out: &mut [u8; MAX_KEY_LEN_BYTES]) -> usize {
+/// Writes `word` as LEB128 into `out`, returning how many bytes it took.
+fn write_header(mut word: usize, out: &mut [u8; MAX_HEADER_BYTES]) -> usize {
     let mut written = 0;
     loop {
-        let low = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
+        let low = (word & 0x7f) as u8;
+        word >>= 7;
+        if word == 0 {
             out[written] = low;
             return written + 1;
         }
@@ -286,17 +310,17 @@ fn write_key_len(mut len: usize, out: &mut [u8; MAX_KEY_LEN_BYTES]) -> usize {
     }
 }
 
-/// Reads the LEB128 key length at the start of an entry's data: (length, bytes it took). The
+/// Reads the LEB128 header word at the start of an entry's data: (word, bytes it took). The
 /// data was written by [`Entry::new`], so it is well formed.
-fn read_key_len(data: &[u8]) -> (usize, usize) {
-    let mut len = 0usize;
-    for (i, byte) in data.iter().take(MAX_KEY_LEN_BYTES).enumerate() {
-        len |= usize::from(byte & 0x7f) << (7 * i);
+fn read_header(data: &[u8]) -> (usize, usize) {
+    let mut word = 0usize;
+    for (i, byte) in data.iter().take(MAX_HEADER_BYTES).enumerate() {
+        word |= usize::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
-            return (len, i + 1);
+            return (word, i + 1);
         }
     }
-    unreachable!("an entry always starts with a complete key length")
+    unreachable!("an entry always starts with a complete header")
 }
 
 fn key_hash(key: &[u8]) -> u64 {
@@ -388,16 +412,40 @@ mod tests {
     }
 
     #[test]
-    fn key_length_prefix_round_trips() {
-        for len in [0, 1, 127, 128, 300, 16_383, 16_384, usize::MAX] {
-            let mut buf = [0u8; MAX_KEY_LEN_BYTES];
-            let written = write_key_len(len, &mut buf);
+    fn header_round_trips() {
+        for word in [0, 1, 127, 128, 300, 16_383, 16_384, usize::MAX] {
+            let mut buf = [0u8; MAX_HEADER_BYTES];
+            let written = write_header(word, &mut buf);
+            assert_eq!(read_header(&buf[..written]), (word, written), "word {word}");
+        }
+    }
+
+    #[test]
+    fn expiries_are_kept_with_keys_of_every_header_length() {
+        let mut keyspace = Keyspace::default();
+        let keys: Vec<Vec<u8>> = [0, 1, 63, 64, 200, 10_000].map(|n| vec![b'k'; n]).into();
+        for (i, key) in keys.iter().enumerate() {
+            let expiry = [0, 1, u64::MAX][i % 3];
+            keyspace.insert(key, b"value", expiry);
             assert_eq!(
-                read_key_len(&buf[..written]),
-                (len, written),
-                "length {len}"
+                keyspace
+                    .get(key)
+                    .map(|e| (e.key(), e.value(), e.expires_at_ms())),
+                Some((&key[..], &b"value"[..], expiry))
             );
         }
+        for (i, key) in keys.iter().enumerate() {
+            let expiry = [7, 0, 1 << 40][i % 3];
+            assert!(keyspace.set_expiry(key, expiry));
+            let entry = keyspace.get(key).expect("stored");
+            assert_eq!(
+                (entry.value(), entry.expires_at_ms()),
+                (&b"value"[..], expiry)
+            );
+            assert_eq!(entry.key_bytes(), Bytes::from(key.clone()));
+        }
+        let payload: usize = keys.iter().map(|k| k.len() + b"value".len()).sum();
+        assert_eq!(keyspace.bytes_used(), payload);
     }
 
     #[test]
@@ -510,13 +558,17 @@ mod tests {
         Get(Vec<u8>),
     }
 
+    fn expiry() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..3, Just(u64::MAX)]
+    }
+
     fn model_op() -> impl Strategy<Value = ModelOp> {
         let key = prop::collection::vec(0u8..4, 0..3);
         let value = prop::collection::vec(any::<u8>(), 0..40);
         prop_oneof![
-            (key.clone(), value, 0u64..3).prop_map(|(k, v, e)| ModelOp::Insert(k, v, e)),
+            (key.clone(), value, expiry()).prop_map(|(k, v, e)| ModelOp::Insert(k, v, e)),
             key.clone().prop_map(ModelOp::Remove),
-            (key.clone(), 0u64..3).prop_map(|(k, e)| ModelOp::SetExpiry(k, e)),
+            (key.clone(), expiry()).prop_map(|(k, e)| ModelOp::SetExpiry(k, e)),
             key.prop_map(ModelOp::Get),
         ]
     }
