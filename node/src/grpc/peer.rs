@@ -48,35 +48,7 @@ impl PeerService {
     }
 
     fn admit(&self, msg: &PeerMessage, adopt: Adopt) -> Result<(), Status> {
-        let envelope = msg
-            .envelope
-            .as_ref()
-            .ok_or_else(|| Status::invalid_argument("peer message without an envelope"))?;
-        if envelope.format != PEER_FORMAT {
-            return Err(Status::failed_precondition(format!(
-                "peer payload format {} is not supported (this node speaks {PEER_FORMAT})",
-                envelope.format
-            )));
-        }
-        if self.replica.peers.faults().blocks(envelope.from) {
-            return Err(Status::unavailable("link cut by fault injection"));
-        }
-        self.replica
-            .identity
-            .admit(
-                &envelope.cluster_id,
-                envelope.to,
-                adopt == Adopt::FromLeader,
-            )
-            .map_err(|mismatch| {
-                tracing::warn!(%mismatch, from = envelope.from, "rejected peer message");
-                let code = mismatch.code();
-                let mut status = to_status(Error::PeerIdentity(mismatch), None);
-                status
-                    .metadata_mut()
-                    .insert("kvs-peer-reject", MetadataValue::from_static(code));
-                status
-            })
+        admit(&self.replica, msg, adopt)
     }
 
     /// Admits, decodes, runs `f` on openraft and encodes its answer.
@@ -104,6 +76,40 @@ impl PeerService {
             payload: encode(&resp),
         }))
     }
+}
+
+/// Lets `msg` through only if it is addressed to this node of this cluster, in a payload format
+/// this node reads, over a link fault injection has not cut.
+fn admit(replica: &Replica, msg: &PeerMessage, adopt: Adopt) -> Result<(), Status> {
+    let envelope = msg
+        .envelope
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument("peer message without an envelope"))?;
+    if envelope.format != PEER_FORMAT {
+        return Err(Status::failed_precondition(format!(
+            "peer payload format {} is not supported (this node speaks {PEER_FORMAT})",
+            envelope.format
+        )));
+    }
+    if replica.peers.faults().blocks(envelope.from) {
+        return Err(Status::unavailable("link cut by fault injection"));
+    }
+    replica
+        .identity
+        .admit(
+            &envelope.cluster_id,
+            envelope.to,
+            adopt == Adopt::FromLeader,
+        )
+        .map_err(|mismatch| {
+            tracing::warn!(%mismatch, from = envelope.from, "rejected peer message");
+            let code = mismatch.code();
+            let mut status = to_status(Error::PeerIdentity(mismatch), None);
+            status
+                .metadata_mut()
+                .insert("kvs-peer-reject", MetadataValue::from_static(code));
+            status
+        })
 }
 
 /// A snapshot that arrived damaged is the sender's to fix; one this node cannot store (disk full,
@@ -139,6 +145,50 @@ impl Peer for PeerService {
             self.replica.raft.append_entries(req)
         })
         .await
+    }
+
+    type StreamAppendStream = futures::stream::BoxStream<'static, Result<PeerMessage, Status>>;
+
+    /// openraft's pipelined replication: requests flow into `Raft::stream_append`, which answers
+    /// each once its entries are stored. The first message refused (wrong envelope, fault
+    /// injection, bad payload) ends the input, and the call ends with its status once the
+    /// requests before it are answered.
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<PeerMessage>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let (refuse, refusal) = tokio::sync::oneshot::channel();
+        let replica = self.replica.clone();
+        let requests = request.into_inner().scan(Some(refuse), move |refuse, msg| {
+            let req = msg.and_then(|msg| {
+                admit(&replica, &msg, Adopt::FromLeader)?;
+                decode(&msg.payload)
+                    .map_err(|e| Status::invalid_argument(format!("bad peer payload: {e}")))
+            });
+            std::future::ready(match req {
+                Ok(req) => Some(req),
+                Err(status) => {
+                    if let Some(refuse) = refuse.take() {
+                        let _ = refuse.send(status);
+                    }
+                    None
+                }
+            })
+        });
+        let replies = self
+            .replica
+            .raft
+            .stream_append(requests)
+            .map(|result| match result {
+                Ok(result) => Ok(PeerMessage {
+                    envelope: None,
+                    payload: encode(&result),
+                }),
+                Err(fatal) => Err(Status::unavailable(fatal.to_string())),
+            });
+        let refused = futures::stream::once(refusal)
+            .filter_map(|status| std::future::ready(status.ok().map(Err)));
+        Ok(Response::new(replies.chain(refused).boxed()))
     }
 
     async fn transfer_leader(

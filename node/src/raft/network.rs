@@ -5,33 +5,48 @@
 //! own types encoded with postcard, so this layer never re-models the protocol. Append batches are
 //! cut by bytes (openraft only caps them by count), so large values replicate without hitting
 //! message limits; the receiver's limit is set to fit the largest batch the node accepts.
+//!
+//! Replication runs over one long-lived `StreamAppend` call per follower: openraft's replication
+//! task hands over an endless stream of AppendEntries requests and reads the follower's replies
+//! as they come, so the next batch leaves as soon as the leader has it instead of after the
+//! previous batch's reply, and a batch costs one message instead of one HTTP/2 request and
+//! response. Heartbeats, single requests, stay unary calls.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use openraft::EntryPayload;
 use openraft::RaftNetworkFactory;
+use openraft::alias::EntryOf;
 use openraft::alias::SnapshotOf;
 use openraft::alias::VoteOf;
+use openraft::base::BoxFuture;
+use openraft::base::BoxStream;
 use openraft::errors::NetworkError;
 use openraft::errors::RPCError;
 use openraft::errors::ReplicationClosed;
 use openraft::errors::StreamingError;
 use openraft::errors::Unreachable;
 use openraft::network::RPCOption;
+use openraft::network::stream_append_sequential;
 use openraft::network::v2::RaftNetworkV2;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
+use openraft::raft::StreamAppendResult;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tonic::Streaming;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
@@ -134,6 +149,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             client: self.client(&node.peer_addr),
             addr: node.peer_addr.clone(),
+            streams: true,
         }
     }
 }
@@ -144,6 +160,9 @@ pub(crate) struct PeerConnection {
     target: u64,
     addr: String,
     client: Option<PeerClient<Channel>>,
+    /// Cleared once the target answered UNIMPLEMENTED to `StreamAppend` (an older version):
+    /// from then on appends go as unary calls.
+    streams: bool,
 }
 
 type Rpc<T> = Result<T, RPCError<TypeConfig>>;
@@ -225,26 +244,208 @@ pub(crate) fn entry_bytes(
     }
 }
 
+/// How many of `entries` one request carries so that it stays well within the receiver's
+/// message limit: at least one (the receiver's limit fits the largest single entry).
+fn entries_that_fit(entries: &[EntryOf<TypeConfig>], budget: usize) -> usize {
+    let mut used = 0;
+    entries
+        .iter()
+        .position(|e| {
+            used += entry_bytes(&e.payload);
+            used > budget
+        })
+        .map_or(entries.len(), |cut| cut.max(1))
+}
+
+/// `rpc` as consecutive requests that each fit `budget`, every one carrying the leader's vote and
+/// commit; the follower acknowledges each.
+fn split_by_bytes(
+    mut rpc: AppendEntriesRequest<TypeConfig>,
+    budget: usize,
+) -> Vec<AppendEntriesRequest<TypeConfig>> {
+    let mut pieces = Vec::with_capacity(1);
+    loop {
+        let keep = entries_that_fit(&rpc.entries, budget);
+        if keep == rpc.entries.len() {
+            pieces.push(rpc);
+            return pieces;
+        }
+        let rest = AppendEntriesRequest {
+            vote: rpc.vote,
+            prev_log_id: Some(rpc.entries[keep - 1].log_id),
+            entries: rpc.entries.split_off(keep),
+            leader_commit: rpc.leader_commit,
+        };
+        pieces.push(rpc);
+        rpc = rest;
+    }
+}
+
+/// The replies of one `StreamAppend` call, in the order of its requests.
+type AppendReplies<'s> = BoxStream<'s, Rpc<StreamAppendResult<TypeConfig>>>;
+
+/// Reads a `StreamAppend` call's replies for openraft, and ends the call as unreachable when a
+/// request has waited more than one to two `ttl`s for its reply (a paused or overloaded
+/// follower), or when fault injection cut the link.
+struct Replies {
+    replies: Streaming<PeerMessage>,
+    addr: String,
+    ttl: Duration,
+    /// Requests handed to the call so far, and replies read.
+    sent: Arc<AtomicU64>,
+    received: u64,
+    /// Set by the request side when it stopped because fault injection blocks the target.
+    cut: Arc<AtomicBool>,
+    /// Fires every `ttl`; `stalled_at` is the reply count at the previous firing if a request was
+    /// outstanding then.
+    watchdog: std::pin::Pin<Box<tokio::time::Sleep>>,
+    stalled_at: Option<u64>,
+    ended: bool,
+}
+
+impl Replies {
+    async fn next(mut self) -> Option<(Rpc<StreamAppendResult<TypeConfig>>, Self)> {
+        if self.ended {
+            return None;
+        }
+        let item = loop {
+            tokio::select! {
+                reply = self.replies.next() => break match reply {
+                    Some(Ok(msg)) => {
+                        self.received += 1;
+                        match decode::<StreamAppendResult<TypeConfig>>(&msg.payload) {
+                            Ok(result) => return Some((Ok(result), self)),
+                            Err(e) => Err(RPCError::Network(NetworkError::from_string(format!(
+                                "bad reply from {}: {e}",
+                                self.addr
+                            )))),
+                        }
+                    }
+                    Some(Err(status)) => Err(status_error(status)),
+                    None if self.cut.load(Ordering::Relaxed) => {
+                        Err(unreachable(format!("link to {} cut by fault injection", self.addr)))
+                    }
+                    None => return None,
+                },
+                () = &mut self.watchdog => {
+                    let outstanding = self.sent.load(Ordering::Relaxed) > self.received;
+                    if outstanding && self.stalled_at == Some(self.received) {
+                        break Err(unreachable(format!(
+                            "no reply from {} within {:?}",
+                            self.addr, self.ttl
+                        )));
+                    }
+                    self.stalled_at = outstanding.then_some(self.received);
+                    let next = tokio::time::Instant::now() + self.ttl;
+                    self.watchdog.as_mut().reset(next);
+                }
+            }
+        };
+        self.ended = true;
+        Some((item, self))
+    }
+}
+
+impl PeerConnection {
+    /// Opens a `StreamAppend` call fed by `input`, each request split to fit the receiver's
+    /// message limit, held and cut as fault injection says.
+    async fn open_stream<S>(&mut self, input: S, option: RPCOption) -> Rpc<AppendReplies<'static>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let mut client = self.client()?;
+        let ttl = option.hard_ttl();
+        let target = self.target;
+        let budget = self.network.max_message_bytes / 2;
+        let envelope = self.network.message(target, Bytes::new()).envelope;
+        let faults = self.network.faults.clone();
+        let sent = Arc::new(AtomicU64::new(0));
+        let cut = Arc::new(AtomicBool::new(false));
+        let requests = {
+            let (sent, cut) = (sent.clone(), cut.clone());
+            input
+                .flat_map(move |rpc| futures::stream::iter(split_by_bytes(rpc, budget)))
+                .then(move |piece| {
+                    let faults = faults.clone();
+                    async move {
+                        faults.hold(target).await;
+                        (!faults.blocks(target)).then_some(piece)
+                    }
+                })
+                .take_while(move |piece| {
+                    if piece.is_none() {
+                        cut.store(true, Ordering::Relaxed);
+                    }
+                    std::future::ready(piece.is_some())
+                })
+                .filter_map(std::future::ready)
+                .map(move |piece| {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    PeerMessage {
+                        envelope: envelope.clone(),
+                        payload: encode(&piece),
+                    }
+                })
+        };
+        let opened = tokio::time::timeout(ttl, client.stream_append(requests))
+            .await
+            .map_err(|_| unreachable(format!("no reply from {} within {ttl:?}", self.addr)))?;
+        let replies = match opened {
+            Ok(replies) => replies.into_inner(),
+            Err(status) => {
+                if status.code() == tonic::Code::Unimplemented {
+                    tracing::info!(peer = %self.addr, "peer has no StreamAppend; replicating with AppendEntries calls");
+                    self.streams = false;
+                }
+                return Err(status_error(status));
+            }
+        };
+        let replies = Replies {
+            replies,
+            addr: self.addr.clone(),
+            ttl,
+            sent,
+            received: 0,
+            cut,
+            watchdog: Box::pin(tokio::time::sleep(ttl)),
+            stalled_at: None,
+            ended: false,
+        };
+        Ok(futures::stream::unfold(replies, Replies::next).boxed())
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = SnapshotData;
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Rpc<AppendReplies<'s>>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + openraft::OptionalSend
+            + Unpin
+            + 'static,
+    {
+        // openraft's heartbeats come as one-request streams: a unary call is cheaper than a
+        // stream for them.
+        if input.size_hint().1 == Some(1) || !self.streams {
+            return stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move {
+            let replies: AppendReplies<'s> = self.open_stream(input, option).await?;
+            Ok(replies)
+        })
+    }
 
     async fn append_entries(
         &mut self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<TypeConfig>> {
-        // Cut the batch so the encoded request stays well within the receiver's message limit;
-        // the first entry always goes (the receiver's limit fits the largest single entry).
-        let budget = self.network.max_message_bytes / 2;
-        let mut used = 0;
-        let keep = rpc
-            .entries
-            .iter()
-            .position(|e| {
-                used += entry_bytes(&e.payload);
-                used > budget
-            })
-            .map_or(rpc.entries.len(), |cut| cut.max(1));
+        let keep = entries_that_fit(&rpc.entries, self.network.max_message_bytes / 2);
         let truncated = keep < rpc.entries.len();
         if truncated {
             rpc.entries.truncate(keep);
@@ -366,4 +567,73 @@ async fn send_snapshot(
             "bad reply from {addr}: {e}"
         )))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::alias::LogIdOf;
+    use openraft::entry::RaftEntry;
+    use openraft::vote::RaftLeaderId;
+    use openraft::vote::leader_id_adv::LeaderId;
+
+    use super::*;
+
+    fn log_id(index: u64) -> LogIdOf<TypeConfig> {
+        LogIdOf::<TypeConfig>::new(LeaderId::<u64, u64>::new(2, 1).to_committed(), index)
+    }
+
+    fn request(first: u64, count: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: VoteOf::<TypeConfig>::new_committed(2, 1),
+            prev_log_id: Some(log_id(first - 1)),
+            entries: (first..first + count)
+                .map(|i| EntryOf::<TypeConfig>::new_blank(log_id(i)))
+                .collect(),
+            leader_commit: Some(log_id(first + count - 1)),
+        }
+    }
+
+    /// What `split_by_bytes` made of a request: (prev index, entry indexes) per piece.
+    fn shape(pieces: &[AppendEntriesRequest<TypeConfig>]) -> Vec<(u64, Vec<u64>)> {
+        pieces
+            .iter()
+            .map(|p| {
+                let prev = p.prev_log_id.map(|id| id.index()).unwrap_or_default();
+                (prev, p.entries.iter().map(|e| e.log_id.index()).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_request_is_split_into_consecutive_pieces_that_fit() {
+        // A blank entry counts 32 bytes: three fit in 100.
+        let pieces = split_by_bytes(request(5, 10), 100);
+        assert_eq!(
+            shape(&pieces),
+            [
+                (4, vec![5, 6, 7]),
+                (7, vec![8, 9, 10]),
+                (10, vec![11, 12, 13]),
+                (13, vec![14]),
+            ]
+        );
+        for piece in &pieces {
+            assert_eq!(piece.leader_commit, Some(log_id(14)));
+            assert_eq!(piece.vote, VoteOf::<TypeConfig>::new_committed(2, 1));
+        }
+    }
+
+    #[test]
+    fn an_entry_larger_than_the_budget_goes_alone_and_a_fitting_request_whole() {
+        assert_eq!(
+            shape(&split_by_bytes(request(1, 2), 10)),
+            [(0, vec![1]), (1, vec![2])]
+        );
+        assert_eq!(shape(&split_by_bytes(request(1, 2), 64)), [(0, vec![1, 2])]);
+        let heartbeat = AppendEntriesRequest {
+            entries: Vec::new(),
+            ..request(3, 1)
+        };
+        assert_eq!(shape(&split_by_bytes(heartbeat, 10)), [(2, vec![])]);
+    }
 }
