@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
 
@@ -98,13 +99,29 @@ pub(crate) async fn await_linearizable(
         Leadership::Unknown => return Err(replica.not_leader()),
     };
     let index = join(rounds, deadline).await?;
-    replica
-        .raft
-        .wait(Some(deadline.remaining()))
-        .applied_index_at_least(Some(index), "linearizable read")
-        .await
-        .map_err(|_| Error::ReadTimeout(deadline.total_ms()))?;
-    Ok(())
+    match deadline.run(applied_at_least(replica, index)).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::ShuttingDown),
+        Err(()) => Err(Error::ReadTimeout(deadline.total_ms())),
+    }
+}
+
+/// Waits until the state machine has applied `index`; false if Raft stopped first. Reads
+/// openraft's metrics in place: `Raft::wait` copies them on every check, on every read.
+async fn applied_at_least(replica: &Replica, index: u64) -> bool {
+    let mut metrics = replica.raft.metrics();
+    loop {
+        let applied = metrics
+            .borrow_and_update()
+            .last_applied
+            .map(|id| id.index());
+        if applied.is_some_and(|applied| applied >= index) {
+            return true;
+        }
+        if metrics.changed().await.is_err() {
+            return false;
+        }
+    }
 }
 
 async fn join(rounds: &ReadRounds<RoundOutcome>, deadline: &Deadline) -> Result<u64, Error> {
