@@ -11,7 +11,7 @@
 #   etcd          3 etcd members (Debian's etcd-server), WAL fsynced before every acknowledgement
 #   redis         one redis-server, no persistence, no replication
 # gRPC (kvs-bench): 64 clients over 8 connections spread over all three members, 256-byte
-# values, 100k keys: all writes, then all linearizable reads. RESP (redis-benchmark): -t set,get,
+# values, 100k keys, each key written once first (`kvs-bench --load`): all writes, then all linearizable reads. RESP (redis-benchmark): -t set,get,
 # 64 clients, against the kvs leader and redis-server. Rounds alternate the systems; tables show
 # medians over rounds; gRPC rows also show the servers' CPU time per operation (user + system,
 # load generator excluded), steadier than throughput on a shared machine. Then memory: RSS of the kvs leader and of redis-server after loading 1M
@@ -98,6 +98,19 @@ for started in "$KVS_DURABLE_GRPC" "$KVS_MEMORY_GRPC" "$ETCD_GRPC" "$REDIS"; do
     [ -n "$started" ] || { echo "a system did not start; see the messages above" >&2; exit 1; }
 done
 if [ "$QUICK" = 1 ]; then SECONDS_PER_RUN=5; fi
+
+# Reads must find stored values, as in YCSB and etcd's own benchmark: every key of the key space
+# is written once into each gRPC system before the first round. (redis-benchmark's SET phase
+# fills the RESP systems before their GETs.)
+for system in "kvs $KVS_DURABLE_GRPC" "kvs $KVS_MEMORY_GRPC" "etcd $ETCD_GRPC"; do
+    read -r target endpoints <<<"$system"
+    "$BENCH" --target "$target" --endpoints "$endpoints" --load --clients 16 --conns 8 \
+        --keys "$KEYSPACE" --value-size "$VALUE_BYTES" --json |
+        python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print("loaded {ops} keys of {value_size} B into {target} in {seconds:.1f} s ({errors} errors)".format(**r))' >&2
+done
 
 echo "machine: $(machine_note)" >&2
 echo "workload: redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS -d $VALUE_BYTES -r $KEYSPACE; $ROUNDS round(s)" >&2
