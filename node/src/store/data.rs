@@ -99,7 +99,7 @@ impl StateData {
     /// Up to `limit` keys stored but expired at `now_ms`: what the leader proposes to purge.
     pub(crate) fn expired_keys(&self, now_ms: u64, limit: usize) -> Vec<Bytes> {
         self.keyspace
-            .iter()
+            .with_expiry()
             .filter(|e| is_expired(e.expires_at_ms(), now_ms))
             .take(limit)
             .map(|e| e.key_bytes())

@@ -50,6 +50,9 @@ type Shard = HashTable<Entry>;
 #[derive(Clone)]
 pub(crate) struct Keyspace {
     shards: Vec<Arc<Shard>>,
+    /// Per shard, how many of its keys have an expiry: finding expired keys visits only those
+    /// shards, and none at all while no key has an expiry.
+    expiring: Vec<u32>,
     len: usize,
     bytes_used: usize,
 }
@@ -73,6 +76,7 @@ impl Default for Keyspace {
         let empty = Arc::new(Shard::new());
         Keyspace {
             shards: vec![empty; SHARDS],
+            expiring: vec![0; SHARDS],
             len: 0,
             bytes_used: 0,
         }
@@ -91,11 +95,13 @@ impl Keyspace {
     /// Stores `key` with `value` and `expires_at_ms` (0 = none), replacing any previous entry.
     pub(crate) fn insert(&mut self, key: &[u8], value: &[u8], expires_at_ms: u64) {
         let hash = key_hash(key);
+        let index = shard_index(hash);
         let entry = Entry::new(key, value, expires_at_ms);
-        let shard = Arc::make_mut(&mut self.shards[shard_index(hash)]);
+        let shard = Arc::make_mut(&mut self.shards[index]);
         match shard.entry(table_hash(hash), |e| e.key() == key, rehash) {
             TableEntry::Occupied(mut occupied) => {
                 self.bytes_used -= occupied.get().payload_len();
+                self.expiring[index] -= u32::from(occupied.get().has_expiry());
                 *occupied.get_mut() = entry;
             }
             TableEntry::Vacant(vacant) => {
@@ -103,6 +109,7 @@ impl Keyspace {
                 self.len += 1;
             }
         }
+        self.expiring[index] += u32::from(expires_at_ms != 0);
         self.bytes_used += key.len() + value.len();
     }
 
@@ -119,6 +126,8 @@ impl Keyspace {
         let shard = Arc::make_mut(&mut self.shards[index]);
         match shard.find_mut(table_hash(hash), |e| e.key() == key) {
             Some(entry) => {
+                self.expiring[index] -= u32::from(entry.has_expiry());
+                self.expiring[index] += u32::from(expires_at_ms != 0);
                 *entry = Entry::new(entry.key(), entry.value(), expires_at_ms);
                 true
             }
@@ -142,6 +151,7 @@ impl Keyspace {
             return false;
         };
         let (removed, _) = occupied.remove();
+        self.expiring[index] -= u32::from(removed.has_expiry());
         self.len -= 1;
         self.bytes_used -= removed.payload_len();
         // hashbrown never shrinks by itself; give memory back once a shard is three quarters
@@ -160,6 +170,17 @@ impl Keyspace {
     /// Sum of the stored keys' and values' lengths: the payload, without per-key overhead.
     pub(crate) fn bytes_used(&self) -> usize {
         self.bytes_used
+    }
+
+    /// Every stored entry that has an expiry, in shard order; shards without one are skipped.
+    pub(crate) fn with_expiry(&self) -> impl Iterator<Item = EntryRef<'_>> {
+        self.shards
+            .iter()
+            .zip(&self.expiring)
+            .filter(|(_, expiring)| **expiring > 0)
+            .flat_map(|(shard, _)| shard.iter())
+            .filter(|entry| entry.has_expiry())
+            .map(|entry| EntryRef { entry })
     }
 
     /// Every stored entry, in shard order.
@@ -279,6 +300,10 @@ impl Entry {
         &self.data[self.layout().value_start..]
     }
 
+    fn has_expiry(&self) -> bool {
+        self.layout().expiry_start.is_some()
+    }
+
     fn expires_at_ms(&self) -> u64 {
         self.layout().expiry_start.map_or(0, |at| {
             let bytes = self.data[at..at + 8].try_into().expect("8 bytes");
@@ -345,6 +370,7 @@ fn rehash(entry: &Entry) -> u64 {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::collections::BTreeSet;
     use std::collections::HashMap;
 
     use proptest::prelude::*;
@@ -598,7 +624,12 @@ mod tests {
             }
             let bytes: usize = model.iter().map(|(k, (v, _))| k.len() + v.len()).sum();
             prop_assert_eq!(keyspace.bytes_used(), bytes);
-            prop_assert_eq!(contents(&keyspace), model);
+            prop_assert_eq!(contents(&keyspace), model.clone());
+            let with_expiry: BTreeSet<Vec<u8>> =
+                keyspace.with_expiry().map(|e| e.key().to_vec()).collect();
+            let expected: BTreeSet<Vec<u8>> =
+                model.into_iter().filter(|(_, (_, e))| *e != 0).map(|(k, _)| k).collect();
+            prop_assert_eq!(with_expiry, expected);
         }
     }
 }
