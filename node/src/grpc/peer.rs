@@ -47,10 +47,6 @@ impl PeerService {
         Self { replica }
     }
 
-    fn admit(&self, msg: &PeerMessage, adopt: Adopt) -> Result<(), Status> {
-        admit(&self.replica, msg, adopt)
-    }
-
     /// Admits, decodes, runs `f` on openraft and encodes its answer.
     async fn handle<Req, Resp, E, Fut>(
         &self,
@@ -65,7 +61,7 @@ impl PeerService {
         Fut: std::future::Future<Output = Result<Resp, E>>,
     {
         let msg = request.into_inner();
-        self.admit(&msg, adopt)?;
+        admit(&self.replica, &msg, adopt)?;
         let req: Req = decode(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("bad peer payload: {e}")))?;
         let resp = f(req)
@@ -217,7 +213,7 @@ impl Peer for PeerService {
                 ));
             }
         };
-        self.admit(&head, Adopt::FromLeader)?;
+        admit(&self.replica, &head, Adopt::FromLeader)?;
         let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) = decode(&head.payload)
             .map_err(|e| Status::invalid_argument(format!("bad snapshot head: {e}")))?;
         // Dropped unfinished (a broken stream, a refusal), the receiver removes what it wrote.
@@ -258,7 +254,7 @@ impl Peer for PeerService {
         request: Request<PeerMessage>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
         let msg = request.into_inner();
-        self.admit(&msg, Adopt::Never)?;
+        admit(&self.replica, &msg, Adopt::Never)?;
         let (_guard, deadline) = self.replica.admit().map_err(|e| to_status(e, None))?;
         let index = self
             .replica

@@ -218,13 +218,17 @@ impl PeerConnection {
         .await
         .map_err(|_| unreachable(format!("no reply from {} within {ttl:?}", self.addr)))?
         .map_err(status_error)?;
-        decode(&reply.into_inner().payload).map_err(|e| {
-            RPCError::Network(NetworkError::from_string(format!(
-                "bad reply from {}: {e}",
-                self.addr
-            )))
-        })
+        decode_reply(&reply.into_inner().payload, &self.addr)
     }
+}
+
+/// A peer's reply payload, or a network error naming the peer that sent something unreadable.
+fn decode_reply<T: DeserializeOwned>(payload: &[u8], addr: &str) -> Rpc<T> {
+    decode(payload).map_err(|e| {
+        RPCError::Network(NetworkError::from_string(format!(
+            "bad reply from {addr}: {e}"
+        )))
+    })
 }
 
 /// A rough upper bound of an entry's encoded size: replication cuts batches by it, and the
@@ -313,12 +317,9 @@ impl Replies {
                 reply = self.replies.next() => break match reply {
                     Some(Ok(msg)) => {
                         self.received += 1;
-                        match decode::<StreamAppendResult<TypeConfig>>(&msg.payload) {
+                        match decode_reply(&msg.payload, &self.addr) {
                             Ok(result) => return Some((Ok(result), self)),
-                            Err(e) => Err(RPCError::Network(NetworkError::from_string(format!(
-                                "bad reply from {}: {e}",
-                                self.addr
-                            )))),
+                            Err(e) => Err(e),
                         }
                     }
                     Some(Err(status)) => Err(status_error(status)),
