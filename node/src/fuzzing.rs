@@ -27,17 +27,17 @@ use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use prost::Message;
 
-use crate::kv::command_of;
-use crate::peer_proto;
-use crate::raft::TypeConfig;
 use crate::raft::network::decode;
+use crate::raft::peer_proto;
+use crate::replica::kv::command_of;
 use crate::resp::frame::Limits;
 use crate::resp::frame::Parsed;
 use crate::resp::frame::parse_request;
 use crate::store::command::COMMAND_FORMAT;
 use crate::store::command::Command;
 use crate::store::data::StateData;
-use crate::store::disk_log::unseal;
+use crate::store::entry::TypeConfig;
+use crate::store::record::unseal;
 use crate::store::snapshot_file::read_header;
 
 /// Limits far below the node's defaults, so that inputs of a few hundred bytes reach every
@@ -193,7 +193,7 @@ mod tests {
     use crate::store::command::Op;
     use crate::store::command::PutExpiry;
     use crate::store::command::WriteId;
-    use crate::store::disk_log::seal;
+    use crate::store::record::seal;
     use crate::store::snapshot_file::file_header;
 
     /// Each case takes well under a millisecond; this keeps all of them to a few seconds.

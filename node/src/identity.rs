@@ -5,12 +5,10 @@
 //! when a cluster is initialized and adopted by each node when it is first added. IDs are
 //! numbers inside and 16 / 32 lowercase hex digits everywhere a person or a program sees them.
 
-use std::path::PathBuf;
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::RwLock;
-
-use crate::store::data_dir::StoredIdentity;
-use crate::store::data_dir::save_identity;
 
 /// Formats a node ID the way every interface shows it.
 pub fn node_id_string(id: u64) -> String {
@@ -39,13 +37,69 @@ fn new_cluster_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// What a durable node remembers about who it is: the text of its identity file, one
+/// `name=value` line per field, written by the node and read back on every start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredIdentity {
+    pub(crate) node_id: u64,
+    pub(crate) cluster_id: Option<String>,
+}
+
+impl fmt::Display for StoredIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "node_id={}", node_id_string(self.node_id))?;
+        writeln!(f, "cluster_id={}", self.cluster_id.as_deref().unwrap_or(""))
+    }
+}
+
+impl FromStr for StoredIdentity {
+    /// Why the text is not an identity file.
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{:?}", text.trim());
+        let mut node_id = None;
+        let mut cluster_id = None;
+        for line in text.lines() {
+            match line.split_once('=') {
+                Some(("node_id", v)) => node_id = Some(parse_node_id(v).ok_or_else(bad)?),
+                Some(("cluster_id", "")) => {}
+                Some(("cluster_id", v))
+                    if v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                {
+                    cluster_id = Some(v.to_string());
+                }
+                _ => return Err(bad()),
+            }
+        }
+        Ok(StoredIdentity {
+            node_id: node_id.ok_or_else(bad)?,
+            cluster_id,
+        })
+    }
+}
+
+/// Writes a durable node's identity file; the data directory provides it, and its errors name
+/// the file.
+pub(crate) type SaveIdentity = Arc<dyn Fn(&StoredIdentity) -> std::io::Result<()> + Send + Sync>;
+
 /// This node's identity, shared by every face of the node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Identity {
     node_id: u64,
     cluster_id: Arc<RwLock<Option<String>>>,
-    /// The identity file of a durable node, rewritten when the node joins a cluster.
-    file: Option<PathBuf>,
+    /// Rewrites a durable node's identity file when the node joins a cluster.
+    save: Option<SaveIdentity>,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("node_id", &node_id_string(self.node_id))
+            .field("cluster_id", &self.cluster_id())
+            .field("durable", &self.save.is_some())
+            .finish()
+    }
 }
 
 impl Identity {
@@ -54,27 +108,27 @@ impl Identity {
         Self {
             node_id,
             cluster_id: Arc::new(RwLock::new(None)),
-            file: None,
+            save: None,
         }
     }
 
-    /// A durable identity, as stored in (and saved back to) `file`.
-    pub(crate) fn stored(stored: StoredIdentity, file: PathBuf) -> Self {
+    /// A durable identity, as stored (and saved back with `save`).
+    pub(crate) fn stored(stored: StoredIdentity, save: SaveIdentity) -> Self {
         Self {
             node_id: stored.node_id,
             cluster_id: Arc::new(RwLock::new(stored.cluster_id)),
-            file: Some(file),
+            save: Some(save),
         }
     }
 
     /// Records a newly learned cluster ID before anyone relies on it.
     fn save(&self, cluster_id: &str) {
-        let Some(file) = &self.file else { return };
+        let Some(save) = &self.save else { return };
         let stored = StoredIdentity {
             node_id: self.node_id,
             cluster_id: Some(cluster_id.to_string()),
         };
-        if let Err(e) = save_identity(file, &stored) {
+        if let Err(e) = save(&stored) {
             // The cluster ID is re-learned from the leader after a restart; the node ID is
             // already on disk, so identity safety does not depend on this write.
             tracing::error!(error = %e, "cannot save the cluster ID");

@@ -17,31 +17,30 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::NodeConfig;
-use crate::drain::Drain;
+use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::error::Result;
+use crate::fault;
+use crate::fault::Faults;
 use crate::grpc::cluster::ClusterService;
 use crate::grpc::health;
 use crate::grpc::kv::KvService;
 use crate::grpc::peer::PeerService;
 use crate::identity::Identity;
+use crate::identity::StoredIdentity;
 use crate::identity::new_node_id;
 use crate::identity::node_id_string;
-use crate::peer_proto::peer_server::PeerServer;
-use crate::raft::MemberAddr;
 use crate::raft::Raft;
-use crate::raft::fault;
-use crate::raft::fault::Faults;
 use crate::raft::forward::Forwarder;
 use crate::raft::network::PeerNetwork;
+use crate::raft::peer_proto::peer_server::PeerServer;
 use crate::raft::read_index::ReadIndexRounds;
-use crate::replica::Deadline;
 use crate::replica::Leadership;
 use crate::replica::Replica;
+use crate::replica::drain::Drain;
 use crate::store::data_dir::DataDir;
-use crate::store::data_dir::StoredIdentity;
-use crate::store::data_dir::save_identity;
 use crate::store::disk_log::DiskLog;
+use crate::store::entry::MemberAddr;
 use crate::store::log::MemLog;
 use crate::store::snapshot_file::SnapshotFiles;
 use crate::store::state_machine::StateMachine;
@@ -169,7 +168,11 @@ pub async fn run(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(health::report(replica.clone(), reporter, stopped()));
     let purge_task = tokio::spawn(purge_expired(replica.clone(), stopped()));
-    let read_index_task = tokio::spawn(read_index_runners.run(replica.clone(), stopped()));
+    let read_index_task = tokio::spawn(crate::replica::read::run_rounds(
+        read_index_runners,
+        replica.clone(),
+        stopped(),
+    ));
     let fault_task = config
         .fault_control_file
         .clone()
@@ -320,7 +323,7 @@ impl Storage {
                     node_id: new_node_id(),
                     cluster_id: None,
                 };
-                save_identity(&dir.identity_path(), &fresh)?;
+                dir.save_identity()(&fresh).map_err(|e| Error::Storage(e.to_string()))?;
                 fresh
             }
         };
@@ -334,7 +337,7 @@ impl Storage {
             .map_err(|e| fail("cannot open the Raft log", e))?;
         tracing::info!(data_dir = %dir.path().display(), node_id = node_id_string(stored.node_id), "opened data directory");
         Ok(Storage {
-            identity: Identity::stored(stored, dir.identity_path()),
+            identity: Identity::stored(stored, dir.save_identity()),
             state,
             log: Log::Disk(log),
             _data_dir: Some(dir),

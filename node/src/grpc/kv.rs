@@ -11,8 +11,8 @@ use tonic::Status;
 
 use crate::error::Error;
 use crate::grpc::status::to_status;
-use crate::kv::op;
 use crate::replica::Replica;
+use crate::replica::kv::op;
 
 /// Serves the key-value API from a replica.
 pub(crate) struct KvService {

@@ -17,16 +17,16 @@ use tonic::metadata::MetadataValue;
 
 use crate::error::Error;
 use crate::grpc::status::to_status;
-use crate::peer_proto::PeerMessage;
-use crate::peer_proto::ReadIndexResponse;
-use crate::peer_proto::SnapshotItem;
-use crate::peer_proto::peer_server::Peer;
-use crate::peer_proto::snapshot_item::Item;
-use crate::raft::TypeConfig;
 use crate::raft::network::PEER_FORMAT;
 use crate::raft::network::decode;
 use crate::raft::network::encode;
+use crate::raft::peer_proto::PeerMessage;
+use crate::raft::peer_proto::ReadIndexResponse;
+use crate::raft::peer_proto::SnapshotItem;
+use crate::raft::peer_proto::peer_server::Peer;
+use crate::raft::peer_proto::snapshot_item::Item;
 use crate::replica::Replica;
+use crate::store::entry::TypeConfig;
 use crate::store::snapshot::SnapshotData;
 
 /// Serves peer RPCs for a replica.

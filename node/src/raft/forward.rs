@@ -14,9 +14,9 @@ use kvs_client::proto::cluster_client::ClusterClient;
 use kvs_client::proto::kv_client::KvClient;
 use tonic::transport::Channel;
 
+use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::raft::network::endpoint;
-use crate::replica::Deadline;
 
 /// Metadata a node puts on every status it generates itself, so a forwarding node can tell a
 /// leader's answer from a transport failure.

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use openraft::EntryPayload;
 use openraft::RaftNetworkFactory;
 use openraft::alias::EntryOf;
 use openraft::alias::SnapshotOf;
@@ -50,15 +49,16 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
+use crate::fault::Faults;
 use crate::identity::Identity;
-use crate::peer_proto::Envelope;
-use crate::peer_proto::PeerMessage;
-use crate::peer_proto::SnapshotItem;
-use crate::peer_proto::peer_client::PeerClient;
-use crate::peer_proto::snapshot_item::Item;
-use crate::raft::MemberAddr;
-use crate::raft::TypeConfig;
-use crate::raft::fault::Faults;
+use crate::raft::peer_proto::Envelope;
+use crate::raft::peer_proto::PeerMessage;
+use crate::raft::peer_proto::SnapshotItem;
+use crate::raft::peer_proto::peer_client::PeerClient;
+use crate::raft::peer_proto::snapshot_item::Item;
+use crate::store::entry::MemberAddr;
+use crate::store::entry::TypeConfig;
+use crate::store::entry::entry_bytes;
 use crate::store::snapshot::SnapshotData;
 
 /// Version of the peer payload encoding (postcard of openraft 0.10 messages).
@@ -229,23 +229,6 @@ fn decode_reply<T: DeserializeOwned>(payload: &[u8], addr: &str) -> Rpc<T> {
             "bad reply from {addr}: {e}"
         )))
     })
-}
-
-/// A rough upper bound of an entry's encoded size: replication cuts batches by it, and the
-/// durable log bounds its cache of recent entries by it.
-pub(crate) fn entry_bytes(
-    payload: &EntryPayload<crate::store::command::Command, u64, MemberAddr>,
-) -> usize {
-    match payload {
-        EntryPayload::Blank => 32,
-        EntryPayload::Normal(cmd) => cmd.encoded_len_hint(),
-        EntryPayload::Membership(m) => {
-            64 + m
-                .nodes()
-                .map(|(_, n)| 32 + n.addr.len() + n.peer_addr.len())
-                .sum::<usize>()
-        }
-    }
 }
 
 /// How many of `entries` one request carries so that it stays well within the receiver's

@@ -15,8 +15,8 @@ use std::path::Path;
 use std::path::PathBuf;
 
 use crate::error::Error;
-use crate::identity::node_id_string;
-use crate::identity::parse_node_id;
+use crate::identity::SaveIdentity;
+use crate::identity::StoredIdentity;
 
 /// The data directory format this binary writes and reads.
 pub(crate) const DATA_DIR_FORMAT: u32 = 1;
@@ -25,13 +25,6 @@ const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_PREFIX: &str = "kvs-data ";
 const LOCK_FILE: &str = "LOCK";
 const IDENTITY_FILE: &str = "identity";
-
-/// What the data directory remembers about who this node is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct StoredIdentity {
-    pub(crate) node_id: u64,
-    pub(crate) cluster_id: Option<String>,
-}
 
 /// An open, locked data directory.
 #[derive(Debug)]
@@ -142,41 +135,19 @@ impl DataDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(&path, "cannot read", e)),
         };
-        let bad = || Error::Config(format!("{} is damaged: {:?}", path.display(), text.trim()));
-        let mut node_id = None;
-        let mut cluster_id = None;
-        for line in text.lines() {
-            match line.split_once('=') {
-                Some(("node_id", v)) => node_id = Some(parse_node_id(v).ok_or_else(bad)?),
-                Some(("cluster_id", "")) => {}
-                Some(("cluster_id", v))
-                    if v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()) =>
-                {
-                    cluster_id = Some(v.to_string());
-                }
-                _ => return Err(bad()),
-            }
-        }
-        Ok(Some(StoredIdentity {
-            node_id: node_id.ok_or_else(bad)?,
-            cluster_id,
-        }))
+        text.parse()
+            .map(Some)
+            .map_err(|text| Error::Config(format!("{} is damaged: {text}", path.display())))
     }
 
-    /// Where [`save_identity`] writes.
-    pub(crate) fn identity_path(&self) -> PathBuf {
-        self.path.join(IDENTITY_FILE)
+    /// Writes the identity file here durably (see [`DataDir::load_identity`]).
+    pub(crate) fn save_identity(&self) -> SaveIdentity {
+        let path = self.path.join(IDENTITY_FILE);
+        std::sync::Arc::new(move |identity: &StoredIdentity| {
+            write_atomically(&path, identity.to_string().as_bytes())
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
     }
-}
-
-/// Writes the identity file durably.
-pub(crate) fn save_identity(path: &Path, identity: &StoredIdentity) -> Result<(), Error> {
-    let text = format!(
-        "node_id={}\ncluster_id={}\n",
-        node_id_string(identity.node_id),
-        identity.cluster_id.as_deref().unwrap_or("")
-    );
-    write_atomically(path, text.as_bytes())
 }
 
 /// Replaces `path` with `contents` so that a crash leaves either the old or the new file.
@@ -222,7 +193,7 @@ mod tests {
         {
             let dir = DataDir::open(tmp.path()).expect("open");
             assert_eq!(dir.load_identity().expect("load"), None);
-            save_identity(&dir.identity_path(), &stored).expect("save");
+            dir.save_identity()(&stored).expect("save");
         }
         let dir = DataDir::open(tmp.path()).expect("reopen");
         assert_eq!(dir.load_identity().expect("load"), Some(stored));

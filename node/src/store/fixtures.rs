@@ -14,7 +14,6 @@ use openraft::alias::LogIdOf;
 use openraft::entry::RaftEntry;
 use openraft::vote::RaftLeaderId;
 
-use crate::raft::TypeConfig;
 use crate::store::command::Batch;
 use crate::store::command::COMMAND_FORMAT;
 use crate::store::command::Command;
@@ -22,8 +21,9 @@ use crate::store::command::Op;
 use crate::store::command::PutExpiry;
 use crate::store::command::WriteId;
 use crate::store::data::StateData;
-use crate::store::disk_log::seal;
-use crate::store::disk_log::unseal;
+use crate::store::entry::TypeConfig;
+use crate::store::record::seal;
+use crate::store::record::unseal;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -19,7 +19,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
 
-use crate::raft::TypeConfig;
+use crate::store::entry::TypeConfig;
 
 /// An in-memory Raft log; clones share it (the reader is a clone).
 #[derive(Debug, Clone, Default)]

@@ -2,7 +2,7 @@
 //! `<data-dir>/snapshots/snapshot-<index>.snap`.
 //!
 //! A file is the magic `KVSSNAPF`, the length of the sealed snapshot meta (u32 LE), the meta
-//! (a checksummed record, see `disk_log::seal`) and the encoded state, which carries its own
+//! (a checksummed record, see `record::seal`) and the encoded state, which carries its own
 //! format version and checksum. Snapshots are never held in memory whole: a new one — built here
 //! or arriving from the leader — is streamed into a temporary file (`*.tmp`), fsynced and only
 //! then renamed into place, so a crash leaves the previous snapshot whole; older snapshots are
@@ -23,10 +23,10 @@ use std::sync::atomic::Ordering;
 
 use openraft::alias::SnapshotMetaOf;
 
-use crate::raft::TypeConfig;
 use crate::store::data_dir::sync_dir;
-use crate::store::disk_log::seal;
-use crate::store::disk_log::unseal;
+use crate::store::entry::TypeConfig;
+use crate::store::record::seal;
+use crate::store::record::unseal;
 
 const MAGIC: &[u8; 8] = b"KVSSNAPF";
 const SUFFIX: &str = ".snap";

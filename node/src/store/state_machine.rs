@@ -24,9 +24,9 @@ use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
 
 use crate::failpoint::failpoint;
-use crate::raft::TypeConfig;
 use crate::store::command::COMMAND_FORMAT;
 use crate::store::data::StateData;
+use crate::store::entry::TypeConfig;
 use crate::store::snapshot::SnapshotData;
 use crate::store::snapshot::SnapshotReceiver;
 use crate::store::snapshot_file::SnapshotFiles;

@@ -175,7 +175,7 @@ async fn expire(
         }
     } else {
         // Redis refuses a relative expiry whose deadline overflows.
-        let now = i64::try_from(crate::kv::wall_clock_ms()).unwrap_or(i64::MAX);
+        let now = i64::try_from(crate::replica::kv::wall_clock_ms()).unwrap_or(i64::MAX);
         ms.checked_add(now).ok_or_else(invalid)?;
         proto::ExpireOp {
             key: key.clone(),

@@ -225,7 +225,7 @@ fn lossy(bytes: &[u8], max: usize) -> String {
 /// A batch of ops, as one write.
 fn batch(ops: Vec<proto::op::Op>) -> proto::BatchRequest {
     proto::BatchRequest {
-        ops: ops.into_iter().map(crate::kv::op).collect(),
+        ops: ops.into_iter().map(crate::replica::kv::op).collect(),
         ..Default::default()
     }
 }

@@ -20,7 +20,7 @@ use super::syntax_error;
 use super::wrong_arity;
 use crate::error::Error;
 use crate::error::Result;
-use crate::kv::wall_clock_ms;
+use crate::replica::kv::wall_clock_ms;
 use crate::resp::frame::Frame;
 
 pub(super) const COMMANDS: &[Spec] = &[
@@ -273,7 +273,7 @@ async fn set(
         // SET NX GET on an existing key answers its value: an empty append reads it in the
         // same entry without changing it.
         if options.get && !exists {
-            request.else_ops = vec![crate::kv::op(Op::Append(proto::AppendOp {
+            request.else_ops = vec![crate::replica::kv::op(Op::Append(proto::AppendOp {
                 key: key.clone(),
                 value: Bytes::new(),
             }))];

@@ -13,12 +13,12 @@ use kvs_client::proto;
 use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
 
+use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::error::Result;
-use crate::raft::read_index::await_linearizable;
-use crate::replica::Deadline;
 use crate::replica::Leadership;
 use crate::replica::Replica;
+use crate::replica::read::await_linearizable;
 use crate::store::command::Batch;
 use crate::store::command::BatchOutcome;
 use crate::store::command::COMMAND_FORMAT;

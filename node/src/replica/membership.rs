@@ -15,14 +15,14 @@ use openraft::errors::ChangeMembershipError;
 use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
 
+use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::error::Result;
 use crate::identity::node_id_string;
 use crate::identity::parse_node_id;
-use crate::raft::MemberAddr;
-use crate::replica::Deadline;
 use crate::replica::Leadership;
 use crate::replica::Replica;
+use crate::store::entry::MemberAddr;
 
 impl Replica {
     /// What this node is; answered by members and non-members alike.

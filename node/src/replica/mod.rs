@@ -4,9 +4,14 @@
 //! leader — and holds every request to the node's deadline, so a face only decodes, calls and
 //! encodes. The key-value operations live in `kv`, membership in `membership`.
 
+pub(crate) mod backup;
+pub(crate) mod drain;
+pub(crate) mod kv;
+pub(crate) mod membership;
+pub(crate) mod read;
+
 use std::sync::Arc;
 use std::time::Duration;
-use std::time::Instant;
 
 use openraft::Instant as _;
 use openraft::RaftMetrics;
@@ -15,17 +20,18 @@ use openraft::alias::StoredMembershipOf;
 use openraft::async_runtime::WatchReceiver;
 
 use crate::config::NodeConfig;
-use crate::drain::Drain;
-use crate::drain::RequestGuard;
+use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::error::Result;
 use crate::identity::Identity;
-use crate::raft::MemberAddr;
 use crate::raft::Raft;
-use crate::raft::TypeConfig;
 use crate::raft::forward::Forwarder;
 use crate::raft::network::PeerNetwork;
 use crate::raft::read_index::ReadIndexRounds;
+use crate::replica::drain::Drain;
+use crate::replica::drain::RequestGuard;
+use crate::store::entry::MemberAddr;
+use crate::store::entry::TypeConfig;
 use crate::store::state_machine::StateMachine;
 
 /// Everything a request handler needs; shared by all faces.
@@ -57,40 +63,6 @@ pub(crate) enum Leadership {
     There { id: u64, addr: MemberAddr },
     /// No leader is known.
     Unknown,
-}
-
-/// A request's time budget: every wait inside a request uses what is left of it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deadline {
-    at: Instant,
-    total: Duration,
-}
-
-impl Deadline {
-    pub(crate) fn after(total: Duration) -> Self {
-        Self {
-            at: Instant::now() + total,
-            total,
-        }
-    }
-
-    pub(crate) fn remaining(&self) -> Duration {
-        self.at.saturating_duration_since(Instant::now())
-    }
-
-    pub(crate) fn total_ms(&self) -> u64 {
-        self.total.as_millis() as u64
-    }
-
-    /// Runs `fut` within the deadline; `Err(())` when time ran out.
-    pub(crate) async fn run<F: std::future::Future>(
-        &self,
-        fut: F,
-    ) -> std::result::Result<F::Output, ()> {
-        tokio::time::timeout(self.remaining(), fut)
-            .await
-            .map_err(|_| ())
-    }
 }
 
 impl Replica {
