@@ -13,6 +13,7 @@ use kvs_client::proto::cluster_server::ClusterServer;
 use kvs_client::proto::kv_server::KvServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
@@ -31,13 +32,11 @@ use crate::identity::StoredIdentity;
 use crate::identity::new_node_id;
 use crate::identity::node_id_string;
 use crate::raft::Raft;
-use crate::raft::forward::Forwarder;
 use crate::raft::network::PeerNetwork;
 use crate::raft::peer_proto::peer_server::PeerServer;
-use crate::raft::read_index::ReadIndexRounds;
-use crate::replica::Leadership;
+use crate::raft::read_index::ReadIndexRunners;
 use crate::replica::Replica;
-use crate::replica::drain::Drain;
+use crate::replica::read;
 use crate::store::data_dir::DataDir;
 use crate::store::disk_log::DiskLog;
 use crate::store::entry::MemberAddr;
@@ -76,6 +75,28 @@ impl Listeners {
         })
     }
 
+    /// The addresses this node tells the others and its clients: as configured, or else the
+    /// ones it listens on.
+    fn advertised(&self, config: &NodeConfig) -> Result<MemberAddr> {
+        let client_addr = Self::local_addr(&self.client)?;
+        let peer_addr = match &self.peer {
+            Some(l) => Self::local_addr(l)?,
+            None => client_addr,
+        };
+        let advertised_client = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| client_addr.to_string());
+        Ok(MemberAddr {
+            peer_addr: match (&config.peer_advertise, &self.peer) {
+                (Some(a), _) => a.clone(),
+                (None, Some(_)) => peer_addr.to_string(),
+                (None, None) => advertised_client.clone(),
+            },
+            addr: advertised_client,
+        })
+    }
+
     fn local_addr(listener: &TcpListener) -> Result<SocketAddr> {
         listener
             .local_addr()
@@ -83,35 +104,56 @@ impl Listeners {
     }
 }
 
-/// Runs a node until `shutdown` resolves, then stops it gracefully within the grace period.
+/// Runs a node until `shutdown` resolves, then stops it gracefully within the grace period:
+/// open storage → build the replica → spawn its owned task set → await shutdown → drain →
+/// hand leadership off → stop the tasks → stop Raft.
 pub async fn run(
     listeners: Listeners,
     config: NodeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     config.validate()?;
-    let client_addr = Listeners::local_addr(&listeners.client)?;
-    let peer_addr = match &listeners.peer {
-        Some(l) => Listeners::local_addr(l)?,
-        None => client_addr,
-    };
-    let advertised_client = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| client_addr.to_string());
-    let advertised = MemberAddr {
-        peer_addr: match (&config.peer_advertise, &listeners.peer) {
-            (Some(a), _) => a.clone(),
-            (None, Some(_)) => peer_addr.to_string(),
-            (None, None) => advertised_client.clone(),
-        },
-        addr: advertised_client,
-    };
+    let advertised = listeners.advertised(&config)?;
+    let mut storage = Storage::open(&config)?;
+    // Locked until the node has stopped.
+    let _data_dir = storage.data_dir.take();
+    let node_id = storage.identity.node_id();
+    let (replica, read_rounds) = build_replica(&config, advertised.clone(), storage).await?;
+    if config.bootstrap {
+        let init = replica.initialize().await?;
+        tracing::info!(
+            cluster_id = init.cluster_id,
+            created = init.initialized,
+            "bootstrap"
+        );
+    }
+    let tasks = Tasks::spawn(listeners, &replica, read_rounds);
+    announce(node_id, &advertised);
 
-    let storage = Storage::open(&config)?;
-    let identity = storage.identity.clone();
-    let node_id = identity.node_id();
-    let max_message = config.max_message_bytes();
+    shutdown.await;
+    tracing::info!("shutting down");
+    let grace = Deadline::after(config.shutdown_grace());
+    replica.drain_and_hand_off(&grace).await;
+    tasks.stop(&grace).await;
+    if grace.run(replica.raft().shutdown()).await.is_err() {
+        tracing::warn!("raft did not stop within the grace period");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Starts Raft on the opened storage and builds the replica around it.
+async fn build_replica(
+    config: &NodeConfig,
+    advertised: MemberAddr,
+    storage: Storage,
+) -> Result<(Arc<Replica>, ReadIndexRunners)> {
+    let Storage {
+        identity,
+        state,
+        log,
+        data_dir: _,
+    } = storage;
     let faults = Arc::new(match &config.fault_control_file {
         Some(path) => {
             tracing::warn!(path = %path.display(), "fault injection enabled (testing only)");
@@ -121,144 +163,122 @@ pub async fn run(
     });
     let peers = PeerNetwork::new(
         identity.clone(),
-        max_message,
+        config.max_message_bytes(),
         Duration::from_millis(config.heartbeat_interval_ms.max(500)),
         faults.clone(),
     );
-    let state = storage.state.clone();
+    let node_id = identity.node_id();
     let raft_config = Arc::new(config.raft_config()?);
-    let raft = match storage.log {
+    let raft = match log {
         Log::Memory(log) => {
             Raft::new(node_id, raft_config, peers.clone(), log, state.clone()).await
         }
         Log::Disk(log) => Raft::new(node_id, raft_config, peers.clone(), log, state.clone()).await,
     }
     .map_err(|e| Error::Fatal(e.to_string()))?;
-
-    let (read_index, read_index_runners) = ReadIndexRounds::new();
-    let replica = Arc::new(Replica {
-        raft: raft.clone(),
-        state,
+    Ok(Replica::new(
+        config.clone(),
+        advertised,
         identity,
-        config: config.clone(),
-        advertised: advertised.clone(),
+        raft,
+        state,
         peers,
-        forwarder: Forwarder::new(max_message),
-        read_index,
-        drain: Drain::default(),
-        proposals: tokio::sync::Semaphore::new(MAX_PROPOSALS_IN_FLIGHT),
-        init_lock: tokio::sync::Mutex::new(()),
-    });
-    if config.bootstrap {
-        let init = replica.initialize().await?;
-        tracing::info!(
-            cluster_id = init.cluster_id,
-            created = init.initialized,
-            "bootstrap"
-        );
-    }
+        faults,
+    ))
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health_task = tokio::spawn(health::report(replica.clone(), reporter, stopped()));
-    let purge_task = tokio::spawn(purge_expired(replica.clone(), stopped()));
-    let read_index_task = tokio::spawn(crate::replica::read::run_rounds(
-        read_index_runners,
-        replica.clone(),
-        stopped(),
-    ));
-    let fault_task = config
-        .fault_control_file
-        .clone()
-        .map(|path| tokio::spawn(fault::watch(faults, path, stopped())));
-    let resp_task = listeners.resp.map(|listener| {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "serving RESP");
-        }
-        tokio::spawn(crate::resp::serve(listener, replica.clone(), stopped()))
-    });
+/// Every task a node runs besides Raft's own: the gRPC servers, the RESP face, health
+/// reporting, expiry purges, read-index rounds and the fault-control watcher. All of them stop
+/// when `stop` is sent, and none outlives [`Tasks::stop`].
+struct Tasks {
+    set: JoinSet<()>,
+    stop: watch::Sender<bool>,
+}
 
-    let peer_service = PeerServer::new(PeerService::new(replica.clone()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
-    let client_router = Server::builder()
-        .add_service(health_service)
-        .add_service(
-            KvServer::new(KvService::new(replica.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
-        )
-        .add_service(ClusterServer::new(ClusterService::new(replica.clone())));
-    let mut servers = Vec::new();
-    match listeners.peer {
-        None => servers.push(tokio::spawn(
-            client_router
-                .add_service(peer_service)
-                .serve_with_incoming_shutdown(without_nagle(listeners.client), stopped()),
-        )),
-        Some(peer_listener) => {
-            servers.push(tokio::spawn(client_router.serve_with_incoming_shutdown(
-                without_nagle(listeners.client),
-                stopped(),
-            )));
-            servers.push(tokio::spawn(
-                Server::builder()
+impl Tasks {
+    fn spawn(listeners: Listeners, replica: &Arc<Replica>, read_rounds: ReadIndexRunners) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let mut set = JoinSet::new();
+        let config = replica.config();
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        set.spawn(health::report(replica.clone(), reporter, stopped()));
+        set.spawn(purge_expired(replica.clone(), stopped()));
+        set.spawn(read::run_rounds(read_rounds, replica.clone(), stopped()));
+        if let Some(path) = config.fault_control_file.clone() {
+            set.spawn(fault::watch(replica.faults().clone(), path, stopped()));
+        }
+        if let Some(listener) = listeners.resp {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving RESP");
+            }
+            set.spawn(crate::resp::serve(listener, replica.clone(), stopped()));
+        }
+
+        let max_message = config.max_message_bytes();
+        let peer_service = PeerServer::new(PeerService::new(replica.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        let client_router = Server::builder()
+            .add_service(health_service)
+            .add_service(
+                KvServer::new(KvService::new(replica.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            )
+            .add_service(ClusterServer::new(ClusterService::new(replica.clone())));
+        match listeners.peer {
+            None => set.spawn(serve(
+                client_router
                     .add_service(peer_service)
-                    .serve_with_incoming_shutdown(without_nagle(peer_listener), stopped()),
-            ));
-        }
+                    .serve_with_incoming_shutdown(without_nagle(listeners.client), stopped()),
+            )),
+            Some(peer_listener) => {
+                set.spawn(serve(client_router.serve_with_incoming_shutdown(
+                    without_nagle(listeners.client),
+                    stopped(),
+                )));
+                set.spawn(serve(
+                    Server::builder()
+                        .add_service(peer_service)
+                        .serve_with_incoming_shutdown(without_nagle(peer_listener), stopped()),
+                ))
+            }
+        };
+        Self { set, stop }
     }
 
-    announce(node_id, &advertised);
-    shutdown.await;
-    tracing::info!("shutting down");
-    let grace = Deadline::after(config.shutdown_grace());
-    let still_running = replica.drain.close(grace.remaining() / 2).await;
-    if still_running > 0 {
-        tracing::warn!(still_running, "requests still running at shutdown");
-    }
-    if matches!(replica.leadership(), Leadership::Here) {
-        // A healthy voter takes over within a couple of election timeouts; waiting longer would
-        // only eat the time Raft needs to stop.
-        let hand_off = Deadline::after(
-            grace
-                .remaining()
-                .min(Duration::from_millis(3 * config.election_timeout_ms)),
-        );
-        match replica.hand_off_leadership(None, &hand_off).await {
-            Ok(to) => tracing::info!(to = node_id_string(to), "handed leadership off"),
-            Err(e) => tracing::warn!(error = %e, "could not hand leadership off"),
+    /// Tells every task to stop and waits for them within `grace`; any still running then is
+    /// aborted.
+    async fn stop(mut self, grace: &Deadline) {
+        let _ = self.stop.send(true);
+        let all_done = async {
+            while let Some(done) = self.set.join_next().await {
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, "task failed");
+                }
+            }
+        };
+        if grace.run(all_done).await.is_err() {
+            tracing::warn!(
+                still_running = self.set.len(),
+                "tasks did not stop within the grace period"
+            );
+            self.set.abort_all();
         }
     }
-    let _ = stop_tx.send(true);
-    for server in servers {
-        match grace.run(server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
-            Err(()) => tracing::warn!("server did not stop within the grace period"),
-        }
+}
+
+/// Runs a gRPC server to its end, reporting how it ended.
+async fn serve(server: impl Future<Output = std::result::Result<(), tonic::transport::Error>>) {
+    if let Err(e) = server.await {
+        tracing::warn!(error = %e, "server stopped with an error");
     }
-    let _ = grace.run(health_task).await;
-    let _ = grace.run(purge_task).await;
-    let _ = grace.run(read_index_task).await;
-    if let Some(fault_task) = fault_task {
-        let _ = grace.run(fault_task).await;
-    }
-    if let Some(resp_task) = resp_task {
-        let _ = grace.run(resp_task).await;
-    }
-    if grace.run(raft.shutdown()).await.is_err() {
-        tracing::warn!("raft did not stop within the grace period");
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Accepted connections with Nagle's algorithm off. A gRPC reply goes out as several small
@@ -286,16 +306,13 @@ async fn purge_expired(replica: Arc<Replica>, stop: impl Future<Output = ()>) {
     }
 }
 
-/// Writes a leader proposes at once; more wait (within their deadline) for a slot.
-const MAX_PROPOSALS_IN_FLIGHT: usize = 4096;
-
 /// A node's state and where it lives.
 struct Storage {
     identity: Identity,
     state: StateMachine,
     log: Log,
-    /// Held (locked) for the life of the node.
-    _data_dir: Option<DataDir>,
+    /// Held (locked) for the life of the process.
+    data_dir: Option<DataDir>,
 }
 
 enum Log {
@@ -312,7 +329,7 @@ impl Storage {
                 identity: Identity::new(new_node_id()),
                 state: StateMachine::default(),
                 log: Log::Memory(MemLog::default()),
-                _data_dir: None,
+                data_dir: None,
             });
         }
         let dir = DataDir::open(&config.data_dir)?;
@@ -340,7 +357,7 @@ impl Storage {
             identity: Identity::stored(stored, dir.save_identity()),
             state,
             log: Log::Disk(log),
-            _data_dir: Some(dir),
+            data_dir: Some(dir),
         })
     }
 }

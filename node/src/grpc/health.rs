@@ -15,7 +15,7 @@ use crate::replica::Replica;
 const SERVICES: [&str; 2] = ["", "kvs.v1.Kv"];
 
 fn serving(replica: &Replica) -> bool {
-    let me = replica.identity.node_id();
+    let me = replica.identity().node_id();
     // Looked at on every change of the metrics, so read in place rather than copied.
     let (member, caught_up) = replica.with_metrics(|metrics| {
         (
@@ -23,7 +23,7 @@ fn serving(replica: &Replica) -> bool {
             metrics.last_applied.map(|l| l.index) >= metrics.local_committed.map(|l| l.index),
         )
     });
-    member && replica.leader_id().is_some() && caught_up && !replica.drain.is_closing()
+    member && replica.leader_id().is_some() && caught_up && !replica.is_draining()
 }
 
 /// Keeps the reported status current until `stop` resolves.
@@ -32,7 +32,7 @@ pub(crate) async fn report(
     reporter: HealthReporter,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let mut metrics = replica.raft.metrics();
+    let mut metrics = replica.raft().metrics();
     let mut last = None;
     let mut stop = std::pin::pin!(stop);
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));

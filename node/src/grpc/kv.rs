@@ -32,7 +32,7 @@ impl KvService {
     /// was applied (as a lost connection would).
     async fn write(&self, req: proto::BatchRequest) -> Result<proto::BatchResponse, Status> {
         let resp = self.replica.write(req).await.map_err(|e| self.fail(e))?;
-        if self.replica.peers.faults().drops_reply() {
+        if self.replica.faults().drops_reply() {
             return Err(Status::unknown("reply dropped by fault injection"));
         }
         Ok(resp)

@@ -87,11 +87,11 @@ fn admit(replica: &Replica, msg: &PeerMessage, adopt: Adopt) -> Result<(), Statu
             envelope.format
         )));
     }
-    if replica.peers.faults().blocks(envelope.from) {
+    if replica.faults().blocks(envelope.from) {
         return Err(Status::unavailable("link cut by fault injection"));
     }
     replica
-        .identity
+        .identity()
         .admit(
             &envelope.cluster_id,
             envelope.to,
@@ -121,7 +121,7 @@ fn receive_error(e: std::io::Error) -> Status {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        self.handle(request, Adopt::Never, |req| self.replica.raft.vote(req))
+        self.handle(request, Adopt::Never, |req| self.replica.raft().vote(req))
             .await
     }
 
@@ -129,8 +129,10 @@ impl Peer for PeerService {
         &self,
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
-        self.handle(request, Adopt::Never, |req| self.replica.raft.pre_vote(req))
-            .await
+        self.handle(request, Adopt::Never, |req| {
+            self.replica.raft().pre_vote(req)
+        })
+        .await
     }
 
     async fn append_entries(
@@ -138,7 +140,7 @@ impl Peer for PeerService {
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
         self.handle(request, Adopt::FromLeader, |req| {
-            self.replica.raft.append_entries(req)
+            self.replica.raft().append_entries(req)
         })
         .await
     }
@@ -173,7 +175,7 @@ impl Peer for PeerService {
         });
         let replies = self
             .replica
-            .raft
+            .raft()
             .stream_append(requests)
             .map(|result| match result {
                 Ok(result) => Ok(PeerMessage {
@@ -192,7 +194,7 @@ impl Peer for PeerService {
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
         self.handle(request, Adopt::Never, |req| {
-            self.replica.raft.handle_transfer_leader(req)
+            self.replica.raft().handle_transfer_leader(req)
         })
         .await
     }
@@ -219,7 +221,6 @@ impl Peer for PeerService {
         // Dropped unfinished (a broken stream, a refusal), the receiver removes what it wrote.
         let mut receiver = self
             .replica
-            .state
             .receive_snapshot(&meta)
             .map_err(receive_error)?;
         let (started, mut bytes) = (std::time::Instant::now(), 0);
@@ -239,7 +240,7 @@ impl Peer for PeerService {
         tracing::info!(last_log_id = ?snapshot.meta.last_log_id, bytes, seconds = started.elapsed().as_secs_f64(), "received snapshot");
         let resp = self
             .replica
-            .raft
+            .raft()
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
@@ -258,8 +259,7 @@ impl Peer for PeerService {
         let (_guard, deadline) = self.replica.admit().map_err(|e| to_status(e, None))?;
         let index = self
             .replica
-            .read_index
-            .leader_index(&deadline)
+            .leader_read_index(&deadline)
             .await
             .map_err(|e| to_status(e, self.replica.leader_hint()))?;
         Ok(Response::new(ReadIndexResponse { index }))

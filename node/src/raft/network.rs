@@ -111,11 +111,6 @@ impl PeerNetwork {
         }
     }
 
-    /// The injected faults (inert outside tests).
-    pub(crate) fn faults(&self) -> &Faults {
-        &self.faults
-    }
-
     /// A client for `addr` with this node's limits; connects lazily.
     pub(crate) fn client(&self, addr: &str) -> Option<PeerClient<Channel>> {
         let channel = endpoint(addr, self.connect_timeout).ok()?.connect_lazy();

@@ -9,7 +9,11 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::deadline::Deadline;
 use crate::error::Error;
+use crate::identity::node_id_string;
+use crate::replica::Leadership;
+use crate::replica::Replica;
 
 #[derive(Debug, Default)]
 struct DrainState {
@@ -70,6 +74,36 @@ impl Drain {
         };
         let _ = tokio::time::timeout(timeout, wait).await;
         self.state.in_flight.load(Ordering::Acquire)
+    }
+}
+
+impl Replica {
+    /// Whether the node has stopped taking new requests.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.drain.is_closing()
+    }
+
+    /// The first half of a graceful stop, within `grace`: refuse new requests, let running ones
+    /// finish (for up to half the grace period), then hand leadership to a caught-up voter so
+    /// the cluster does not wait an election timeout for a new leader.
+    pub(crate) async fn drain_and_hand_off(&self, grace: &Deadline) {
+        let still_running = self.drain.close(grace.remaining() / 2).await;
+        if still_running > 0 {
+            tracing::warn!(still_running, "requests still running at shutdown");
+        }
+        if matches!(self.leadership(), Leadership::Here) {
+            // A healthy voter takes over within a couple of election timeouts; waiting longer
+            // would only eat the time Raft needs to stop.
+            let hand_off = Deadline::after(
+                grace
+                    .remaining()
+                    .min(Duration::from_millis(3 * self.config.election_timeout_ms)),
+            );
+            match self.hand_off_leadership(None, &hand_off).await {
+                Ok(to) => tracing::info!(to = node_id_string(to), "handed leadership off"),
+                Err(e) => tracing::warn!(error = %e, "could not hand leadership off"),
+            }
+        }
     }
 }
 

@@ -114,7 +114,7 @@ impl Replica {
         req: proto::BatchRequest,
         deadline: &Deadline,
     ) -> Result<proto::BatchResponse> {
-        if self.peers.faults().blocks(leader_id) {
+        if self.faults().blocks(leader_id) {
             // As if the connection could not be made: surely not applied.
             return Err(Error::NotLeader {
                 leader: Some(leader.to_string()),
@@ -123,7 +123,7 @@ impl Replica {
         let mut client = self.forwarder.kv(leader, deadline).await?;
         let mut request = tonic::Request::new(req);
         request.set_timeout(deadline.remaining());
-        let held = self.peers.faults().hold(leader_id);
+        let held = self.faults().hold(leader_id);
         let call = async move {
             held.await;
             client.batch(request).await
@@ -134,7 +134,7 @@ impl Replica {
     /// Loses the request if the test-only fault layer says so: nothing answers it before its
     /// deadline, as if it never arrived, and then it times out the way `timeout` says.
     async fn lose_if_dropped(&self, deadline: &Deadline, timeout: fn(u64) -> Error) -> Result<()> {
-        if self.peers.faults().drops_request() {
+        if self.faults().drops_request() {
             tokio::time::sleep(deadline.remaining()).await;
             return Err(timeout(deadline.total_ms()));
         }

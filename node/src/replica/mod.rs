@@ -16,6 +16,7 @@ use std::time::Duration;
 use openraft::Instant as _;
 use openraft::RaftMetrics;
 use openraft::ServerState;
+use openraft::alias::SnapshotMetaOf;
 use openraft::alias::StoredMembershipOf;
 use openraft::async_runtime::WatchReceiver;
 
@@ -23,36 +24,45 @@ use crate::config::NodeConfig;
 use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::error::Result;
+use crate::fault::Faults;
 use crate::identity::Identity;
 use crate::raft::Raft;
 use crate::raft::forward::Forwarder;
 use crate::raft::network::PeerNetwork;
 use crate::raft::read_index::ReadIndexRounds;
+use crate::raft::read_index::ReadIndexRunners;
 use crate::replica::drain::Drain;
 use crate::replica::drain::RequestGuard;
 use crate::store::entry::MemberAddr;
 use crate::store::entry::TypeConfig;
+use crate::store::snapshot::SnapshotReceiver;
 use crate::store::state_machine::StateMachine;
 
-/// Everything a request handler needs; shared by all faces.
+/// Everything a request handler needs; shared by all faces, which reach it only through its
+/// methods.
 pub(crate) struct Replica {
-    pub(crate) raft: Raft,
-    pub(crate) state: StateMachine,
-    pub(crate) identity: Identity,
-    pub(crate) config: NodeConfig,
+    raft: Raft,
+    state: StateMachine,
+    identity: Identity,
+    config: NodeConfig,
     /// This node's own advertised addresses.
-    pub(crate) advertised: MemberAddr,
-    pub(crate) peers: PeerNetwork,
-    pub(crate) forwarder: Forwarder,
+    advertised: MemberAddr,
+    peers: PeerNetwork,
+    /// Test-only fault injection (inert without `--fault-control-file`), shared with `peers`.
+    faults: Arc<Faults>,
+    forwarder: Forwarder,
     /// Linearizable reads wait here for a read-index round they share with concurrent reads.
-    pub(crate) read_index: ReadIndexRounds,
-    pub(crate) drain: Drain,
+    read_index: ReadIndexRounds,
+    drain: Drain,
     /// Bounds the writes being proposed at once, so overload slows clients down instead of
     /// growing queues without limit.
-    pub(crate) proposals: tokio::sync::Semaphore,
+    proposals: tokio::sync::Semaphore,
     /// Serializes Initialize calls.
-    pub(crate) init_lock: tokio::sync::Mutex<()>,
+    init_lock: tokio::sync::Mutex<()>,
 }
+
+/// Writes a leader proposes at once; more wait (within their deadline) for a slot.
+const MAX_PROPOSALS_IN_FLIGHT: usize = 4096;
 
 /// Who leads, as this node knows it.
 #[derive(Debug, Clone)]
@@ -66,6 +76,74 @@ pub(crate) enum Leadership {
 }
 
 impl Replica {
+    /// The core of a node around its running Raft, and the read-index rounds it needs run
+    /// (`read::run_rounds`) for as long as it serves.
+    pub(crate) fn new(
+        config: NodeConfig,
+        advertised: MemberAddr,
+        identity: Identity,
+        raft: Raft,
+        state: StateMachine,
+        peers: PeerNetwork,
+        faults: Arc<Faults>,
+    ) -> (Arc<Self>, ReadIndexRunners) {
+        let (read_index, runners) = ReadIndexRounds::new();
+        let replica = Replica {
+            identity,
+            forwarder: Forwarder::new(config.max_message_bytes()),
+            raft,
+            state,
+            config,
+            advertised,
+            peers,
+            faults,
+            read_index,
+            drain: Drain::default(),
+            proposals: tokio::sync::Semaphore::new(MAX_PROPOSALS_IN_FLIGHT),
+            init_lock: tokio::sync::Mutex::new(()),
+        };
+        (Arc::new(replica), runners)
+    }
+
+    /// The running Raft node.
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The configuration the node runs with.
+    pub(crate) fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Who this node is and which cluster it belongs to.
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// This node's own advertised addresses.
+    pub(crate) fn advertised(&self) -> &MemberAddr {
+        &self.advertised
+    }
+
+    /// The injected faults (inert outside tests).
+    pub(crate) fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// How many keys this replica holds, expired ones not yet purged included.
+    pub(crate) fn key_count(&self) -> usize {
+        self.state.read(|data, _| data.len())
+    }
+
+    /// Starts receiving a snapshot the leader sends; what it wrote is removed if it is dropped
+    /// unfinished.
+    pub(crate) fn receive_snapshot(
+        &self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+    ) -> std::io::Result<SnapshotReceiver> {
+        self.state.receive_snapshot(meta)
+    }
+
     /// Admits a request and gives it the node's deadline.
     pub(crate) fn admit(&self) -> Result<(RequestGuard, Deadline)> {
         Ok((

@@ -44,6 +44,14 @@ pub(crate) async fn run_rounds(
     runners.run(confirm, ask, stop).await;
 }
 
+impl Replica {
+    /// The index a linearizable read arriving now must observe, confirmed by this node as
+    /// leader: what the peer `ReadIndex` RPC answers a follower.
+    pub(crate) async fn leader_read_index(&self, deadline: &Deadline) -> Result<u64, Error> {
+        self.read_index.leader_index(deadline).await
+    }
+}
+
 /// Waits until this node has applied everything a linearizable read started now must see.
 pub(crate) async fn await_linearizable(
     replica: &Replica,
@@ -127,13 +135,13 @@ async fn ask_leader(replica: &Replica) -> RoundOutcome {
     let unreachable = || Error::NotLeader {
         leader: replica.leader_hint(),
     };
-    if replica.peers.faults().blocks(leader) {
+    if replica.faults().blocks(leader) {
         return Err(unreachable());
     }
     let mut client = replica.peers.client(&peer_addr).ok_or_else(unreachable)?;
     let mut req = tonic::Request::new(replica.peers.message(leader, bytes::Bytes::new()));
     req.set_timeout(deadline.remaining());
-    let held = replica.peers.faults().hold(leader);
+    let held = replica.faults().hold(leader);
     let call = async move {
         held.await;
         client.read_index(req).await

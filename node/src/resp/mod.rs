@@ -56,8 +56,8 @@ pub(crate) async fn serve(
     replica: Arc<Replica>,
     stop: impl Future<Output = ()>,
 ) {
-    let limits = Limits::of(&replica.config);
-    let idle = Duration::from_millis(replica.config.resp_idle_timeout_ms);
+    let limits = Limits::of(replica.config());
+    let idle = Duration::from_millis(replica.config().resp_idle_timeout_ms);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     let mut next_id: u64 = 0;

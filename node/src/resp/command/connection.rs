@@ -71,7 +71,7 @@ pub(super) async fn execute(session: &mut Session, name: &str, args: &[Bytes]) -
             Ok(Frame::ok())
         }
         ("readwrite", []) => {
-            session.serializable = session.replica.config.resp_serializable_reads;
+            session.serializable = session.replica.config().resp_serializable_reads;
             Ok(Frame::ok())
         }
         ("client|setname", [client_name]) => {

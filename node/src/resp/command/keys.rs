@@ -122,7 +122,7 @@ pub(super) async fn execute(session: &mut Session, name: &str, args: &[Bytes]) -
             {
                 return Err(syntax_error());
             }
-            if !session.replica.config.resp_allow_flush {
+            if !session.replica.config().resp_allow_flush {
                 return Err(Error::InvalidArgument(format!(
                     "{} is disabled on this server: it would empty the whole replicated keyspace; \
                      start kvs-node with --resp-allow-flush to allow it",

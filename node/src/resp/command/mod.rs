@@ -97,7 +97,7 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn new(replica: Arc<Replica>, id: u64, peer: SocketAddr) -> Self {
-        let serializable = replica.config.resp_serializable_reads;
+        let serializable = replica.config().resp_serializable_reads;
         Self {
             replica,
             id,

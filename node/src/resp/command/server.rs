@@ -48,7 +48,7 @@ pub(super) async fn execute(session: &mut Session, name: &str, args: &[Bytes]) -
 fn caught_up_replicas(session: &Session) -> i64 {
     let replica = &session.replica;
     let metrics = replica.metrics();
-    let me = replica.identity.node_id();
+    let me = replica.identity().node_id();
     let applied = metrics.last_applied.map_or(0, |l| l.index);
     let others = match (replica.leadership(), &metrics.replication) {
         (Leadership::Here, Some(progress)) => progress
@@ -77,14 +77,14 @@ fn info(session: &Session, sections: &[Bytes]) -> String {
             "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\n\
              kvs_version:{}\r\nkvs_node_id:{}\r\nprocess_id:{}\r\n\r\n",
             env!("CARGO_PKG_VERSION"),
-            node_id_string(replica.identity.node_id()),
+            node_id_string(replica.identity().node_id()),
             std::process::id(),
         ));
     }
     if wanted("replication") {
         let metrics = replica.metrics();
         let (role, leader) = match replica.leadership() {
-            Leadership::Here => ("master", replica.advertised.addr.clone()),
+            Leadership::Here => ("master", replica.advertised().addr.clone()),
             Leadership::There { addr, .. } => ("slave", addr.addr),
             Leadership::Unknown => ("slave", String::new()),
         };
@@ -98,7 +98,7 @@ fn info(session: &Session, sections: &[Bytes]) -> String {
         ));
     }
     if wanted("keyspace") {
-        let keys = replica.state.read(|data, _| data.len());
+        let keys = replica.key_count();
         out.push_str("# Keyspace\r\n");
         if keys > 0 {
             out.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"));
