@@ -4,7 +4,11 @@
 //! distinction is what clients build safe retries on. They are mapped to gRPC statuses in one
 //! place per face: `grpc::status` for gRPC, `resp::status` for RESP.
 
+use std::fmt;
 use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::Serialize;
 
 use crate::identity::Mismatch;
 
@@ -86,8 +90,13 @@ pub enum Error {
     #[error("compare failed")]
     CompareFailed,
     /// The state machine refused the whole batch; nothing was applied.
-    #[error("refused: {0}")]
-    Refused(String),
+    #[error("refused: {refusal}")]
+    Refused {
+        /// Why.
+        refusal: Refusal,
+        /// The log index of the refused entry.
+        index: u64,
+    },
     /// A membership change is not possible as asked.
     #[error("membership change refused: {0}")]
     Membership(String),
@@ -118,6 +127,49 @@ pub enum Error {
     /// Raft stopped (storage failure or shutdown).
     #[error("raft stopped: {0}")]
     Fatal(String),
+}
+
+/// Why the state machine refused a whole batch; nothing of it was applied. Part of the
+/// replicated state (sessions remember outcomes, snapshots carry them), so it lives here, below
+/// the store. Its `Display` is the reason alone, in Redis's words where Redis has them; each
+/// face adds its own framing (`grpc::status`, `resp::status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// Op `op` incremented a value that is not a decimal i64.
+    NotAnInteger {
+        /// The refused op's position among the ops that ran.
+        op: usize,
+    },
+    /// Op `op` would overflow an i64.
+    Overflow {
+        /// The refused op's position among the ops that ran.
+        op: usize,
+    },
+    /// The write's sequence is older than what the node still remembers for that client, so
+    /// whether it was applied before cannot be told.
+    SequenceTooOld {
+        /// The write's sequence.
+        sequence: u64,
+        /// The oldest sequence still remembered for its client.
+        oldest_remembered: u64,
+    },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NotAnInteger { .. } => f.write_str("value is not an integer or out of range"),
+            Refusal::Overflow { .. } => f.write_str("increment or decrement would overflow"),
+            Refusal::SequenceTooOld {
+                sequence,
+                oldest_remembered,
+            } => write!(
+                f,
+                "write sequence {sequence} is older than the oldest this cluster remembers for \
+                 the client ({oldest_remembered}); whether it was applied cannot be told"
+            ),
+        }
+    }
 }
 
 fn leader_suffix(leader: &Option<String>) -> String {

@@ -23,6 +23,7 @@ mod store;
 pub use config::NodeConfig;
 pub use config::ReadPolicy;
 pub use error::Error;
+pub use error::Refusal;
 pub use error::Result;
 pub use raft::network::PEER_FORMAT;
 pub use raft::peer_proto;

@@ -382,7 +382,7 @@ impl Kv for Service {
                 index: 1,
                 succeeded: true,
                 results,
-                error: String::new(),
+                ..Default::default()
             })
         })
         .await

@@ -44,8 +44,8 @@ impl Cluster for ClusterService {
             let mut expected_bytes = backup.expected_bytes;
             ReceiverStream::new(backup.chunks)
                 .map(move |chunk| {
-                    let chunk =
-                        chunk.map_err(|e| Status::internal(format!("backup failed: {e}")))?;
+                    // An error mid-stream has no leader to hint at: the backup was the leader's.
+                    let chunk = chunk.map_err(|e| to_status(e, None))?;
                     Ok(proto::SnapshotChunk {
                         data: chunk,
                         expected_bytes: std::mem::take(&mut expected_bytes),

@@ -10,9 +10,12 @@ use tonic::Response;
 use tonic::Status;
 
 use crate::error::Error;
+use crate::grpc::status::refusal_text;
 use crate::grpc::status::to_status;
 use crate::replica::Replica;
 use crate::replica::kv::op;
+use crate::store::command::BatchOutcome;
+use crate::store::command::Refusal;
 
 /// Serves the key-value API from a replica.
 pub(crate) struct KvService {
@@ -28,22 +31,25 @@ impl KvService {
         to_status(err, self.replica.leader_hint())
     }
 
-    /// A write through the replica, whose reply the test-only fault layer may drop after it
-    /// was applied (as a lost connection would).
-    async fn write(&self, req: proto::BatchRequest) -> Result<proto::BatchResponse, Status> {
-        let resp = self.replica.write(req).await.map_err(|e| self.fail(e))?;
-        if self.replica.faults().drops_reply() {
-            return Err(Status::unknown("reply dropped by fault injection"));
+    /// A write through the replica. Once the state machine has decided it (applied or refused),
+    /// the test-only fault layer may drop the answer, as a lost connection would.
+    async fn decide(
+        &self,
+        req: proto::BatchRequest,
+    ) -> Result<Result<BatchOutcome, Error>, Status> {
+        let written = self.replica.write(req).await;
+        let decided = matches!(written, Ok(_) | Err(Error::Refused { .. }));
+        if decided && self.replica.faults().drops_reply() {
+            return Err(self.fail(Error::OutcomeUnknown(
+                "reply dropped by fault injection".into(),
+            )));
         }
-        Ok(resp)
+        Ok(written)
     }
 
-    async fn batch_of(&self, req: proto::BatchRequest) -> Result<proto::BatchResponse, Status> {
-        let resp = self.write(req).await?;
-        if !resp.error.is_empty() {
-            return Err(self.fail(Error::Refused(resp.error)));
-        }
-        Ok(resp)
+    /// A single-key write as a batch; a refusal fails the call.
+    async fn batch_of(&self, req: proto::BatchRequest) -> Result<BatchOutcome, Status> {
+        self.decide(req).await?.map_err(|e| self.fail(e))
     }
 }
 
@@ -163,6 +169,50 @@ impl Kv for KvService {
         &self,
         request: Request<proto::BatchRequest>,
     ) -> Result<Response<proto::BatchResponse>, Status> {
-        Ok(Response::new(self.write(request.into_inner()).await?))
+        match self.decide(request.into_inner()).await? {
+            Ok(outcome) => Ok(Response::new(batch_response(outcome))),
+            // The Batch call answers a refusal in its reply, not as a failed call.
+            Err(Error::Refused { refusal, index }) => Ok(Response::new(proto::BatchResponse {
+                index,
+                error: refusal_text(&refusal),
+                refusal: Some(refusal_to_proto(&refusal)),
+                ..Default::default()
+            })),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+}
+
+/// The reply to a batch that was applied.
+fn batch_response(outcome: BatchOutcome) -> proto::BatchResponse {
+    proto::BatchResponse {
+        index: outcome.index,
+        succeeded: outcome.succeeded,
+        results: outcome
+            .results
+            .into_iter()
+            .map(|r| proto::OpResult {
+                existed: r.existed,
+                previous: r.previous,
+                integer: r.integer,
+            })
+            .collect(),
+        error: String::new(),
+        refusal: None,
+    }
+}
+
+/// A refusal as the Batch reply types it (what `replica::kv` reads back from a leader).
+fn refusal_to_proto(refusal: &Refusal) -> proto::Refusal {
+    use proto::refusal::Kind;
+    let (kind, op) = match *refusal {
+        Refusal::NotAnInteger { op } => (Kind::NotAnInteger, op),
+        Refusal::Overflow { op } => (Kind::Overflow, op),
+        // Never reaches a reply: the replica turns it into an unknown outcome.
+        Refusal::SequenceTooOld { .. } => (Kind::Unspecified, 0),
+    };
+    proto::Refusal {
+        kind: kind.into(),
+        op: u32::try_from(op).unwrap_or(u32::MAX),
     }
 }

@@ -10,10 +10,20 @@ use tonic::Status;
 use tonic::metadata::MetadataValue;
 
 use crate::error::Error;
+use crate::error::Refusal;
 use crate::raft::forward::ORIGIN_HEADER;
 
 /// Metadata naming the leader's client address.
 pub(crate) const LEADER_HEADER: &str = "kvs-leader";
+
+/// How the gRPC face words a refusal: the reason after the position of the op it refused
+/// (`op 2: value is not an integer or out of range`), in a status and in a Batch reply's `error`.
+pub(crate) fn refusal_text(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::NotAnInteger { op } | Refusal::Overflow { op } => format!("op {op}: {refusal}"),
+        Refusal::SequenceTooOld { .. } => refusal.to_string(),
+    }
+}
 
 /// Maps a node error to the status a client sees; `leader` is the current leader hint.
 pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
@@ -35,7 +45,9 @@ pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
         | Error::TooManyOps { .. }
         | Error::BatchTooLarge { .. }
         | Error::InvalidArgument(_) => Code::InvalidArgument,
-        Error::CompareFailed | Error::Refused(_) | Error::Membership(_) => Code::FailedPrecondition,
+        Error::CompareFailed | Error::Refused { .. } | Error::Membership(_) => {
+            Code::FailedPrecondition
+        }
         Error::PeerIdentity(_) => Code::FailedPrecondition,
         Error::Config(_)
         | Error::Io { .. }
@@ -50,6 +62,7 @@ pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
             tracing::error!(error = %err, "internal error");
             "internal error; see the node's log".to_string()
         }
+        Error::Refused { refusal, .. } => format!("refused: {}", refusal_text(refusal)),
         _ => err.to_string(),
     };
     let hint = match &err {
@@ -65,4 +78,35 @@ pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
         status.metadata_mut().insert(LEADER_HEADER, value);
     }
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_op_it_refused() {
+        let status = to_status(
+            Error::Refused {
+                refusal: Refusal::NotAnInteger { op: 2 },
+                index: 5,
+            },
+            None,
+        );
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(
+            status.message(),
+            "refused: op 2: value is not an integer or out of range"
+        );
+    }
+
+    #[test]
+    fn io_detail_stays_in_the_log() {
+        let status = to_status(
+            Error::io("backup failed", std::io::Error::other("disk on fire")),
+            None,
+        );
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error; see the node's log");
+    }
 }

@@ -15,6 +15,7 @@ use kvs_client::backup::BackupWriter;
 use kvs_client::backup::PER_KEY_BYTES;
 use tokio::sync::mpsc;
 
+use crate::error::Error;
 use crate::error::Result;
 use crate::replica::Leadership;
 use crate::replica::Replica;
@@ -29,7 +30,7 @@ pub(crate) struct Backup {
     /// About how many bytes the backup will have (exact unless keys expire meanwhile).
     pub(crate) expected_bytes: u64,
     /// The chunks; an error ends the stream.
-    pub(crate) chunks: mpsc::Receiver<io::Result<Bytes>>,
+    pub(crate) chunks: mpsc::Receiver<Result<Bytes>>,
 }
 
 impl Replica {
@@ -65,7 +66,7 @@ impl Replica {
             })();
             if let Err(err) = written {
                 // A reader that went away is the only likely cause and needs no answer.
-                let _ = tx.blocking_send(Err(err));
+                let _ = tx.blocking_send(Err(Error::io("backup failed", err)));
             }
         });
         Ok(Backup {
@@ -77,7 +78,7 @@ impl Replica {
 
 /// Cuts what is written into chunks and sends them, waiting while the channel is full.
 struct ChunkSender {
-    tx: mpsc::Sender<io::Result<Bytes>>,
+    tx: mpsc::Sender<Result<Bytes>>,
     buf: Vec<u8>,
 }
 

@@ -25,6 +25,7 @@ use crate::store::command::COMMAND_FORMAT;
 use crate::store::command::Command;
 use crate::store::command::Compare;
 use crate::store::command::Op;
+use crate::store::command::OpResult;
 use crate::store::command::Outcome;
 use crate::store::command::PutExpiry;
 use crate::store::command::Refusal;
@@ -84,8 +85,9 @@ impl Replica {
         Ok(self.state.read(|data, index| f(data, index, now)))
     }
 
-    /// Applies one conditional batch through the leader.
-    pub(crate) async fn write(&self, req: proto::BatchRequest) -> Result<proto::BatchResponse> {
+    /// Applies one conditional batch through the leader. A batch the state machine refused is
+    /// [`Error::Refused`]: nothing of it was applied.
+    pub(crate) async fn write(&self, req: proto::BatchRequest) -> Result<BatchOutcome> {
         let (_guard, deadline) = self.admit()?;
         self.lose_if_dropped(&deadline, Error::WriteTimeout).await?;
         self.check_batch(&req)?;
@@ -113,7 +115,7 @@ impl Replica {
         leader: &str,
         req: proto::BatchRequest,
         deadline: &Deadline,
-    ) -> Result<proto::BatchResponse> {
+    ) -> Result<BatchOutcome> {
         if self.faults().blocks(leader_id) {
             // As if the connection could not be made: surely not applied.
             return Err(Error::NotLeader {
@@ -128,7 +130,7 @@ impl Replica {
             held.await;
             client.batch(request).await
         };
-        self.forwarder.relay(leader, deadline, true, call).await
+        outcome_from_proto(self.forwarder.relay(leader, deadline, true, call).await?)
     }
 
     /// Loses the request if the test-only fault layer says so: nothing answers it before its
@@ -165,11 +167,7 @@ impl Replica {
         Ok(())
     }
 
-    async fn propose(
-        &self,
-        req: proto::BatchRequest,
-        deadline: &Deadline,
-    ) -> Result<proto::BatchResponse> {
+    async fn propose(&self, req: proto::BatchRequest, deadline: &Deadline) -> Result<BatchOutcome> {
         self.check_quota(&req)?;
         let _slot = deadline
             .run(self.proposals.acquire())
@@ -182,18 +180,18 @@ impl Replica {
             .await
             .map_err(|()| Error::WriteTimeout(deadline.total_ms()))?;
         match written {
-            Ok(resp) => outcome_to_proto(resp.log_id.index, resp.data),
+            Ok(resp) => applied(resp.log_id.index, resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(Error::NotLeader {
                     leader: f.leader_node.map(|n| n.addr),
                 })
             }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
-                Err(Error::OutcomeUnknown(format!(
-                    "leadership changed while the write was in flight ({f})"
-                )))
+            Err(RaftError::APIError(e)) => {
+                tracing::debug!(error = %e, "write lost its leader after it was proposed");
+                Err(Error::OutcomeUnknown(
+                    "leadership changed while the write was in flight".into(),
+                ))
             }
-            Err(RaftError::APIError(e)) => Err(Error::OutcomeUnknown(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(Error::Fatal(e.to_string())),
         }
     }
@@ -413,44 +411,119 @@ fn ops_from_proto(ops: Vec<proto::Op>, stamp_ms: u64) -> Result<Vec<Op>> {
         .collect()
 }
 
-fn outcome_to_proto(entry_index: u64, outcome: Outcome) -> Result<proto::BatchResponse> {
+/// What the state machine's outcome of the entry at `entry_index` means for the client.
+fn applied(entry_index: u64, outcome: Outcome) -> Result<BatchOutcome> {
     match outcome {
-        Outcome::Applied(BatchOutcome {
-            index,
-            succeeded,
-            results,
-        }) => Ok(proto::BatchResponse {
-            index,
-            succeeded,
-            results: results
-                .into_iter()
-                .map(|r| proto::OpResult {
-                    existed: r.existed,
-                    previous: r.previous,
-                    integer: r.integer,
-                })
-                .collect(),
-            error: String::new(),
-        }),
-        Outcome::Refused(Refusal::SequenceTooOld {
-            sequence,
-            oldest_remembered,
-        }) => Err(Error::OutcomeUnknown(format!(
-            "write sequence {sequence} is older than the oldest this cluster remembers for the client \
-             ({oldest_remembered}); whether it was applied cannot be told"
-        ))),
-        Outcome::Refused(refusal) => Ok(proto::BatchResponse {
+        Outcome::Applied(outcome) => Ok(outcome),
+        Outcome::Refused(refusal @ Refusal::SequenceTooOld { .. }) => {
+            Err(Error::OutcomeUnknown(refusal.to_string()))
+        }
+        Outcome::Refused(refusal) => Err(Error::Refused {
+            refusal,
             index: entry_index,
-            error: refusal_message(&refusal),
-            ..Default::default()
         }),
     }
 }
 
-fn refusal_message(refusal: &Refusal) -> String {
-    match refusal {
-        Refusal::NotAnInteger { op } => format!("op {op}: value is not an integer or out of range"),
-        Refusal::Overflow { op } => format!("op {op}: increment or decrement would overflow"),
-        Refusal::SequenceTooOld { sequence, .. } => format!("write sequence {sequence} is too old"),
+/// The leader's answer to a forwarded batch, read back into the outcome it was made from
+/// (`grpc::kv` writes it). A refusal from a leader too old to type it is relayed as its text.
+fn outcome_from_proto(resp: proto::BatchResponse) -> Result<BatchOutcome> {
+    use proto::refusal::Kind;
+    if let Some(refusal) = resp.refusal {
+        let op = refusal.op as usize;
+        let refusal = match refusal.kind() {
+            Kind::NotAnInteger => Refusal::NotAnInteger { op },
+            Kind::Overflow => Refusal::Overflow { op },
+            Kind::Unspecified => return Err(refused_as_text(resp.error)),
+        };
+        return Err(Error::Refused {
+            refusal,
+            index: resp.index,
+        });
+    }
+    if !resp.error.is_empty() {
+        return Err(refused_as_text(resp.error));
+    }
+    Ok(BatchOutcome {
+        index: resp.index,
+        succeeded: resp.succeeded,
+        results: resp
+            .results
+            .into_iter()
+            .map(|r| OpResult {
+                existed: r.existed,
+                previous: r.previous,
+                integer: r.integer,
+            })
+            .collect(),
+    })
+}
+
+/// A refusal known only by its text: relayed as the leader's own refusal status.
+fn refused_as_text(error: String) -> Error {
+    Error::Forwarded(tonic::Status::failed_precondition(format!(
+        "refused: {error}"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaders_typed_refusal_is_read_back_as_the_refusal() {
+        let reply = proto::BatchResponse {
+            index: 12,
+            error: "op 1: value is not an integer or out of range".into(),
+            refusal: Some(proto::Refusal {
+                kind: proto::refusal::Kind::NotAnInteger.into(),
+                op: 1,
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            outcome_from_proto(reply),
+            Err(Error::Refused {
+                refusal: Refusal::NotAnInteger { op: 1 },
+                index: 12
+            })
+        ));
+    }
+
+    #[test]
+    fn a_refusal_known_only_by_its_text_is_relayed_as_a_refusal_status() {
+        let reply = proto::BatchResponse {
+            error: "op 0: increment or decrement would overflow".into(),
+            ..Default::default()
+        };
+        match outcome_from_proto(reply) {
+            Err(Error::Forwarded(status)) => {
+                assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+                assert_eq!(
+                    status.message(),
+                    "refused: op 0: increment or decrement would overflow"
+                );
+            }
+            other => panic!("not relayed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_applied_batch_keeps_its_results() {
+        let reply = proto::BatchResponse {
+            index: 7,
+            succeeded: true,
+            results: vec![proto::OpResult {
+                existed: true,
+                previous: Some(Bytes::from_static(b"v")),
+                integer: 3,
+            }],
+            ..Default::default()
+        };
+        let outcome = outcome_from_proto(reply).expect("applied");
+        assert_eq!(outcome.index, 7);
+        assert!(outcome.succeeded);
+        assert_eq!(outcome.results[0].previous.as_deref(), Some(&b"v"[..]));
+        assert_eq!(outcome.results[0].integer, 3);
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use kvs_client::proto;
 use openraft::ChangeMembers;
 use openraft::ServerState;
+use openraft::alias::CommittedLeaderIdOf;
 use openraft::errors::ChangeMembershipError;
 use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
@@ -23,6 +24,7 @@ use crate::identity::parse_node_id;
 use crate::replica::Leadership;
 use crate::replica::Replica;
 use crate::store::entry::MemberAddr;
+use crate::store::entry::TypeConfig;
 
 impl Replica {
     /// What this node is; answered by members and non-members alike.
@@ -102,7 +104,10 @@ impl Replica {
             .run(self.raft.initialize(members))
             .await
             .map_err(|()| Error::WriteTimeout(deadline.total_ms()))?
-            .map_err(|e| Error::Membership(e.to_string()))?;
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot initialize");
+                Error::Membership("this node already holds Raft state of a cluster".into())
+            })?;
         tracing::info!(cluster_id, "initialized a new cluster");
         Ok(proto::InitializeResponse {
             cluster_id,
@@ -442,14 +447,43 @@ impl Replica {
                     leader: f.leader_node.map(|n| n.addr),
                 })
             }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                ChangeMembershipError::InProgress(e),
-            ))) => Err(Error::Busy(e.to_string())),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(Error::Membership(e.to_string()))
+                tracing::debug!(error = %e, "membership change refused");
+                Err(change_refused(e))
             }
-            Err(RaftError::APIError(e)) => Err(Error::OutcomeUnknown(e.to_string())),
+            Err(RaftError::APIError(e)) => {
+                tracing::warn!(error = %e, "membership change failed after it was proposed");
+                Err(Error::OutcomeUnknown(
+                    "leadership changed while the membership change was in flight".into(),
+                ))
+            }
             Err(RaftError::Fatal(e)) => Err(Error::Fatal(e.to_string())),
         }
+    }
+}
+
+/// Why openraft refused a membership change, in kvs's words (its own text names internal log
+/// IDs and types).
+fn change_refused(e: ChangeMembershipError<CommittedLeaderIdOf<TypeConfig>, u64>) -> Error {
+    match e {
+        ChangeMembershipError::InProgress(_) => {
+            Error::Busy("another membership change is in progress".into())
+        }
+        ChangeMembershipError::UncommittedLeaderLog(_) => {
+            Error::Busy("the new leader has not committed an entry of its term yet".into())
+        }
+        ChangeMembershipError::EmptyMembership(_) => {
+            Error::Membership("the change would leave the cluster without voters".into())
+        }
+        ChangeMembershipError::LearnerNotFound(e) => Error::Membership(format!(
+            "node {} is not a learner of this cluster; add it before promoting it",
+            node_id_string(e.node_id)
+        )),
+        ChangeMembershipError::UnsupportedMembershipTransition(_) => {
+            Error::Membership("this change cannot be made in one step".into())
+        }
+        ChangeMembershipError::NodeMetadataChanged(_) => Error::Membership(
+            "a member's addresses cannot change; remove it and add it again".into(),
+        ),
     }
 }

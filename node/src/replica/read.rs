@@ -117,7 +117,10 @@ async fn confirm_leadership(replica: &Replica, deadline: &Deadline) -> RoundOutc
             Err(replica.not_leader())
         }
         Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
-            Err(Error::NoQuorum(e.to_string()))
+            tracing::debug!(error = %e, "leadership not confirmed");
+            Err(Error::NoQuorum(
+                "this leader could not confirm its leadership with a quorum".into(),
+            ))
         }
         Err(RaftError::Fatal(e)) => Err(Error::Fatal(e.to_string())),
     }

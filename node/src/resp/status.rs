@@ -21,13 +21,8 @@ pub(crate) fn error_reply(err: Error, leader: Option<String>) -> Frame {
     };
     let text = match err {
         Error::InvalidArgument(message) => format!("ERR {message}"),
-        // The state machine words refusals as "op N: <Redis's message>" (`kv::refusal_message`).
-        Error::Refused(message) => format!(
-            "ERR {}",
-            message
-                .split_once(": ")
-                .map_or(message.as_str(), |(_, m)| m)
-        ),
+        // Redis words the reason alone, without the op it refused.
+        Error::Refused { refusal, .. } => format!("ERR {refusal}"),
         Error::NotLeader { .. } => format!("TRYAGAIN {err}"),
         Error::NoQuorum(_)
         | Error::NotMember
@@ -65,6 +60,7 @@ pub(crate) fn error_reply(err: Error, leader: Option<String>) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Refusal;
 
     fn text(err: Error, leader: Option<&str>) -> String {
         match error_reply(err, leader.map(String::from)) {
@@ -98,10 +94,23 @@ mod tests {
     fn refusals_read_as_redis_words_them() {
         assert_eq!(
             text(
-                Error::Refused("op 0: value is not an integer or out of range".into()),
+                Error::Refused {
+                    refusal: Refusal::NotAnInteger { op: 3 },
+                    index: 9
+                },
                 None
             ),
             "ERR value is not an integer or out of range"
+        );
+        assert_eq!(
+            text(
+                Error::Refused {
+                    refusal: Refusal::Overflow { op: 0 },
+                    index: 9
+                },
+                None
+            ),
+            "ERR increment or decrement would overflow"
         );
         assert_eq!(
             text(Error::InvalidArgument("syntax error".into()), None),

@@ -16,6 +16,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::Serialize;
 
+pub(crate) use crate::error::Refusal;
+
 /// Version of the command encoding written into every entry.
 pub(crate) const COMMAND_FORMAT: u16 = 1;
 
@@ -134,21 +136,6 @@ pub(crate) struct OpResult {
     /// The new value of an increment; the new length after an append (what Redis APPEND
     /// answers); 1 when a persist removed an expiry (what Redis PERSIST answers).
     pub(crate) integer: i64,
-}
-
-/// Why a whole batch was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Refusal {
-    /// Op `op` incremented a value that is not a decimal i64.
-    NotAnInteger { op: usize },
-    /// Op `op` would overflow an i64.
-    Overflow { op: usize },
-    /// The write's sequence is older than what the node still remembers for that client, so
-    /// whether it was applied before cannot be told.
-    SequenceTooOld {
-        sequence: u64,
-        oldest_remembered: u64,
-    },
 }
 
 impl Command {

@@ -25,6 +25,8 @@ use crate::replica::Replica;
 use crate::resp::frame::Frame;
 use crate::resp::frame::parse_i64;
 use crate::resp::status::error_reply;
+use crate::store::command::BatchOutcome;
+use crate::store::command::OpResult;
 use crate::store::data::StateData;
 
 /// A command as Redis's command table describes it.
@@ -159,17 +161,13 @@ impl Session {
     }
 
     /// Applies one batch through Raft as the next write of this connection.
-    async fn write(&mut self, mut batch: proto::BatchRequest) -> Result<proto::BatchResponse> {
+    async fn write(&mut self, mut batch: proto::BatchRequest) -> Result<BatchOutcome> {
         self.sequence += 1;
         batch.write_id = Some(proto::WriteId {
             client_id: self.write_client,
             sequence: self.sequence,
         });
-        let resp = self.replica.write(batch).await?;
-        if !resp.error.is_empty() {
-            return Err(Error::Refused(resp.error));
-        }
-        Ok(resp)
+        self.replica.write(batch).await
     }
 
     /// Reads the state, linearizably unless this connection reads serializably; `f` gets the
@@ -231,7 +229,7 @@ fn batch(ops: Vec<proto::op::Op>) -> proto::BatchRequest {
 }
 
 /// The first op's result of a batch that ran.
-fn first_result(resp: proto::BatchResponse) -> proto::OpResult {
+fn first_result(resp: BatchOutcome) -> OpResult {
     resp.results.into_iter().next().unwrap_or_default()
 }
 
