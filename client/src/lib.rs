@@ -11,6 +11,7 @@ mod client;
 mod endpoint;
 mod error;
 mod kv;
+pub mod membership;
 mod retry;
 mod routing;
 

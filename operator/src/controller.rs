@@ -250,7 +250,6 @@ pub async fn reconcile(cluster: Arc<KvsCluster>, context: Arc<Context>) -> Resul
     let mut status = status_of(
         &observed,
         &plan,
-        &context.settings,
         cluster.status.as_ref(),
         cluster.metadata.generation,
     );

@@ -76,7 +76,6 @@ async fn main() -> anyhow::Result<()> {
         default_image: args.default_image,
         settings: Settings {
             failure_timeout: Duration::from_secs(args.failure_timeout_secs),
-            ..Settings::default()
         },
         lease,
         watch_namespace: args

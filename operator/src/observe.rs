@@ -211,6 +211,7 @@ impl Observer<'_> {
                     ordinal: ordinals.get(&member.address).copied(),
                     voter: member.role == kvs_client::proto::Role::Voter as i32,
                     leader: member.is_leader,
+                    matched_index: member.matched_index,
                     lag: member.lag,
                     id: member.id,
                     address: member.address,

@@ -25,15 +25,15 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use kvs_client::membership;
 
 use crate::crd::{KvsClusterSpec, KvsClusterStatus, MAX_REPLICAS, MemberStatus, Phase};
 
-/// Thresholds of the rules; the defaults are what the operator runs with.
+/// Thresholds of the rules; the defaults are what the operator runs with. How far behind a
+/// member may be and still count as caught up is not one of them: the operator follows the rule
+/// `kvsctl member add` follows, [`kvs_client::membership::caught_up`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
-    /// A learner is promoted, and a restarted member counts as caught up, when it is at most
-    /// this many log entries behind the leader.
-    pub max_lag: u64,
     /// A member unhealthy for this long is removed and its pod rejoins as a new member.
     pub failure_timeout: Duration,
 }
@@ -41,7 +41,6 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            max_lag: 64,
             failure_timeout: Duration::from_secs(300),
         }
     }
@@ -100,6 +99,9 @@ pub(crate) struct MemberView {
     pub(crate) ordinal: Option<u32>,
     pub(crate) voter: bool,
     pub(crate) leader: bool,
+    /// The highest log index the leader knows this member holds.
+    pub(crate) matched_index: u64,
+    /// Log entries this member is behind the leader.
     pub(crate) lag: u64,
 }
 
@@ -368,9 +370,8 @@ impl Cluster<'_> {
         member_healthy(member, &self.observed.pods)
     }
 
-    /// Healthy and caught up.
     fn ready(&self, member: &MemberView) -> bool {
-        self.healthy(member) && member.lag <= self.settings.max_lag
+        member_ready(member, &self.observed.pods)
     }
 
     fn voters(&self) -> impl Iterator<Item = &MemberView> {
@@ -581,6 +582,12 @@ fn member_healthy(member: &MemberView, pods: &[PodView]) -> bool {
         .is_some_and(|identity| identity.node_id == member.id && identity.leader_known)
 }
 
+/// A member is ready when it is healthy and has caught up with the leader: only then is a
+/// learner promoted, a leader handed to it, or the next outdated pod restarted.
+fn member_ready(member: &MemberView, pods: &[PodView]) -> bool {
+    member_healthy(member, pods) && membership::caught_up(member.matched_index, member.lag)
+}
+
 impl Step {
     fn phase(&self) -> Phase {
         match self {
@@ -726,7 +733,6 @@ impl Step {
 pub(crate) fn status_of(
     observed: &Observation,
     plan: &Plan,
-    settings: &Settings,
     previous: Option<&KvsClusterStatus>,
     generation: Option<i64>,
 ) -> KvsClusterStatus {
@@ -771,9 +777,9 @@ pub(crate) fn status_of(
             })
             .collect();
     }
-    let ready = member_statuses
+    let ready = members
         .iter()
-        .filter(|member| member.healthy && member.lag <= settings.max_lag)
+        .filter(|member| member_ready(member, &observed.pods))
         .count();
     let leader = members
         .iter()

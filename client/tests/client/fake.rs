@@ -486,7 +486,8 @@ impl Cluster for Service {
                 role: Role::Learner.into(),
                 is_leader: false,
                 matched_index: 0,
-                lag: 100,
+                // Behind far enough that kvsctl must watch it catch up over several listings.
+                lag: kvs_client::membership::MAX_CAUGHT_UP_LAG + 100,
             };
             state.members.push(member.clone());
             Ok(proto::AddLearnerResponse {

@@ -15,15 +15,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use kvs_client::membership::{self, MAX_CAUGHT_UP_LAG};
 use kvs_client::proto::{self, Role};
 use kvs_client::{Client, ClientOptions, Error};
 
 use crate::args::{Cli, Command, EndpointCommand, MemberCommand, SnapshotCommand};
-
-/// A learner is promoted once the leader has seen it replicate something and it is at most this
-/// many entries behind: close enough that the promotion does not leave the cluster waiting on a
-/// voter that cannot yet acknowledge new entries, yet reachable under steady write load.
-const MAX_PROMOTION_LAG: u64 = 10;
 
 /// How often `member add` looks at the learner's progress.
 const CATCH_UP_POLL: Duration = Duration::from_millis(100);
@@ -221,7 +217,7 @@ async fn promote_when_caught_up(
                 Ok(members) => {
                     if let Some(seen) = members.into_iter().find(|m| m.id == learner.id) {
                         member = seen;
-                        if caught_up(&member) {
+                        if membership::caught_up(member.matched_index, member.lag) {
                             return Ok(());
                         }
                     }
@@ -237,7 +233,7 @@ async fn promote_when_caught_up(
         Err(_) => {
             return Err(not_promoted(format!(
                 "it had not caught up before the deadline (matched index {}, lag {}; \
-                 promotion needs a lag of at most {MAX_PROMOTION_LAG})",
+                 promotion needs an acknowledged entry and a lag of at most {MAX_CAUGHT_UP_LAG})",
                 member.matched_index, member.lag
             )));
         }
@@ -248,11 +244,6 @@ async fn promote_when_caught_up(
         .map_err(|err| not_promoted(err.to_string()))?;
     member.role = Role::Voter.into();
     Ok(member)
-}
-
-/// Whether a learner may be promoted: it has acknowledged entries and is only a little behind.
-fn caught_up(member: &proto::Member) -> bool {
-    member.matched_index > 0 && member.lag <= MAX_PROMOTION_LAG
 }
 
 async fn read_stdin() -> Result<Vec<u8>, Failure> {
@@ -296,17 +287,5 @@ mod tests {
         assert_eq!(exit_code(&unavailable.into()), 3);
         assert_eq!(exit_code(&refused.into()), 3);
         assert_eq!(exit_code(&unknown.into()), 4);
-    }
-
-    #[test]
-    fn a_learner_is_promoted_once_it_replicates_and_is_close() {
-        let learner = |matched_index, lag| proto::Member {
-            matched_index,
-            lag,
-            ..Default::default()
-        };
-        assert!(caught_up(&learner(90, 10)));
-        assert!(!caught_up(&learner(10, 11)));
-        assert!(!caught_up(&learner(0, 3)));
     }
 }
