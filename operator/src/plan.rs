@@ -378,29 +378,22 @@ impl Cluster<'_> {
         self.members.iter().filter(|member| member.voter)
     }
 
+    /// Whether a majority of the voters is healthy.
     fn has_quorum(&self) -> bool {
-        let voters = self.voters().count();
-        let healthy = self.voters().filter(|member| self.healthy(member)).count();
-        voters > 0 && healthy * 2 > voters
+        majority(self.voters(), |member| self.healthy(member))
     }
 
     /// Whether a majority of healthy voters remains once `leaving` is gone.
     fn quorum_without(&self, leaving: &MemberView) -> bool {
         let remaining = self.voters().filter(|member| member.id != leaving.id);
-        let (voters, healthy) = remaining.fold((0, 0), |(voters, healthy), member| {
-            (voters + 1, healthy + usize::from(self.healthy(member)))
-        });
-        voters > 0 && healthy * 2 > voters
+        majority(remaining, |member| self.healthy(member))
     }
 
     /// Whether the others keep a majority of the unchanged voter set while `member` is down.
     fn survives_loss_of(&self, member: &MemberView) -> bool {
-        let voters = self.voters().count();
-        let healthy = self
-            .voters()
-            .filter(|other| other.id != member.id && self.healthy(other))
-            .count();
-        healthy * 2 > voters
+        majority(self.voters(), |other| {
+            other.id != member.id && self.healthy(other)
+        })
     }
 
     fn leader(&self) -> Option<&MemberView> {
@@ -580,6 +573,18 @@ fn member_healthy(member: &MemberView, pods: &[PodView]) -> bool {
         .filter(|pod| !pod.terminating)
         .and_then(|pod| pod.identity.as_ref())
         .is_some_and(|identity| identity.node_id == member.id && identity.leader_known)
+}
+
+/// Whether more than half of `voters` are `up`: the quorum rule of Raft, and so of every
+/// membership decision here. No voters have no majority.
+fn majority<'m>(
+    voters: impl Iterator<Item = &'m MemberView>,
+    up: impl Fn(&MemberView) -> bool,
+) -> bool {
+    let (total, up_count) = voters.fold((0, 0), |(total, up_count), member| {
+        (total + 1, up_count + usize::from(up(member)))
+    });
+    up_count * 2 > total
 }
 
 /// A member is ready when it is healthy and has caught up with the leader: only then is a
