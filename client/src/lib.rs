@@ -19,8 +19,14 @@ pub use client::{Client, ClientOptions, EndpointStatus, Snapshot};
 pub use error::{Error, Result};
 pub use kv::{Action, Expect, KeyValue};
 
-/// Generated protobuf and gRPC types of the `kvs.v1` package.
+/// The wire contract of `proto/kvs.proto`: the generated protobuf and gRPC types of the `kvs.v1`
+/// package, and the response metadata that travels beside them.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod proto {
     tonic::include_proto!("kvs.v1");
+
+    /// The response metadata key under which a node names the leader's client address
+    /// (`host:port`). A node writes it on UNAVAILABLE when it knows the leader; the client reads
+    /// it to send the next attempt there, and reports it with an error that gives up.
+    pub const LEADER_HEADER: &str = "kvs-leader";
 }

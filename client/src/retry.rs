@@ -16,9 +16,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 
 use crate::error::Error;
-
-/// The response metadata key under which a node names the leader's client address.
-pub(crate) const LEADER_METADATA: &str = "kvs-leader";
+use crate::proto::LEADER_HEADER;
 
 /// What a call may do to the cluster, which decides how it is retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +43,7 @@ impl Failure {
     pub(crate) fn from_status(address: &str, status: &Status) -> Self {
         let leader = status
             .metadata()
-            .get(LEADER_METADATA)
+            .get(LEADER_HEADER)
             .and_then(|value| value.to_str().ok())
             .map(str::trim)
             .filter(|leader| !leader.is_empty())
@@ -303,7 +301,7 @@ mod tests {
         let mut with_hint = Status::unavailable("not the leader");
         with_hint
             .metadata_mut()
-            .insert(LEADER_METADATA, "127.0.0.2:7379".parse().unwrap());
+            .insert(LEADER_HEADER, "127.0.0.2:7379".parse().unwrap());
         let mut attempts = Attempts::new(CallKind::Write);
         let next = attempts.record(Failure::from_status("n1:7379", &with_hint));
         assert!(matches!(next, Next::Retry { leader: Some(l), .. } if l == "127.0.0.2:7379"));
@@ -317,7 +315,7 @@ mod tests {
         let mut named = Status::unavailable("not the leader");
         named
             .metadata_mut()
-            .insert(LEADER_METADATA, "127.0.0.2:7379".parse().unwrap());
+            .insert(LEADER_HEADER, "127.0.0.2:7379".parse().unwrap());
         let mut attempts = Attempts::new(CallKind::Read);
         attempts.record(Failure::from_status("n1:7379", &named));
         attempts.record(status(Code::Unavailable));

@@ -240,7 +240,7 @@ impl Service {
                 if let Some(leader) = leader {
                     status
                         .metadata_mut()
-                        .insert("kvs-leader", leader.parse().expect("ascii address"));
+                        .insert(proto::LEADER_HEADER, leader.parse().expect("ascii address"));
                 }
                 Err(status)
             }

@@ -5,6 +5,7 @@
 //! node generates carries the `kvs-node` metadata so a forwarding node can tell it from a broken
 //! connection; UNAVAILABLE carries `kvs-leader` with the leader's client address when known.
 
+use kvs_client::proto::LEADER_HEADER;
 use tonic::Code;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
@@ -12,9 +13,6 @@ use tonic::metadata::MetadataValue;
 use crate::error::Error;
 use crate::error::Refusal;
 use crate::raft::forward::ORIGIN_HEADER;
-
-/// Metadata naming the leader's client address.
-pub(crate) const LEADER_HEADER: &str = "kvs-leader";
 
 /// How the gRPC face words a refusal: the reason after the position of the op it refused
 /// (`op 2: value is not an integer or out of range`), in a status and in a Batch reply's `error`.
