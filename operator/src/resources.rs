@@ -33,7 +33,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::KvsCluster;
+use crate::crd::{KvsCluster, KvsClusterSpec};
 
 /// The client gRPC port of every node.
 pub const CLIENT_PORT: i32 = 7379;
@@ -201,69 +201,7 @@ impl<'a> Blueprint<'a> {
                 ..PersistentVolumeClaim::default()
             }]
         });
-        let volume_mounts = durable.then(|| {
-            vec![VolumeMount {
-                name: DATA_VOLUME.into(),
-                mount_path: DATA_DIR.into(),
-                ..VolumeMount::default()
-            }]
-        });
-        let container = Container {
-            name: "kvs-node".into(),
-            image: Some(
-                spec.image
-                    .clone()
-                    .unwrap_or_else(|| self.default_image.to_owned()),
-            ),
-            args: Some(self.node_args()),
-            env: Some(vec![EnvVar {
-                name: "POD_NAME".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.name".into(),
-                        ..ObjectFieldSelector::default()
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            }]),
-            ports: Some(self.container_ports()),
-            readiness_probe: Some(Probe {
-                grpc: Some(GRPCAction {
-                    port: CLIENT_PORT,
-                    service: None,
-                }),
-                period_seconds: Some(5),
-                failure_threshold: Some(3),
-                ..Probe::default()
-            }),
-            // The process is up; whether it serves is readiness's business, and a node that
-            // waits to join must not be killed for it.
-            liveness_probe: Some(Probe {
-                tcp_socket: Some(TCPSocketAction {
-                    port: IntOrString::String("client".into()),
-                    host: None,
-                }),
-                initial_delay_seconds: Some(5),
-                period_seconds: Some(10),
-                failure_threshold: Some(6),
-                ..Probe::default()
-            }),
-            resources: spec.resources.clone(),
-            security_context: Some(SecurityContext {
-                run_as_non_root: Some(true),
-                read_only_root_filesystem: Some(true),
-                allow_privilege_escalation: Some(false),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".into()]),
-                    add: None,
-                }),
-                seccomp_profile: Some(runtime_default_seccomp()),
-                ..SecurityContext::default()
-            }),
-            volume_mounts,
-            ..Container::default()
-        };
+        let container = node_container(spec, names, self.default_image);
         let placement = &spec.placement;
         let grace_ms = spec
             .config
@@ -333,61 +271,6 @@ impl<'a> Blueprint<'a> {
             }),
             status: None,
         }
-    }
-
-    /// The node's command line: addresses from the pod's stable name, storage, tuning.
-    fn node_args(&self) -> Vec<String> {
-        let spec = &self.cluster.spec;
-        // `$(POD_NAME)` is expanded by the kubelet from the env var of that name.
-        let host = format!(
-            "$(POD_NAME).{}.{}.svc",
-            self.names.headless_service(),
-            self.names.namespace
-        );
-        let mut args = vec![
-            format!("--listen=0.0.0.0:{CLIENT_PORT}"),
-            format!("--advertise={host}:{CLIENT_PORT}"),
-            format!("--peer-listen=0.0.0.0:{PEER_PORT}"),
-            format!("--peer-advertise={host}:{PEER_PORT}"),
-        ];
-        if spec.storage.in_memory {
-            args.push("--in-memory".into());
-        } else {
-            args.push(format!("--data-dir={DATA_DIR}"));
-        }
-        if spec.resp.enabled {
-            args.push(format!("--resp-listen=0.0.0.0:{}", spec.resp.port));
-        }
-        let config = &spec.config;
-        let tuning = [
-            ("election-timeout-ms", config.election_timeout_ms),
-            ("heartbeat-interval-ms", config.heartbeat_interval_ms),
-            ("request-timeout-ms", config.request_timeout_ms),
-            ("max-key-bytes", config.max_key_bytes),
-            ("max-value-bytes", config.max_value_bytes),
-            ("max-batch-ops", config.max_batch_ops),
-            ("shutdown-grace-ms", config.shutdown_grace_ms),
-        ];
-        args.extend(
-            tuning
-                .into_iter()
-                .filter_map(|(flag, value)| value.map(|value| format!("--{flag}={value}"))),
-        );
-        args
-    }
-
-    fn container_ports(&self) -> Vec<ContainerPort> {
-        let port = |name: &str, number| ContainerPort {
-            name: Some(name.into()),
-            container_port: number,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        };
-        let mut ports = vec![port("client", CLIENT_PORT), port("peer", PEER_PORT)];
-        if self.cluster.spec.resp.enabled {
-            ports.push(port("resp", self.cluster.spec.resp.port));
-        }
-        ports
     }
 
     /// The headless Service behind the pods' stable DNS names; it lists pods before they are
@@ -500,6 +383,131 @@ impl<'a> Blueprint<'a> {
             }),
         })
     }
+}
+
+/// The kvs-node container of every pod of a cluster: image, flags, ports, probes, security
+/// context and (when durable) the data volume's mount.
+///
+/// Public because its command line is a contract with `kvs-node`, which the operator must not
+/// link: kvs-tests parses these arguments with the node's own flag definitions.
+pub fn node_container(spec: &KvsClusterSpec, names: &Names, default_image: &str) -> Container {
+    let volume_mounts = (!spec.storage.in_memory).then(|| {
+        vec![VolumeMount {
+            name: DATA_VOLUME.into(),
+            mount_path: DATA_DIR.into(),
+            ..VolumeMount::default()
+        }]
+    });
+    Container {
+        name: "kvs-node".into(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| default_image.to_owned()),
+        ),
+        args: Some(node_args(spec, names)),
+        env: Some(vec![EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
+        ports: Some(container_ports(spec)),
+        readiness_probe: Some(Probe {
+            grpc: Some(GRPCAction {
+                port: CLIENT_PORT,
+                service: None,
+            }),
+            period_seconds: Some(5),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        // The process is up; whether it serves is readiness's business, and a node that
+        // waits to join must not be killed for it.
+        liveness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String("client".into()),
+                host: None,
+            }),
+            initial_delay_seconds: Some(5),
+            period_seconds: Some(10),
+            failure_threshold: Some(6),
+            ..Probe::default()
+        }),
+        resources: spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..SecurityContext::default()
+        }),
+        volume_mounts,
+        ..Container::default()
+    }
+}
+
+/// The node's command line: addresses from the pod's stable name, storage, tuning.
+fn node_args(spec: &KvsClusterSpec, names: &Names) -> Vec<String> {
+    // `$(POD_NAME)` is expanded by the kubelet from the env var of that name.
+    let host = format!(
+        "$(POD_NAME).{}.{}.svc",
+        names.headless_service(),
+        names.namespace
+    );
+    let mut args = vec![
+        format!("--listen=0.0.0.0:{CLIENT_PORT}"),
+        format!("--advertise={host}:{CLIENT_PORT}"),
+        format!("--peer-listen=0.0.0.0:{PEER_PORT}"),
+        format!("--peer-advertise={host}:{PEER_PORT}"),
+    ];
+    if spec.storage.in_memory {
+        args.push("--in-memory".into());
+    } else {
+        args.push(format!("--data-dir={DATA_DIR}"));
+    }
+    if spec.resp.enabled {
+        args.push(format!("--resp-listen=0.0.0.0:{}", spec.resp.port));
+    }
+    let config = &spec.config;
+    let tuning = [
+        ("election-timeout-ms", config.election_timeout_ms),
+        ("heartbeat-interval-ms", config.heartbeat_interval_ms),
+        ("request-timeout-ms", config.request_timeout_ms),
+        ("max-key-bytes", config.max_key_bytes),
+        ("max-value-bytes", config.max_value_bytes),
+        ("max-batch-ops", config.max_batch_ops),
+        ("shutdown-grace-ms", config.shutdown_grace_ms),
+    ];
+    args.extend(
+        tuning
+            .into_iter()
+            .filter_map(|(flag, value)| value.map(|value| format!("--{flag}={value}"))),
+    );
+    args
+}
+
+fn container_ports(spec: &KvsClusterSpec) -> Vec<ContainerPort> {
+    let port = |name: &str, number| ContainerPort {
+        name: Some(name.into()),
+        container_port: number,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    };
+    let mut ports = vec![port("client", CLIENT_PORT), port("peer", PEER_PORT)];
+    if spec.resp.enabled {
+        ports.push(port("resp", spec.resp.port));
+    }
+    ports
 }
 
 fn runtime_default_seccomp() -> SeccompProfile {
