@@ -1,0 +1,238 @@
+//! The replicated state — keyspace, client sessions and cluster time — and its reads. Two
+//! things are done to it, each in its own module: applying a committed [`Command`] ([`apply`]),
+//! and encoding or decoding it as a snapshot ([`encoding`]).
+//!
+//! Apply is a pure function of the state and the entry: time is the entry's stamp (never below
+//! the last applied one), never a local clock, so every replica reaches the same state.
+//!
+//! Expired keys stay stored until something touches them: reads and compares judge expiry
+//! against the time they are given, an op that touches an expired key removes or overwrites it,
+//! and the leader proposes purges of the rest ([`StateData::expired_keys`]).
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::store::command::Command;
+use crate::store::command::Outcome;
+use crate::store::command::Refusal;
+use crate::store::keyspace::EntryRef;
+use crate::store::keyspace::Keyspace;
+use crate::store::sessions::Dedup;
+use crate::store::sessions::Sessions;
+
+mod apply;
+mod encoding;
+#[cfg(test)]
+mod harness;
+
+pub(crate) use encoding::EncodingCheck;
+
+/// Everything a replica's state machine holds besides its log position.
+///
+/// `clone()` is cheap (O(shards)) and independent of later writes: it is how a snapshot is taken.
+#[derive(Clone, Default)]
+pub(crate) struct StateData {
+    keyspace: Keyspace,
+    sessions: Sessions,
+    /// Cluster time of the last applied entry: never goes backwards.
+    last_stamp_ms: u64,
+}
+
+impl StateData {
+    /// Applies the entry at `log_index`. A write the client already made is answered with its
+    /// first outcome and not applied again.
+    pub(crate) fn apply(&mut self, log_index: u64, cmd: &Command) -> Outcome {
+        let now_ms = cmd.stamp_ms.max(self.last_stamp_ms);
+        self.last_stamp_ms = now_ms;
+        if let Some(id) = cmd.write_id {
+            match self.sessions.check(id) {
+                Dedup::New => {}
+                Dedup::Duplicate(outcome) => return outcome,
+                Dedup::TooOld { oldest_remembered } => {
+                    return Outcome::Refused(Refusal::SequenceTooOld {
+                        sequence: id.sequence,
+                        oldest_remembered,
+                    });
+                }
+            }
+        }
+        let mut outcome = apply::run_batch(&mut self.keyspace, &cmd.batch, now_ms);
+        if let Outcome::Applied(applied) = &mut outcome {
+            applied.index = log_index;
+        }
+        if let Some(id) = cmd.write_id {
+            self.sessions.record(id, log_index, outcome.clone());
+        }
+        outcome
+    }
+
+    /// The value and expiry (0 = none) of `key`, unless absent or expired at `now_ms`. Pass
+    /// cluster time — the local clock, but never below [`StateData::last_stamp_ms`].
+    pub(crate) fn get(&self, key: &[u8], now_ms: u64) -> Option<(Bytes, u64)> {
+        live(&self.keyspace, key, now_ms).map(|e| (e.value_bytes(), e.expires_at_ms()))
+    }
+
+    /// Up to `limit` keys stored but expired at `now_ms`: what the leader proposes to purge.
+    pub(crate) fn expired_keys(&self, now_ms: u64, limit: usize) -> Vec<Bytes> {
+        self.keyspace
+            .with_expiry()
+            .filter(|e| is_expired(e.expires_at_ms(), now_ms))
+            .take(limit)
+            .map(|e| e.key_bytes())
+            .collect()
+    }
+
+    /// Every key live at `now_ms` with its value and expiry (0 = none), in no particular order.
+    pub(crate) fn live_entries(&self, now_ms: u64) -> impl Iterator<Item = EntryRef<'_>> {
+        self.keyspace
+            .iter()
+            .filter(move |e| !is_expired(e.expires_at_ms(), now_ms))
+    }
+
+    /// Cluster time of the last applied entry.
+    pub(crate) fn last_stamp_ms(&self) -> u64 {
+        self.last_stamp_ms
+    }
+
+    /// Number of stored keys, counting expired keys not purged yet (as Redis DBSIZE does).
+    pub(crate) fn len(&self) -> usize {
+        self.keyspace.len()
+    }
+
+    /// One step of a SCAN over the keys live at `now_ms`: see [`Keyspace::scan`].
+    pub(crate) fn scan(&self, cursor: u64, count: usize, now_ms: u64) -> (u64, Vec<Bytes>) {
+        self.keyspace
+            .scan(cursor, count, |e| !is_expired(e.expires_at_ms(), now_ms))
+    }
+}
+
+impl StateData {
+    /// Bytes of stored keys and values, without per-key overhead.
+    pub(crate) fn bytes_used(&self) -> usize {
+        self.keyspace.bytes_used()
+    }
+}
+
+/// A summary: the state itself may be gigabytes.
+impl fmt::Debug for StateData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateData")
+            .field("keys", &self.keyspace.len())
+            .field("payload_bytes", &self.keyspace.bytes_used())
+            .field("clients", &self.sessions.len())
+            .field("last_stamp_ms", &self.last_stamp_ms)
+            .finish()
+    }
+}
+
+/// Whether an expiry (0 = none) has passed at `now_ms`; a key expiring exactly now is expired.
+fn is_expired(expires_at_ms: u64, now_ms: u64) -> bool {
+    expires_at_ms != 0 && expires_at_ms <= now_ms
+}
+
+/// The entry of `key` if it is stored and not expired at `now_ms`.
+fn live<'k>(keyspace: &'k Keyspace, key: &[u8], now_ms: u64) -> Option<EntryRef<'k>> {
+    keyspace
+        .get(key)
+        .filter(|e| !is_expired(e.expires_at_ms(), now_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::command::PutExpiry;
+    use crate::store::command::WriteId;
+    use crate::store::data::harness::Replica;
+    use crate::store::data::harness::incr;
+    use crate::store::data::harness::key;
+    use crate::store::data::harness::ops;
+    use crate::store::data::harness::put;
+    use crate::store::data::harness::put_with;
+
+    #[test]
+    fn a_key_expiring_exactly_now_is_gone() {
+        let mut r = Replica::new();
+        r.apply(100, ops(vec![put_with("a", "1", PutExpiry::At(200))]));
+        assert_eq!(r.value("a", 199), Some(("1".to_owned(), 200)));
+        assert_eq!(r.value("a", 200), None);
+        assert_eq!(r.data.len(), 1, "stored until purged");
+        assert_eq!(r.data.expired_keys(199, 10), Vec::<Bytes>::new());
+        assert_eq!(r.data.expired_keys(200, 10), [key("a")]);
+    }
+
+    #[test]
+    fn a_retried_write_applies_once_and_gets_the_first_outcome() {
+        let mut r = Replica::new();
+        let id = Some(WriteId {
+            client_id: 9,
+            sequence: 3,
+        });
+        let first = r.apply_as(1, id, ops(vec![incr("n", 1)]));
+        let retry = r.apply_as(2, id, ops(vec![incr("n", 1)]));
+        assert_eq!(retry, first);
+        assert_eq!(r.value("n", 2), Some(("1".to_owned(), 0)));
+
+        let refused = r.apply_as(
+            3,
+            Some(WriteId {
+                client_id: 9,
+                sequence: 4,
+            }),
+            ops(vec![put("t", "x"), incr("t", 1)]),
+        );
+        assert_eq!(
+            r.apply_as(
+                4,
+                Some(WriteId {
+                    client_id: 9,
+                    sequence: 4
+                }),
+                ops(vec![])
+            ),
+            refused,
+            "refusals are remembered too"
+        );
+
+        let too_old = r.apply_as(
+            5,
+            Some(WriteId {
+                client_id: 9,
+                sequence: 2,
+            }),
+            ops(vec![incr("n", 1)]),
+        );
+        assert_eq!(
+            too_old,
+            Outcome::Refused(Refusal::SequenceTooOld {
+                sequence: 2,
+                oldest_remembered: 3
+            })
+        );
+        assert_eq!(r.value("n", 5), Some(("1".to_owned(), 0)));
+    }
+
+    #[test]
+    fn cluster_time_never_goes_backwards() {
+        let mut r = Replica::new();
+        r.apply(100, ops(vec![]));
+        r.apply(50, ops(vec![put_with("a", "1", PutExpiry::At(80))]));
+        assert_eq!(r.data.last_stamp_ms(), 100);
+        assert_eq!(r.data.len(), 0, "expiry 80 is past at cluster time 100");
+    }
+
+    #[test]
+    fn scan_skips_expired_keys() {
+        let mut r = Replica::new();
+        r.apply(
+            1,
+            ops(vec![
+                put("live", "1"),
+                put_with("dying", "1", PutExpiry::At(5)),
+            ]),
+        );
+        assert_eq!(r.data.scan(0, 10, 4).1.len(), 2);
+        assert_eq!(r.data.scan(0, 10, 5), (0, vec![key("live")]));
+        assert_eq!(r.data.bytes_used(), 11);
+    }
+}
