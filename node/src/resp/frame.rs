@@ -13,6 +13,10 @@ use std::fmt;
 use bytes::Bytes;
 use bytes::BytesMut;
 
+// Integer arguments and `*N` / `$N` headers are integers by the store's rule, so a number the
+// face reads and a value INCR counts on are the same thing; the commands import it from here.
+pub(crate) use crate::store::integer::parse_i64;
+
 /// A request: the command name and its arguments, as sent.
 pub(crate) type Args = Vec<Bytes>;
 
@@ -244,19 +248,6 @@ fn header(
     Ok(Some((parse_i64(&rest[1..cr]), at + cr + 2)))
 }
 
-/// A decimal integer as Redis's `string2ll` accepts it: optional `-`, no `+`, no blanks, no
-/// leading zeros.
-pub(crate) fn parse_i64(text: &[u8]) -> Option<i64> {
-    let s = std::str::from_utf8(text).ok()?;
-    let digits = s.strip_prefix('-').unwrap_or(s);
-    let canonical = match digits.as_bytes() {
-        [b'0'] => s == "0",
-        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
-        _ => false,
-    };
-    if canonical { s.parse().ok() } else { None }
-}
-
 /// A reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Frame {
@@ -444,25 +435,6 @@ mod tests {
     fn an_empty_multibulk_is_skipped() {
         assert_eq!(parse(b"*0\r\n"), request(&[], 4));
         assert_eq!(parse(b"*-1\r\n"), request(&[], 5));
-    }
-
-    #[test]
-    fn integers_follow_string2ll() {
-        assert_eq!(parse_i64(b"0"), Some(0));
-        assert_eq!(parse_i64(b"-12"), Some(-12));
-        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
-        for bad in [
-            &b""[..],
-            b"-0",
-            b"01",
-            b"+1",
-            b" 1",
-            b"1 ",
-            b"9223372036854775808",
-            b"-",
-        ] {
-            assert_eq!(parse_i64(bad), None, "{bad:?}");
-        }
     }
 
     #[test]

@@ -49,6 +49,7 @@ use serde::de::DeserializeOwned;
 use crate::failpoint::failpoint;
 use crate::store::entry::TypeConfig;
 use crate::store::entry::entry_bytes;
+use crate::store::record::invalid_data;
 use crate::store::record::seal;
 use crate::store::record::unseal;
 
@@ -328,15 +329,12 @@ impl DiskLog {
         };
         let recovered = self.last_index()?;
         if recovered < durable {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "the raft log in {} is damaged: entries up to {durable} were stored durably but only \
-                     {recovered} could be read back (a journal file under it is corrupt); refusing to \
-                     start with a log that has lost acknowledged entries",
-                    self.path.display()
-                ),
-            ));
+            return Err(invalid_data(format_args!(
+                "the raft log in {} is damaged: entries up to {durable} were stored durably but only \
+                 {recovered} could be read back (a journal file under it is corrupt); refusing to \
+                 start with a log that has lost acknowledged entries",
+                self.path.display()
+            )));
         }
         Ok(())
     }
@@ -390,7 +388,7 @@ fn key(index: u64) -> [u8; 8] {
 fn index_of(key: &[u8]) -> io::Result<u64> {
     key.try_into()
         .map(u64::from_be_bytes)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "raft log key is not 8 bytes"))
+        .map_err(|_| invalid_data("raft log key is not 8 bytes"))
 }
 
 impl RaftLogReader<TypeConfig> for DiskLog {

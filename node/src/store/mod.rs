@@ -8,6 +8,7 @@ pub(crate) mod disk_log;
 pub(crate) mod entry;
 #[cfg(test)]
 mod fixtures;
+pub(crate) mod integer;
 pub(crate) mod keyspace;
 pub(crate) mod log;
 pub(crate) mod record;

@@ -1,7 +1,11 @@
 //! The record codec of everything kvs stores on disk: a format byte, a postcard body and a
 //! CRC32 of both. The durable log's entries, vote and commit index, and snapshot metadata are all
 //! records, so damage anywhere is reported naming what was damaged — never decoded into state.
+//!
+//! Every such report, for records and for the other stored or received formats (snapshot
+//! encodings, snapshot files, log entries), is an [`invalid_data`] error.
 
+use std::fmt;
 use std::io;
 
 use serde::Serialize;
@@ -9,6 +13,13 @@ use serde::de::DeserializeOwned;
 
 /// Version of the record encoding (format byte, postcard body, CRC32 of both).
 pub(crate) const RECORD_FORMAT: u8 = 1;
+
+/// An error saying that bytes read back or received are not what was written — damaged,
+/// truncated, or of a format this binary does not know — rather than that reading them failed:
+/// its kind is [`io::ErrorKind::InvalidData`], and `message` says what is wrong.
+pub(crate) fn invalid_data(message: impl fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.to_string())
+}
 
 /// Encodes a record: format byte, postcard body, CRC32 of both (little endian).
 pub(crate) fn seal<T: Serialize>(value: &T) -> Vec<u8> {
@@ -24,12 +35,7 @@ pub(crate) fn unseal<T: DeserializeOwned>(
     bytes: &[u8],
     what: &dyn Fn() -> String,
 ) -> io::Result<T> {
-    let bad = |why: String| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is corrupt: {why}", what()),
-        )
-    };
+    let bad = |why: String| invalid_data(format_args!("{} is corrupt: {why}", what()));
     let Some((body, crc)) = bytes.split_last_chunk::<4>() else {
         return Err(bad("too short".into()));
     };
@@ -38,13 +44,10 @@ pub(crate) fn unseal<T: DeserializeOwned>(
     }
     match body.split_first() {
         Some((&RECORD_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| bad(e.to_string())),
-        Some((&format, _)) => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} has record format {format}, newer than this kvs-node supports ({RECORD_FORMAT})",
-                what()
-            ),
-        )),
+        Some((&format, _)) => Err(invalid_data(format_args!(
+            "{} has record format {format}, newer than this kvs-node supports ({RECORD_FORMAT})",
+            what()
+        ))),
         None => Err(bad("empty".into())),
     }
 }

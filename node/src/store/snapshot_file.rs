@@ -25,6 +25,7 @@ use openraft::alias::SnapshotMetaOf;
 
 use crate::store::data_dir::sync_dir;
 use crate::store::entry::TypeConfig;
+use crate::store::record::invalid_data;
 use crate::store::record::seal;
 use crate::store::record::unseal;
 
@@ -52,13 +53,6 @@ pub(crate) struct SnapshotFile {
     state_offset: u64,
     /// Not yet kept: removed when dropped.
     temporary: bool,
-}
-
-fn invalid(path: &Path, why: impl std::fmt::Display) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("snapshot file {} is corrupt: {why}", path.display()),
-    )
 }
 
 impl SnapshotFiles {
@@ -213,19 +207,25 @@ pub(crate) fn read_header(
     path: &Path,
     r: &mut impl Read,
 ) -> io::Result<(SnapshotMetaOf<TypeConfig>, u64)> {
+    let corrupt = |why: &str| {
+        invalid_data(format_args!(
+            "snapshot file {} is corrupt: {why}",
+            path.display()
+        ))
+    };
     let mut fixed = [0u8; MAGIC.len() + 4];
     r.read_exact(&mut fixed).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => invalid(path, "truncated header"),
+        io::ErrorKind::UnexpectedEof => corrupt("truncated header"),
         _ => e,
     })?;
     let (magic, len) = fixed.split_at(MAGIC.len());
     if magic != MAGIC {
-        return Err(invalid(path, "bad magic"));
+        return Err(corrupt("bad magic"));
     }
     let len = u32::from_le_bytes(len.try_into().expect("four bytes"));
     let mut sealed_meta = Vec::new();
     if r.take(u64::from(len)).read_to_end(&mut sealed_meta)? < len as usize {
-        return Err(invalid(path, "truncated meta"));
+        return Err(corrupt("truncated meta"));
     }
     let meta = unseal(&sealed_meta, &|| {
         format!("the meta of snapshot file {}", path.display())

@@ -27,6 +27,7 @@ use crate::failpoint::failpoint;
 use crate::store::command::COMMAND_FORMAT;
 use crate::store::data::StateData;
 use crate::store::entry::TypeConfig;
+use crate::store::record::invalid_data;
 use crate::store::snapshot::SnapshotData;
 use crate::store::snapshot::SnapshotReceiver;
 use crate::store::snapshot_file::SnapshotFiles;
@@ -131,10 +132,6 @@ impl StateMachine {
     }
 }
 
-fn invalid(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
@@ -195,7 +192,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Blank => None,
                     EntryPayload::Normal(cmd) => {
                         if cmd.format != COMMAND_FORMAT {
-                            return Err(invalid(format!(
+                            return Err(invalid_data(format_args!(
                                 "log entry {log_id} has command format {} but this binary knows only {COMMAND_FORMAT}; \
                                  upgrade this node",
                                 cmd.format

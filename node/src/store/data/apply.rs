@@ -17,6 +17,7 @@ use crate::store::command::PutExpiry;
 use crate::store::command::Refusal;
 use crate::store::data::is_expired;
 use crate::store::data::live;
+use crate::store::integer::parse_i64;
 use crate::store::keyspace::Keyspace;
 
 pub(super) fn run_batch(keyspace: &mut Keyspace, batch: &Batch, now_ms: u64) -> Outcome {
@@ -155,7 +156,7 @@ impl<'c> Overlay<'_, 'c> {
                 let base = match self.current(key) {
                     None => 0,
                     Some((value, _)) => {
-                        parse_decimal_i64(value).ok_or(Refusal::NotAnInteger { op: index })?
+                        parse_i64(value).ok_or(Refusal::NotAnInteger { op: index })?
                     }
                 };
                 integer = base
@@ -254,36 +255,6 @@ impl<'c> Overlay<'_, 'c> {
                 );
             }
         }
-    }
-}
-
-/// Parses a value as Redis's `string2ll` does for INCRBY: an optional `-`, then decimal digits
-/// without leading zeros ("0" alone is fine, "-0" is not), no sign `+`, no spaces, within i64.
-fn parse_decimal_i64(text: &[u8]) -> Option<i64> {
-    if text == b"0" {
-        return Some(0);
-    }
-    let (negative, digits) = match text {
-        [b'-', digits @ ..] => (true, digits),
-        digits => (false, digits),
-    };
-    if !matches!(digits.first(), Some(b'1'..=b'9')) {
-        return None;
-    }
-    // Accumulated as a negative number, which reaches i64::MIN.
-    let mut value: i64 = 0;
-    for &digit in digits {
-        if !digit.is_ascii_digit() {
-            return None;
-        }
-        value = value
-            .checked_mul(10)?
-            .checked_sub(i64::from(digit - b'0'))?;
-    }
-    if negative {
-        Some(value)
-    } else {
-        value.checked_neg()
     }
 }
 
@@ -470,34 +441,6 @@ mod tests {
             Outcome::Refused(Refusal::Overflow { op: 0 })
         );
         assert_eq!(r.value("max", 1), Some((i64::MAX.to_string(), 0)));
-    }
-
-    #[test]
-    fn decimal_parsing_matches_redis_string2ll() {
-        for (text, expected) in [
-            ("0", Some(0)),
-            ("7", Some(7)),
-            ("-1", Some(-1)),
-            ("1234567890", Some(1_234_567_890)),
-            ("9223372036854775807", Some(i64::MAX)),
-            ("-9223372036854775808", Some(i64::MIN)),
-            ("9223372036854775808", None),
-            ("-9223372036854775809", None),
-            ("", None),
-            ("-", None),
-            ("-0", None),
-            ("00", None),
-            ("01", None),
-            ("+1", None),
-            (" 1", None),
-            ("1 ", None),
-            ("1a", None),
-            ("1.0", None),
-            ("0x10", None),
-            ("99999999999999999999999", None),
-        ] {
-            assert_eq!(parse_decimal_i64(text.as_bytes()), expected, "{text:?}");
-        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! trailer: entry count u64 | session count u64 | CRC-32 (IEEE) u32 of every byte before it
 //! ```
 
+use std::fmt;
 use std::io;
 use std::io::Read;
 use std::io::Write;
@@ -23,6 +24,7 @@ use std::io::Write;
 use crate::store::command::Outcome;
 use crate::store::command::WriteId;
 use crate::store::data::StateData;
+use crate::store::record::invalid_data;
 use crate::store::sessions::REMEMBERED_PER_CLIENT;
 
 const MAGIC: &[u8; 8] = b"KVSSNAP\0";
@@ -117,7 +119,7 @@ impl StateData {
                     let last_index = input.u64()?;
                     let count = usize::from(input.array::<1>()?[0]);
                     if count == 0 || count > REMEMBERED_PER_CLIENT {
-                        return Err(invalid(format!(
+                        return Err(invalid_snapshot(format!(
                             "client {client_id} has {count} remembered writes, not 1 to {REMEMBERED_PER_CLIENT}"
                         )));
                     }
@@ -125,14 +127,16 @@ impl StateData {
                     for _ in 0..count {
                         let sequence = input.u64()?;
                         if last_sequence.is_some_and(|last| sequence <= last) {
-                            return Err(invalid(format!(
+                            return Err(invalid_snapshot(format!(
                                 "remembered writes of client {client_id} are not in ascending order"
                             )));
                         }
                         last_sequence = Some(sequence);
                         input.field("outcome", &mut value)?;
                         let outcome: Outcome = postcard::from_bytes(&value).map_err(|e| {
-                            invalid(format!("undecodable outcome of client {client_id}: {e}"))
+                            invalid_snapshot(format!(
+                                "undecodable outcome of client {client_id}: {e}"
+                            ))
                         })?;
                         let id = WriteId {
                             client_id,
@@ -143,7 +147,7 @@ impl StateData {
                     clients += 1;
                 }
                 tag => {
-                    return Err(invalid(format!(
+                    return Err(invalid_snapshot(format!(
                         "unknown record tag {tag} at byte {}",
                         input.position - 1
                     )));
@@ -155,25 +159,25 @@ impl StateData {
         let computed = input.crc.clone().finalize();
         let stored = u32::from_le_bytes(input.array()?);
         if stored != computed {
-            return Err(invalid(format!(
+            return Err(invalid_snapshot(format!(
                 "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
             )));
         }
         if entries != stored_entries || data.keyspace.len() as u64 != entries {
-            return Err(invalid(format!(
+            return Err(invalid_snapshot(format!(
                 "{entries} key records ({} distinct keys) but the trailer says {stored_entries}",
                 data.keyspace.len()
             )));
         }
         if clients != stored_clients || data.sessions.len() as u64 != clients {
-            return Err(invalid(format!(
+            return Err(invalid_snapshot(format!(
                 "{clients} session records ({} distinct clients) but the trailer says {stored_clients}",
                 data.sessions.len()
             )));
         }
         match input.inner.read_exact(&mut [0u8]) {
-            Ok(()) => Err(invalid(
-                "trailing bytes after the snapshot trailer".to_owned(),
+            Ok(()) => Err(invalid_snapshot(
+                "trailing bytes after the snapshot trailer",
             )),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(data),
             Err(e) => Err(e),
@@ -181,11 +185,9 @@ impl StateData {
     }
 }
 
-fn invalid(message: String) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("invalid snapshot: {message}"),
-    )
+/// Every way an encoding can be wrong is reported as an invalid snapshot, saying `why`.
+fn invalid_snapshot(why: impl fmt::Display) -> io::Error {
+    invalid_data(format_args!("invalid snapshot: {why}"))
 }
 
 /// Magic and format version.
@@ -196,16 +198,16 @@ const MIN_ENCODED_BYTES: u64 = PREAMBLE_BYTES as u64 + 8 + 1 + 16 + 4;
 fn check_preamble(preamble: &[u8; PREAMBLE_BYTES]) -> io::Result<()> {
     let (magic, version) = preamble.split_at(MAGIC.len());
     if magic != MAGIC {
-        return Err(invalid("not a kvs snapshot (bad magic bytes)".to_owned()));
+        return Err(invalid_snapshot("not a kvs snapshot (bad magic bytes)"));
     }
     let version = u16::from_le_bytes(version.try_into().expect("two bytes"));
     if version > SNAPSHOT_FORMAT {
-        return Err(invalid(format!(
+        return Err(invalid_snapshot(format!(
             "snapshot format version {version} is newer than this binary supports ({SNAPSHOT_FORMAT})"
         )));
     }
     if version != SNAPSHOT_FORMAT {
-        return Err(invalid(format!(
+        return Err(invalid_snapshot(format!(
             "unknown snapshot format version {version}"
         )));
     }
@@ -245,7 +247,10 @@ impl EncodingCheck {
     /// Ends the stream: an error says what is wrong with it.
     pub(crate) fn finish(self) -> io::Result<()> {
         if self.len < MIN_ENCODED_BYTES {
-            return Err(invalid(format!("truncated after {} bytes", self.len)));
+            return Err(invalid_snapshot(format!(
+                "truncated after {} bytes",
+                self.len
+            )));
         }
         check_preamble(
             self.preamble
@@ -261,7 +266,7 @@ impl EncodingCheck {
         );
         let computed = self.crc.finalize();
         if stored != computed {
-            return Err(invalid(format!(
+            return Err(invalid_snapshot(format!(
                 "checksum mismatch after {} bytes (stored {stored:08x}, computed {computed:08x}): \
                  damaged or truncated",
                 self.len
@@ -340,7 +345,7 @@ impl<R: Read> SnapshotReader<R> {
     fn field(&mut self, what: &str, buf: &mut Vec<u8>) -> io::Result<()> {
         let len = u32::from_le_bytes(self.array()?);
         if len > MAX_FIELD_BYTES {
-            return Err(invalid(format!(
+            return Err(invalid_snapshot(format!(
                 "a {what} length of {len} bytes at byte {} exceeds the limit of {MAX_FIELD_BYTES}",
                 self.position - 4
             )));
@@ -355,7 +360,7 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     fn truncated(&self) -> io::Error {
-        invalid(format!("truncated after {} bytes", self.position))
+        invalid_snapshot(format!("truncated after {} bytes", self.position))
     }
 }
 
