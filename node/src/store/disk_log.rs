@@ -8,7 +8,8 @@
 //!
 //! Entries appended lately are also kept decoded in memory ([`RecentEntries`], bounded): the
 //! state machine applies, and the leader replicates, each entry soon after it is appended, and
-//! reading it back from the journal (decode and checksum) was ~7% of a follower's CPU.
+//! reading it back from the journal would decode and checksum it again (what that cost is
+//! measured in `docs/storage.md`).
 //!
 //! Group commit: `append` writes its entries to the journal and returns at once; one thread,
 //! the [`Syncer`], fsyncs the journal and only then tells openraft the entries are durable. Every
@@ -30,7 +31,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
-use std::sync::mpsc;
 
 use fjall::Database;
 use fjall::Keyspace;
@@ -66,9 +66,8 @@ const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// small, because such a follower soon gets a snapshot instead (fjall's default is 32 MiB).
 const BLOCK_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
-/// How much of the newest log the [`RecentEntries`] cache keeps, by encoded size: a few thousand
-/// small writes, enough for apply and replication to find what they read next; little enough
-/// to leave the node's memory as it was.
+/// How much of the newest log the [`RecentEntries`] cache keeps, by encoded size: enough for
+/// apply and replication to find what they read next, small next to the state the node holds.
 const RECENT_ENTRY_BYTES: usize = 1024 * 1024;
 
 /// The durable log; clones share the database, the syncer and the cache.
@@ -149,25 +148,47 @@ enum SyncRequest {
     Barrier(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
+/// How many sync requests may wait for the sync thread. openraft does not bound how many
+/// appends await their flush (its `AppendEntries` command waits on no condition, see
+/// `Command::condition` in openraft's `engine/command.rs`), so this queue does. Each fsync takes
+/// every request queued while the previous one ran, so the queue fills only while one fsync
+/// lasts as long as this many appends take to arrive: a stalled disk. Then `append` waits for
+/// room — the core's task is parked, no runtime thread blocks — and the node holds this many
+/// small requests at most instead of growing without end. It is as deep as openraft's own
+/// channels into its core (`Config::notification_channel_size`'s default): a cap on memory
+/// against a disk that has stopped, not a pace set for a slow one.
+const SYNC_QUEUE: usize = 65_536;
+
 /// The handle of the thread that fsyncs the journal for appends, in the order they came.
+///
+/// The sync thread waits on nothing but its queue and the disk (it answers through openraft's
+/// callback and oneshot channels, which never block), so a sender waiting for room is let in
+/// as soon as the fsync under way ends: the bound cannot deadlock.
 #[derive(Clone)]
 struct Syncer {
-    requests: mpsc::Sender<SyncRequest>,
+    requests: tokio::sync::mpsc::Sender<SyncRequest>,
 }
 
 impl Syncer {
     /// Starts the sync thread; it ends when the last handle is dropped.
     fn start(db: Database, path: PathBuf, watermark: Watermark) -> io::Result<Self> {
-        let (requests, queue) = mpsc::channel();
+        let (requests, mut queue) = tokio::sync::mpsc::channel(SYNC_QUEUE);
         std::thread::Builder::new()
             .name("kvs-log-sync".into())
-            .spawn(move || Self::run(&db, &path, &watermark, &queue))?;
+            .spawn(move || Self::run(&db, &path, &watermark, &mut queue))?;
         Ok(Syncer { requests })
     }
 
-    fn run(db: &Database, path: &Path, watermark: &Watermark, queue: &mpsc::Receiver<SyncRequest>) {
-        while let Ok(first) = queue.recv() {
-            let group: Vec<SyncRequest> = std::iter::once(first).chain(queue.try_iter()).collect();
+    fn run(
+        db: &Database,
+        path: &Path,
+        watermark: &Watermark,
+        queue: &mut tokio::sync::mpsc::Receiver<SyncRequest>,
+    ) {
+        while let Some(first) = queue.blocking_recv() {
+            let group: Vec<SyncRequest> = std::iter::once(first)
+                .chain(std::iter::from_fn(|| queue.try_recv().ok()))
+                .collect();
             let last = group
                 .iter()
                 .filter_map(|request| match request {
@@ -207,9 +228,10 @@ impl Syncer {
     }
 
     /// Queues an fsync for entries up to `last`; `callback` hears when it is done.
-    fn append(&self, last: u64, callback: IOFlushed<TypeConfig>) -> io::Result<()> {
+    async fn append(&self, last: u64, callback: IOFlushed<TypeConfig>) -> io::Result<()> {
         self.requests
             .send(SyncRequest::Append { last, callback })
+            .await
             .map_err(|_| Self::gone())
     }
 
@@ -218,6 +240,7 @@ impl Syncer {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.requests
             .send(SyncRequest::Barrier(done))
+            .await
             .map_err(|_| Self::gone())?;
         wait.await.map_err(|_| Self::gone())?
     }
@@ -367,8 +390,8 @@ impl DiskLog {
         })
     }
 
-    /// Writes a batch to the journal's buffer and the memtable, in place: that takes
-    /// microseconds, and handing it to a blocking thread cost two thread switches per append.
+    /// Writes a batch to the journal's buffer and the memtable, in place: it only fills
+    /// buffers, and handing it to a blocking thread would cost two thread switches per append.
     fn commit(&self, batch: fjall::OwnedWriteBatch) -> io::Result<()> {
         batch.commit().map_err(|e| self.err(e))
     }
@@ -495,7 +518,7 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
         // Written (readable by replication) now; durable when the syncer says so.
         self.commit(batch)?;
         self.recent().extend(&entries);
-        self.syncer.append(last, callback)
+        self.syncer.append(last, callback).await
     }
 
     async fn truncate_after(
