@@ -141,16 +141,13 @@ impl Identity {
 
     /// The cluster this node belongs to, if any.
     pub(crate) fn cluster_id(&self) -> Option<String> {
-        self.cluster_id
-            .read()
-            .expect("identity lock poisoned")
-            .clone()
+        lock::read(&self.cluster_id).clone()
     }
 
     /// Creates a cluster ID for a cluster this node is initializing; returns the existing one if
     /// the node already has one.
     pub(crate) fn create_cluster(&self) -> String {
-        let mut guard = self.cluster_id.write().expect("identity lock poisoned");
+        let mut guard = lock::write(&self.cluster_id);
         if let Some(existing) = guard.as_ref() {
             return existing.clone();
         }
@@ -169,7 +166,7 @@ impl Identity {
                 actual: self.node_id,
             });
         }
-        let mut guard = self.cluster_id.write().expect("identity lock poisoned");
+        let mut guard = lock::write(&self.cluster_id);
         match guard.as_deref() {
             Some(own) if own == cluster_id => Ok(()),
             Some(own) => Err(Mismatch::WrongCluster {
@@ -250,3 +247,4 @@ mod tests {
         ));
     }
 }
+use crate::lock;

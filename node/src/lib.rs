@@ -14,6 +14,7 @@ mod fault;
 pub mod fuzzing;
 mod grpc;
 pub mod identity;
+mod lock;
 mod raft;
 mod replica;
 mod resp;

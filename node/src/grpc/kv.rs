@@ -10,12 +10,12 @@ use tonic::Response;
 use tonic::Status;
 
 use crate::error::Error;
+use crate::error::Refusal;
 use crate::grpc::status::refusal_text;
 use crate::grpc::status::to_status;
 use crate::replica::Replica;
 use crate::replica::kv::op;
 use crate::store::command::BatchOutcome;
-use crate::store::command::Refusal;
 
 /// Serves the key-value API from a replica.
 pub(crate) struct KvService {

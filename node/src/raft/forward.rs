@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 
 use crate::deadline::Deadline;
 use crate::error::Error;
+use crate::lock;
 use crate::raft::network::endpoint;
 
 /// Metadata a node puts on every status it generates itself, so a forwarding node can tell a
@@ -37,12 +38,7 @@ impl Forwarder {
     }
 
     async fn channel(&self, addr: &str, deadline: &Deadline) -> Result<Channel, Error> {
-        if let Some(ch) = self
-            .channels
-            .lock()
-            .expect("forwarder lock poisoned")
-            .get(addr)
-        {
+        if let Some(ch) = lock::lock(&self.channels).get(addr) {
             return Ok(ch.clone());
         }
         let not_reached = |why: String| {
@@ -54,18 +50,12 @@ impl Forwarder {
         let ep = endpoint(addr, deadline.remaining().min(Duration::from_secs(2)))
             .map_err(|e| not_reached(e.to_string()))?;
         let ch = ep.connect().await.map_err(|e| not_reached(e.to_string()))?;
-        self.channels
-            .lock()
-            .expect("forwarder lock poisoned")
-            .insert(addr.to_string(), ch.clone());
+        lock::lock(&self.channels).insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
 
     fn forget(&self, addr: &str) {
-        self.channels
-            .lock()
-            .expect("forwarder lock poisoned")
-            .remove(addr);
+        lock::lock(&self.channels).remove(addr);
     }
 
     pub(crate) async fn kv(

@@ -15,6 +15,7 @@ use openraft::errors::RaftError;
 
 use crate::deadline::Deadline;
 use crate::error::Error;
+use crate::error::Refusal;
 use crate::error::Result;
 use crate::replica::Leadership;
 use crate::replica::Replica;
@@ -28,7 +29,6 @@ use crate::store::command::Op;
 use crate::store::command::OpResult;
 use crate::store::command::Outcome;
 use crate::store::command::PutExpiry;
-use crate::store::command::Refusal;
 use crate::store::command::WriteId;
 use crate::store::data::StateData;
 

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::Serialize;
 
-pub(crate) use crate::error::Refusal;
+use crate::error::Refusal;
 
 /// Version of the command encoding written into every entry.
 pub(crate) const COMMAND_FORMAT: u16 = 1;

@@ -30,7 +30,6 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::PoisonError;
 
 use fjall::Database;
 use fjall::Keyspace;
@@ -47,6 +46,7 @@ use openraft::storage::RaftLogStorage;
 use serde::de::DeserializeOwned;
 
 use crate::failpoint::failpoint;
+use crate::lock;
 use crate::store::entry::TypeConfig;
 use crate::store::entry::entry_bytes;
 use crate::store::record::invalid_data;
@@ -286,7 +286,7 @@ impl Watermark {
 
     fn write(&self, index: u64) -> io::Result<()> {
         let record = seal(&index);
-        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut file = lock::lock(&self.file);
         if file.is_none() {
             let opened = OpenOptions::new()
                 .write(true)
@@ -363,7 +363,7 @@ impl DiskLog {
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
-        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+        lock::lock(&self.recent)
     }
 
     fn err(&self, e: fjall::Error) -> io::Error {

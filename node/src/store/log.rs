@@ -19,6 +19,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
 
+use crate::lock;
 use crate::store::entry::TypeConfig;
 
 /// An in-memory Raft log; clones share it (the reader is a clone).
@@ -37,7 +38,7 @@ struct LogInner {
 
 impl MemLog {
     fn with<T>(&self, f: impl FnOnce(&mut LogInner) -> T) -> T {
-        f(&mut self.inner.lock().expect("log lock poisoned"))
+        f(&mut lock::lock(&self.inner))
     }
 }
 

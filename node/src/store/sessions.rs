@@ -183,8 +183,8 @@ fn shard_index(client_id: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Refusal;
     use crate::store::command::BatchOutcome;
-    use crate::store::command::Refusal;
 
     fn id(client_id: u64, sequence: u64) -> WriteId {
         WriteId {

@@ -24,6 +24,7 @@ use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
 
 use crate::failpoint::failpoint;
+use crate::lock;
 use crate::store::command::COMMAND_FORMAT;
 use crate::store::data::StateData;
 use crate::store::entry::TypeConfig;
@@ -78,10 +79,7 @@ impl StateMachine {
     ) -> io::Result<SnapshotData> {
         match (self.files.clone(), snapshot) {
             (None, SnapshotData::Memory(bytes)) => {
-                self.inner
-                    .write()
-                    .expect("state machine lock poisoned")
-                    .snapshot = Some((meta.clone(), bytes.clone()));
+                lock::write(&self.inner).snapshot = Some((meta.clone(), bytes.clone()));
                 Ok(SnapshotData::Memory(bytes))
             }
             (Some(files), SnapshotData::File(file)) => {
@@ -112,7 +110,7 @@ impl StateMachine {
 
     /// Runs `f` on the current state with the index of the last applied entry.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&StateData, u64) -> T) -> T {
-        let applied = self.inner.read().expect("state machine lock poisoned");
+        let applied = lock::read(&self.inner);
         f(
             &applied.data,
             applied.last_applied.map_or(0, |id| id.index()),
@@ -122,7 +120,7 @@ impl StateMachine {
     /// A copy of the state, independent of later writes, and the log id of the last entry it
     /// includes. O(shards): see [`StateData`].
     pub(crate) fn copy(&self) -> (StateData, Option<LogIdOf<TypeConfig>>) {
-        let applied = self.inner.read().expect("state machine lock poisoned");
+        let applied = lock::read(&self.inner);
         (applied.data.clone(), applied.last_applied)
     }
 
@@ -137,7 +135,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
         let (data, meta) = {
-            let applied = self.inner.read().expect("state machine lock poisoned");
+            let applied = lock::read(&self.inner);
             let meta = SnapshotMetaOf::<TypeConfig> {
                 last_log_id: applied.last_applied,
                 last_membership: applied.last_membership.clone(),
@@ -174,7 +172,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
-        let applied = self.inner.read().expect("state machine lock poisoned");
+        let applied = lock::read(&self.inner);
         Ok((applied.last_applied, applied.last_membership.clone()))
     }
 
@@ -186,7 +184,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             failpoint!("apply");
             let log_id = entry.log_id();
             let outcome = {
-                let mut applied = self.inner.write().expect("state machine lock poisoned");
+                let mut applied = lock::write(&self.inner);
                 applied.last_applied = Some(log_id);
                 match &entry.payload {
                     EntryPayload::Blank => None,
@@ -236,7 +234,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(io::Error::other)??;
         failpoint!("snapshot-install");
         self.keep(meta, snapshot).await?;
-        let mut applied = self.inner.write().expect("state machine lock poisoned");
+        let mut applied = lock::write(&self.inner);
         applied.data = data;
         applied.last_applied = meta.last_log_id;
         applied.last_membership = meta.last_membership.clone();
@@ -248,10 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
         let latest = match self.files.clone() {
-            None => self
-                .inner
-                .read()
-                .expect("state machine lock poisoned")
+            None => lock::read(&self.inner)
                 .snapshot
                 .clone()
                 .map(|(meta, bytes)| (meta, SnapshotData::Memory(bytes))),
@@ -294,7 +289,7 @@ mod tests {
 
     /// Writes `keys` keys named `{prefix}{i}` as if entries up to `index` had been applied.
     fn write(sm: &StateMachine, prefix: &str, keys: usize, index: u64) {
-        let mut applied = sm.inner.write().expect("state machine lock poisoned");
+        let mut applied = lock::write(&sm.inner);
         let ops = (0..keys)
             .map(|i| Op::Put {
                 key: Bytes::from(format!("{prefix}{i}")),

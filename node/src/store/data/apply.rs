@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use crate::error::Refusal;
 use crate::store::command::Batch;
 use crate::store::command::BatchOutcome;
 use crate::store::command::Compare;
@@ -14,7 +15,6 @@ use crate::store::command::Op;
 use crate::store::command::OpResult;
 use crate::store::command::Outcome;
 use crate::store::command::PutExpiry;
-use crate::store::command::Refusal;
 use crate::store::data::is_expired;
 use crate::store::data::live;
 use crate::store::integer::parse_i64;

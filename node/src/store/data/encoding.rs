@@ -370,10 +370,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::error::Refusal;
     use crate::store::command::BatchOutcome;
     use crate::store::command::OpResult;
     use crate::store::command::PutExpiry;
-    use crate::store::command::Refusal;
     use crate::store::data::harness::Replica;
     use crate::store::data::harness::dump;
     use crate::store::data::harness::incr;

@@ -13,9 +13,9 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use crate::error::Refusal;
 use crate::store::command::Command;
 use crate::store::command::Outcome;
-use crate::store::command::Refusal;
 use crate::store::keyspace::EntryRef;
 use crate::store::keyspace::Keyspace;
 use crate::store::sessions::Dedup;
