@@ -21,8 +21,10 @@ use tokio::process::Child;
 use tokio::process::Command;
 use tonic::transport::Channel;
 
+use crate::announce::Serving;
 use crate::error::Error;
 use crate::error::Result;
+use crate::identity::node_id_string;
 
 /// Flags of `kvs-node demo`.
 #[derive(Debug, Clone, Args)]
@@ -156,14 +158,12 @@ async fn start_all(
                 )));
             }
         };
-        let id = line
-            .split_whitespace()
-            .nth(1)
-            .ok_or_else(|| demo_err(format!("unexpected first line from node {i}: {line}")))?
-            .to_string();
+        let serving: Serving = line
+            .parse()
+            .map_err(|why| demo_err(format!("unexpected first line from node {i}: {why}")))?;
         nodes.push(DemoNode {
             child,
-            id,
+            id: node_id_string(serving.node_id),
             addr: format!("127.0.0.1:{port}"),
             resp: format!("127.0.0.1:{}", port + RESP_PORT_OFFSET),
         });

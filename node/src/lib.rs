@@ -4,6 +4,7 @@
 //! The binary is thin: it parses [`NodeConfig`], binds [`Listeners`] and calls [`run`]; `demo`
 //! supervises a local cluster of such processes.
 
+mod announce;
 mod config;
 mod deadline;
 pub mod demo;
@@ -21,6 +22,7 @@ mod resp;
 mod server;
 mod store;
 
+pub use announce::Serving;
 pub use config::NodeConfig;
 pub use config::ReadPolicy;
 pub use error::Error;

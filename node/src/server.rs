@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::announce::Serving;
 use crate::config::NodeConfig;
 use crate::deadline::Deadline;
 use crate::error::Error;
@@ -365,13 +366,12 @@ impl Storage {
 /// Prints the one line on stdout that tells a supervisor (the demo, test harnesses) the node is
 /// serving and who it is; logs go to stderr.
 fn announce(node_id: u64, advertised: &MemberAddr) {
+    let serving = Serving {
+        node_id,
+        client: advertised.addr.clone(),
+        peer: advertised.peer_addr.clone(),
+    };
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "kvs-node {} serving client={} peer={}",
-        node_id_string(node_id),
-        advertised.addr,
-        advertised.peer_addr
-    );
+    let _ = writeln!(out, "{serving}");
     let _ = out.flush();
 }

@@ -25,6 +25,7 @@ use kvs_client::proto::StatusRequest;
 use kvs_client::proto::StatusResponse;
 use kvs_client::proto::cluster_client::ClusterClient;
 use kvs_client::proto::kv_client::KvClient;
+use kvs_node::identity::node_id_string;
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 use tokio::sync::Mutex;
@@ -280,13 +281,13 @@ impl Node {
             .unwrap_or_else(|msg| panic!("node {index}: {msg}"));
         assert_eq!(
             (
-                process.announce.client.as_str(),
-                process.announce.peer.as_str()
+                process.serving.client.as_str(),
+                process.serving.peer.as_str()
             ),
             (self.address().as_str(), self.peer_address().as_str()),
             "node {index} announced other addresses than it was told to listen on"
         );
-        self.node_id = process.announce.node_id.clone();
+        self.node_id = node_id_string(process.serving.node_id);
         self.process = Some(process);
     }
 }

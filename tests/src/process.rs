@@ -1,6 +1,6 @@
 //! Child processes owned by the harness: a node is spawned with its stderr in a log file, is
-//! ready once it prints its one `serving` line on stdout, and is killed (SIGKILL) and reaped
-//! when its guard drops, so a failing or panicking test never leaves an orphan behind.
+//! ready once it prints its one `serving` line ([`Serving`]) on stdout, and is killed (SIGKILL)
+//! and reaped when its guard drops, so a failing or panicking test never leaves an orphan behind.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -17,6 +17,7 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use kvs_node::Serving;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
@@ -111,40 +112,11 @@ impl Drop for ChildGuard {
     }
 }
 
-/// What a node announces on stdout once it serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Announce {
-    pub(crate) node_id: String,
-    pub(crate) client: String,
-    pub(crate) peer: String,
-}
-
-/// Parses `kvs-node <node_id> serving client=<addr> peer=<addr>`.
-pub(crate) fn parse_announce(line: &str) -> Option<Announce> {
-    let mut words = line.split_whitespace();
-    let (Some("kvs-node"), Some(node_id), Some("serving"), Some(client), Some(peer), None) = (
-        words.next(),
-        words.next(),
-        words.next(),
-        words.next(),
-        words.next(),
-        words.next(),
-    ) else {
-        return None;
-    };
-    let hex = node_id.len() == 16 && node_id.bytes().all(|b| b.is_ascii_hexdigit());
-    Some(Announce {
-        node_id: hex.then(|| node_id.to_string())?,
-        client: client.strip_prefix("client=")?.to_string(),
-        peer: peer.strip_prefix("peer=")?.to_string(),
-    })
-}
-
 /// A running node process and who it said it is.
 #[derive(Debug)]
 pub(crate) struct NodeProcess {
     pub(crate) child: ChildGuard,
-    pub(crate) announce: Announce,
+    pub(crate) serving: Serving,
 }
 
 /// Spawns `bin args…` with stderr appended to `log` and waits up to `within` for its `serving`
@@ -176,10 +148,10 @@ pub(crate) async fn spawn_node(
         let mut tx = Some(tx);
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(announce) = parse_announce(&line)
+            if let Ok(serving) = line.parse::<Serving>()
                 && let Some(tx) = tx.take()
             {
-                let _ = tx.send(announce);
+                let _ = tx.send(serving);
             }
         }
     });
@@ -197,7 +169,7 @@ pub(crate) async fn spawn_node(
         )
     };
     match tokio::time::timeout(within, rx).await {
-        Ok(Ok(announce)) => Ok(NodeProcess { child, announce }),
+        Ok(Ok(serving)) => Ok(NodeProcess { child, serving }),
         Ok(Err(_)) => {
             let status = child.wait_exit(Duration::from_secs(2)).await;
             Err(describe(
@@ -238,26 +210,6 @@ mod tests {
     }
 
     #[test]
-    fn the_serving_line_is_parsed() {
-        assert_eq!(
-            parse_announce(
-                "kvs-node 00ab12cd34ef5678 serving client=127.0.0.1:4000 peer=127.0.0.1:4001"
-            ),
-            Some(Announce {
-                node_id: "00ab12cd34ef5678".into(),
-                client: "127.0.0.1:4000".into(),
-                peer: "127.0.0.1:4001".into(),
-            })
-        );
-        assert_eq!(parse_announce("kvs-node 12 serving client=a peer=b"), None);
-        assert_eq!(
-            parse_announce("kvs-node 00ab12cd34ef5678 serving client=a"),
-            None
-        );
-        assert_eq!(parse_announce("INFO starting"), None);
-    }
-
-    #[test]
     fn a_dropped_guard_kills_and_reaps_its_process() {
         let guard = ChildGuard::spawn(Command::new("sleep").arg("600")).expect("spawn sleep");
         let pid = Pid::from_raw(i32::try_from(guard.pid()).expect("pid fits"));
@@ -290,7 +242,12 @@ mod tests {
     async fn a_serving_line_makes_the_node_ready() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("n.log");
-        let script = "echo 'kvs-node 0123456789abcdef serving client=127.0.0.1:1 peer=127.0.0.1:2'; exec sleep 600";
+        let serving = Serving {
+            node_id: 0x0123_4567_89ab_cdef,
+            client: "127.0.0.1:1".into(),
+            peer: "127.0.0.1:2".into(),
+        };
+        let script = format!("echo '{serving}'; exec sleep 600");
         let mut node = spawn_node(
             Path::new("sh"),
             &["-c".into(), script.into()],
@@ -299,7 +256,7 @@ mod tests {
         )
         .await
         .expect("serves");
-        assert_eq!(node.announce.node_id, "0123456789abcdef");
+        assert_eq!(node.serving, serving);
         assert_eq!(node.child.try_wait(), None);
         node.child.signal(Signal::SIGTERM).expect("signal");
         let status = node
