@@ -4,17 +4,20 @@
 //! step a node dies in.
 //!
 //! They exist only with the `failpoints` cargo feature, which the test harness builds into a
-//! binary of its own name, `kvs-node-failpoints`. Without it [`failpoint!`] expands to nothing, the
+//! binary of its own name, `kvs-node-failpoints`. Without it `failpoint!` expands to nothing, the
 //! `fail` crate is not linked and no failpoint name is in the binary, so the node that is
 //! shipped and benchmarked carries none of this.
 //!
-//! A failpoint is armed through the fault control file (`raft::fault`): a line
-//! `failpoint <name> crash` or `failpoint <name> stall <ms>`. Crashing aborts the process
-//! (`std::process::abort`), never unwinds: a panic could be caught by the task running the
-//! storage call and the node would go on as if nothing happened. Stalling sleeps for a bounded
-//! time each time the point is passed, until the line is removed.
+//! A failpoint is armed through the fault control file (`crate::fault`): a line
+//! `failpoint <name> crash` or `failpoint <name> stall <ms>`, part of a
+//! [`FaultSet`](crate::fault::FaultSet), whose words after `failpoint` are read by `parse` here
+//! and written by [`Action`]'s `Display`. Crashing aborts the process (`std::process::abort`),
+//! never unwinds: a panic could be caught by the task running the storage call and the node would
+//! go on as if nothing happened. Stalling sleeps for a bounded time each time the point is
+//! passed, until the line is removed.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 /// The failpoints this binary has: every name a [`failpoint!`] site uses.
 #[cfg(feature = "failpoints")]
@@ -44,15 +47,25 @@ pub(crate) use failpoint;
 
 /// What an armed failpoint does when the node passes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Action {
+pub enum Action {
     /// Abort the process on the spot.
     Crash,
     /// Sleep this many milliseconds, every time.
     Stall(u64),
 }
 
+/// The words of a control line after the failpoint's name, as `parse` reads them.
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Crash => f.write_str("crash"),
+            Action::Stall(ms) => write!(f, "stall {ms}"),
+        }
+    }
+}
+
 /// Armed failpoints by name.
-pub(crate) type Armed = BTreeMap<String, Action>;
+pub type Armed = BTreeMap<String, Action>;
 
 /// Parses the words after `failpoint` on a control line: `<name> crash` or `<name> stall <ms>`.
 /// `None` when the name is not a failpoint of this binary (none is, without the feature) or
@@ -90,6 +103,24 @@ pub(crate) fn arm(before: &Armed, after: &Armed) {
     #[cfg(not(feature = "failpoints"))]
     // Nothing can be armed: `parse` knows no names in this build.
     let _ = (before, after);
+}
+
+/// Any failpoints this build can arm (none without the feature), for the round-trip tests of
+/// the control file.
+#[cfg(test)]
+pub(crate) fn any_armed() -> impl proptest::strategy::Strategy<Value = Armed> {
+    use proptest::prelude::*;
+    let action = prop_oneof![
+        Just(Action::Crash),
+        (0..=MAX_STALL_MS).prop_map(Action::Stall)
+    ];
+    proptest::collection::vec(proptest::option::of(action), NAMES.len()).prop_map(|actions| {
+        NAMES
+            .iter()
+            .zip(actions)
+            .filter_map(|(name, action)| Some((name.to_string(), action?)))
+            .collect()
+    })
 }
 
 /// Called by an armed `crash` failpoint: dies the way a power cut would, leaving whatever was

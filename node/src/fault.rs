@@ -5,20 +5,26 @@
 //! test can see that a client's retry is not applied twice.
 //!
 //! It is inert unless the node runs with `--fault-control-file PATH`. Then the node re-reads that
-//! file every [`POLL_INTERVAL`]; each line `block <node-id>` cuts this node off from that peer in
+//! file every 20 ms; each line `block <node-id>` cuts this node off from that peer in
 //! both directions (outgoing calls fail as unreachable, incoming messages are refused), a line
 //! `delay <node-id> <ms> [<jitter-ms>]` holds every call this node makes to that peer for `ms`
 //! plus a random share of `jitter-ms` before sending it, a line `drop-requests <percent>` loses
 //! that share of client reads and writes on arrival (nothing answers them before their deadline),
 //! a line `drop-replies <percent>` answers that share of applied writes with UNKNOWN instead of
 //! their result, a line `failpoint <name> crash|stall <ms>` arms a failpoint of a `failpoints`
-//! build (`crate::failpoint`), and an empty or missing file heals everything. A file rather than an RPC, so that a fault written
-//! while the node is paused or down takes hold the moment it runs again, and so that no
-//! production face grows a control surface.
+//! build (`crate::failpoint`), and an empty or missing file heals everything. A file rather than
+//! an RPC, so that a fault written while the node is paused or down takes hold the moment it runs
+//! again, and so that no production face grows a control surface.
+//!
+//! The file's text is one type, [`FaultSet`]: the node reads it with `FromStr`, and the test
+//! harness builds the faults it wants and writes their `Display`, so the writer and the reader
+//! cannot disagree on the grammar.
 
-use std::collections::HashMap;
-use std::collections::HashSet;
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -35,19 +41,32 @@ pub(crate) struct Faults {
     current: Option<RwLock<FaultSet>>,
 }
 
-/// What a control file asks for.
+/// What a control file asks of one node; its `Display` is the file's text and its `FromStr`
+/// reads one. Ordered collections, so that the same faults always make the same text.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct FaultSet {
-    /// Peers this node is cut off from.
-    blocked: HashSet<u64>,
-    /// Share of applied writes whose reply is dropped, in percent.
-    drop_replies: u8,
-    /// Share of client requests lost on arrival, in percent.
-    drop_requests: u8,
-    /// Per peer, how long calls to it are held: at least the first, plus up to the second.
-    delays: HashMap<u64, (Duration, Duration)>,
-    /// Failpoints armed in this process.
-    failpoints: failpoint::Armed,
+pub struct FaultSet {
+    /// Peers this node is cut off from: `block <node-id>`.
+    pub blocked: BTreeSet<u64>,
+    /// Per peer, how long this node's calls to it are held: `delay <node-id> <ms> <jitter-ms>`.
+    pub delays: BTreeMap<u64, Delay>,
+    /// Share of client requests lost on arrival, in percent (0 to 100): `drop-requests
+    /// <percent>`, no line for 0.
+    pub drop_requests: u8,
+    /// Share of applied writes whose reply is dropped, in percent (0 to 100): `drop-replies
+    /// <percent>`, no line for 0.
+    pub drop_replies: u8,
+    /// Failpoints armed in this process: `failpoint <name> <action>`.
+    pub failpoints: failpoint::Armed,
+}
+
+/// How long calls over a slowed-down link are held: `base` plus a random share of `jitter`. A
+/// control line carries whole milliseconds; finer parts are not written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delay {
+    /// The least a call is held.
+    pub base: Duration,
+    /// The most a call is held on top of `base`.
+    pub jitter: Duration,
 }
 
 impl Faults {
@@ -91,7 +110,7 @@ impl Faults {
     /// Holds a call to `peer` for as long as the link to it is slowed down (a random draw).
     pub(crate) async fn hold(&self, peer: u64) {
         let delay = self.read(|set| set.delays.get(&peer).copied()).flatten();
-        if let Some((base, jitter)) = delay {
+        if let Some(Delay { base, jitter }) = delay {
             tokio::time::sleep(base + jitter.mul_f64(rand::random())).await;
         }
     }
@@ -141,7 +160,7 @@ pub(crate) async fn watch(
         if in_force.as_ref() == Some(&text) {
             continue;
         }
-        match parse(&text) {
+        match text.parse() {
             Ok(set) => {
                 faults.set(set);
                 if let Err(e) = tokio::fs::write(&acknowledged, &text).await {
@@ -156,47 +175,82 @@ pub(crate) async fn watch(
     }
 }
 
-/// The faults a control file asks for; the first bad line on error.
-fn parse(text: &str) -> Result<FaultSet, String> {
-    let mut set = FaultSet::default();
-    let lines = text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'));
-    for line in lines {
-        let bad = || line.to_string();
-        let percent = |p: &str| p.parse().ok().filter(|p| *p <= 100).ok_or_else(bad);
-        let ms = |ms: &str| ms.parse().map(Duration::from_millis).map_err(|_| bad());
-        match line.split_whitespace().collect::<Vec<_>>()[..] {
-            ["block", id] => {
-                set.blocked.insert(parse_node_id(id).ok_or_else(bad)?);
-            }
-            ["drop-replies", p] => set.drop_replies = percent(p)?,
-            ["drop-requests", p] => set.drop_requests = percent(p)?,
-            ["delay", id, base, ref jitter @ ..] if jitter.len() <= 1 => {
-                let id = parse_node_id(id).ok_or_else(bad)?;
-                let jitter = jitter.first().map_or(Ok(Duration::ZERO), |j| ms(j))?;
-                set.delays.insert(id, (ms(base)?, jitter));
-            }
-            ["failpoint", ref point @ ..] => {
-                let (name, action) = failpoint::parse(point).ok_or_else(bad)?;
-                set.failpoints.insert(name, action);
-            }
-            _ => return Err(bad()),
+impl fmt::Display for FaultSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for &peer in &self.blocked {
+            writeln!(f, "block {}", node_id_string(peer))?;
         }
+        for (&peer, delay) in &self.delays {
+            let (base, jitter) = (delay.base.as_millis(), delay.jitter.as_millis());
+            writeln!(f, "delay {} {base} {jitter}", node_id_string(peer))?;
+        }
+        if self.drop_requests > 0 {
+            writeln!(f, "drop-requests {}", self.drop_requests)?;
+        }
+        if self.drop_replies > 0 {
+            writeln!(f, "drop-replies {}", self.drop_replies)?;
+        }
+        for (name, action) in &self.failpoints {
+            writeln!(f, "failpoint {name} {action}")?;
+        }
+        Ok(())
     }
-    Ok(set)
+}
+
+impl FromStr for FaultSet {
+    /// The first bad line.
+    type Err = String;
+
+    /// Skips blank lines and `#` comments; a later line for the same peer, percentage or
+    /// failpoint replaces an earlier one.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut set = FaultSet::default();
+        let lines = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'));
+        for line in lines {
+            let bad = || line.to_string();
+            let percent = |p: &str| p.parse().ok().filter(|p| *p <= 100).ok_or_else(bad);
+            let ms = |ms: &str| ms.parse().map(Duration::from_millis).map_err(|_| bad());
+            match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["block", id] => {
+                    set.blocked.insert(parse_node_id(id).ok_or_else(bad)?);
+                }
+                ["drop-replies", p] => set.drop_replies = percent(p)?,
+                ["drop-requests", p] => set.drop_requests = percent(p)?,
+                ["delay", id, base, ref jitter @ ..] if jitter.len() <= 1 => {
+                    let id = parse_node_id(id).ok_or_else(bad)?;
+                    let base = ms(base)?;
+                    let jitter = jitter.first().map_or(Ok(Duration::ZERO), |j| ms(j))?;
+                    set.delays.insert(id, Delay { base, jitter });
+                }
+                ["failpoint", ref point @ ..] => {
+                    let (name, action) = failpoint::parse(point).ok_or_else(bad)?;
+                    set.failpoints.insert(name, action);
+                }
+                _ => return Err(bad()),
+            }
+        }
+        Ok(set)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn parse(text: &str) -> Result<FaultSet, String> {
+        text.parse()
+    }
 
     #[test]
     fn block_lines_name_peers_and_comments_are_skipped() {
         let text = "# isolate node 2\nblock 00000000000000ab\n\n  block 0000000000000002 \n";
         let set = parse(text).expect("valid");
-        assert_eq!(set.blocked, HashSet::from([0xab, 2]));
+        assert_eq!(set.blocked, BTreeSet::from([0xab, 2]));
         assert_eq!(set.drop_replies, 0);
         assert_eq!(parse(""), Ok(FaultSet::default()));
         assert_eq!(parse("drop-replies 40").map(|s| s.drop_replies), Ok(40));
@@ -210,10 +264,13 @@ mod tests {
 delay 0000000000000003 20",
         )
         .expect("valid");
-        let ms = Duration::from_millis;
+        let delay = |base, jitter| Delay {
+            base: Duration::from_millis(base),
+            jitter: Duration::from_millis(jitter),
+        };
         assert_eq!(
             set.delays,
-            HashMap::from([(2, (ms(150), ms(50))), (3, (ms(20), Duration::ZERO))])
+            BTreeMap::from([(2, delay(150, 50)), (3, delay(20, 0))])
         );
     }
 
@@ -228,9 +285,64 @@ delay 0000000000000003 20",
     }
 
     #[test]
+    fn faults_are_written_one_line_each_in_the_documented_grammar() {
+        let set = FaultSet {
+            blocked: BTreeSet::from([2, 0xab]),
+            delays: BTreeMap::from([(
+                3,
+                Delay {
+                    base: Duration::from_millis(150),
+                    jitter: Duration::from_millis(50),
+                },
+            )]),
+            drop_requests: 30,
+            drop_replies: 40,
+            failpoints: failpoint::Armed::new(),
+        };
+        assert_eq!(
+            set.to_string(),
+            "block 0000000000000002\nblock 00000000000000ab\ndelay 0000000000000003 150 50\n\
+             drop-requests 30\ndrop-replies 40\n"
+        );
+        assert_eq!(
+            FaultSet::default().to_string(),
+            "",
+            "healed is an empty file"
+        );
+    }
+
+    fn any_fault_set() -> impl Strategy<Value = FaultSet> {
+        let ms = || (0..=u64::from(u32::MAX)).prop_map(Duration::from_millis);
+        let delay = (ms(), ms()).prop_map(|(base, jitter)| Delay { base, jitter });
+        (
+            prop::collection::btree_set(any::<u64>(), 0..4),
+            prop::collection::btree_map(any::<u64>(), delay, 0..4),
+            0..=100u8,
+            0..=100u8,
+            failpoint::any_armed(),
+        )
+            .prop_map(
+                |(blocked, delays, drop_requests, drop_replies, failpoints)| FaultSet {
+                    blocked,
+                    delays,
+                    drop_requests,
+                    drop_replies,
+                    failpoints,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn what_is_written_is_read_back(set in any_fault_set()) {
+            prop_assert_eq!(parse(&set.to_string()), Ok(set));
+        }
+    }
+
+    #[test]
     fn inert_faults_block_nothing_and_ignore_updates() {
         let everything = FaultSet {
-            blocked: HashSet::from([1]),
+            blocked: BTreeSet::from([1]),
             drop_replies: 100,
             drop_requests: 100,
             ..FaultSet::default()

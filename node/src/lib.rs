@@ -9,8 +9,8 @@ mod config;
 mod deadline;
 pub mod demo;
 mod error;
-mod failpoint;
-mod fault;
+pub mod failpoint;
+pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
 mod grpc;

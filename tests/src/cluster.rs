@@ -25,6 +25,9 @@ use kvs_client::proto::StatusRequest;
 use kvs_client::proto::StatusResponse;
 use kvs_client::proto::cluster_client::ClusterClient;
 use kvs_client::proto::kv_client::KvClient;
+use kvs_node::failpoint;
+use kvs_node::fault::Delay;
+use kvs_node::fault::FaultSet;
 use kvs_node::identity::node_id_string;
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
@@ -191,8 +194,10 @@ pub struct Node {
     peer_port: Option<u16>,
     resp_port: Option<u16>,
     process: Option<NodeProcess>,
-    /// ID of the current process, or of the last one after it stopped.
-    node_id: String,
+    /// ID of the current process, or of the last one after it stopped (0 before the first).
+    node_id: u64,
+    /// `node_id` as every interface shows it, for [`Node::id`].
+    id: String,
     /// Processes started at this seat so far; names the log files.
     generation: u32,
     logs: Vec<PathBuf>,
@@ -216,7 +221,8 @@ impl Node {
             peer_port,
             resp_port,
             process: None,
-            node_id: String::new(),
+            node_id: 0,
+            id: String::new(),
             generation: 0,
             logs: Vec::new(),
             channel,
@@ -241,7 +247,7 @@ impl Node {
 
     /// The node ID (16 hex digits) of the running process, or of the last one.
     pub fn id(&self) -> &str {
-        &self.node_id
+        &self.id
     }
 
     /// The process ID of the node running at this seat.
@@ -287,7 +293,8 @@ impl Node {
             (self.address().as_str(), self.peer_address().as_str()),
             "node {index} announced other addresses than it was told to listen on"
         );
-        self.node_id = node_id_string(process.serving.node_id);
+        self.node_id = process.serving.node_id;
+        self.id = node_id_string(self.node_id);
         self.process = Some(process);
     }
 }
@@ -416,7 +423,7 @@ impl Cluster {
     pub fn index_of(&self, node_id: &str) -> Option<usize> {
         self.running()
             .into_iter()
-            .find(|&i| self.nodes[i].node_id == node_id)
+            .find(|&i| self.nodes[i].id == node_id)
     }
 
     /// Client addresses of the running nodes.
@@ -551,7 +558,10 @@ impl Cluster {
             .collect();
         self.change_faults(|plan| {
             plan.delayed = delayed;
-            plan.delay = (delay, jitter);
+            plan.delay = Delay {
+                base: delay,
+                jitter,
+            };
         });
     }
 
@@ -569,13 +579,14 @@ impl Cluster {
         self.change_faults(|plan| plan.drop_replies = percent);
     }
 
-    /// Arms failpoint `name` on node `i`: `action` is `crash` or `stall <ms>` (see
-    /// `docs/correctness.md`). Needs [`ClusterOptions::fault_control`] and the failpoint build of
-    /// the node ([`crate::failpoint_binaries`]); holds across restarts until [`Cluster::heal`].
-    pub fn arm_failpoint(&self, i: usize, name: &str, action: &str) {
+    /// Arms failpoint `name` on node `i` (see `docs/correctness.md`). Needs
+    /// [`ClusterOptions::fault_control`] and the failpoint build of the node
+    /// ([`crate::failpoint_binaries`]); holds across restarts until [`Cluster::heal`].
+    pub fn arm_failpoint(&self, i: usize, name: &str, action: failpoint::Action) {
         self.change_faults(|plan| {
-            plan.failpoints.resize(self.nodes.len(), Vec::new());
-            plan.failpoints[i].push(format!("{name} {action}"));
+            plan.failpoints
+                .resize(self.nodes.len(), failpoint::Armed::new());
+            plan.failpoints[i].insert(name.to_string(), action);
         });
     }
 
@@ -641,28 +652,9 @@ impl Cluster {
         let mut plan = self.faults.lock().expect("fault plan lock poisoned");
         change(&mut plan);
         plan.texts.clear();
+        let ids: Vec<u64> = self.nodes.iter().map(|node| node.node_id).collect();
         for i in 0..self.nodes.len() {
-            let mut text: String = plan
-                .blocked
-                .get(i)
-                .into_iter()
-                .flatten()
-                .map(|&j| format!("block {}\n", self.nodes[j].id()))
-                .collect();
-            let (delay, jitter) = plan.delay;
-            for &j in plan.delayed.get(i).into_iter().flatten() {
-                let (id, ms) = (self.nodes[j].id(), delay.as_millis());
-                text.push_str(&format!("delay {id} {ms} {}\n", jitter.as_millis()));
-            }
-            if plan.drop_replies > 0 {
-                text.push_str(&format!("drop-replies {}\n", plan.drop_replies));
-            }
-            if plan.drop_requests > 0 {
-                text.push_str(&format!("drop-requests {}\n", plan.drop_requests));
-            }
-            for failpoint in plan.failpoints.get(i).into_iter().flatten() {
-                text.push_str(&format!("failpoint {failpoint}\n"));
-            }
+            let text = plan.for_node(i, &ids).to_string();
             // Written aside and renamed, so a node never reads half a file.
             let path = fault_file(&self.dir_path(), i);
             let partial = path.with_extension("partial");
@@ -862,7 +854,7 @@ impl Drop for Cluster {
             for log in &node.logs {
                 eprintln!(
                     "===== node {i} ({}) — last lines of {} =====",
-                    node.node_id,
+                    node.id,
                     log.display()
                 );
                 eprintln!("{}", log_tail(log, LOG_TAIL_LINES));
@@ -883,7 +875,8 @@ async fn probe<T>(
     }
 }
 
-/// The faults the harness has asked each node for.
+/// The faults the harness has asked each node for, by seat; [`FaultPlan::for_node`] turns them
+/// into what one node's control file says.
 #[derive(Debug, Default)]
 struct FaultPlan {
     /// Per node, the nodes it is cut off from.
@@ -894,12 +887,29 @@ struct FaultPlan {
     drop_requests: u8,
     /// Per node, the nodes its calls to are held for `delay`.
     delayed: Vec<Vec<usize>>,
-    /// How long a call over a slowed-down link is held: at least, plus up to.
-    delay: (Duration, Duration),
-    /// Per node, the failpoints armed (`<name> <action>`).
-    failpoints: Vec<Vec<String>>,
+    /// How long a call over a slowed-down link is held.
+    delay: Delay,
+    /// Per node, the failpoints armed.
+    failpoints: Vec<failpoint::Armed>,
     /// The control file last written for each node.
     texts: Vec<String>,
+}
+
+impl FaultPlan {
+    /// The faults of node `i`, with the node at seat `j` named `ids[j]`.
+    fn for_node(&self, i: usize, ids: &[u64]) -> FaultSet {
+        let peers = |by_node: &[Vec<usize>]| {
+            let seats = by_node.get(i).cloned().unwrap_or_default();
+            seats.into_iter().map(|j| ids[j])
+        };
+        FaultSet {
+            blocked: peers(&self.blocked).collect(),
+            delays: peers(&self.delayed).map(|id| (id, self.delay)).collect(),
+            drop_requests: self.drop_requests,
+            drop_replies: self.drop_replies,
+            failpoints: self.failpoints.get(i).cloned().unwrap_or_default(),
+        }
+    }
 }
 
 /// The fault control file of node `index`.

@@ -4,6 +4,7 @@
 //! snapshot build or snapshot install. A node that crashed is restarted on its data directory
 //! when the fault heals, and must come back with every write it acknowledged.
 
+use kvs_node::failpoint::Action;
 use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -24,11 +25,11 @@ pub const NAMES: [&str; 5] = [
 pub(super) fn arm(cluster: &Cluster, node: usize, rng: &mut StdRng) -> String {
     let name = NAMES.choose(rng).expect("not empty");
     let action = if rng.random_bool(2.0 / 3.0) {
-        "crash".to_string()
+        Action::Crash
     } else {
-        format!("stall {}", rng.random_range(100..1000))
+        Action::Stall(rng.random_range(100..1000))
     };
-    cluster.arm_failpoint(node, name, &action);
+    cluster.arm_failpoint(node, name, action);
     format!("failpoint {name} {action} on node {node}")
 }
 

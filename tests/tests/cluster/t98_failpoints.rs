@@ -5,6 +5,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use kvs_client::proto::GetRequest;
+use kvs_node::failpoint::Action;
 use kvs_tests::Cluster;
 use kvs_tests::ClusterOptions;
 use kvs_tests::Writer;
@@ -35,7 +36,7 @@ async fn a_leader_crashing_at_log_fsync_loses_no_acknowledged_write_and_comes_ba
     let leader = cluster.leader().await;
     let id = cluster.node(leader).id().to_string();
 
-    cluster.arm_failpoint(leader, "log-fsync", "crash");
+    cluster.arm_failpoint(leader, "log-fsync", Action::Crash);
     let status = cluster
         .wait_exit(leader, Duration::from_secs(30))
         .await
