@@ -31,6 +31,7 @@ use std::time::Duration;
 use crate::failpoint;
 use crate::identity::node_id_string;
 use crate::identity::parse_node_id;
+use crate::lock;
 
 /// How often the control file is re-read.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -84,9 +85,7 @@ impl Faults {
 
     fn read<T>(&self, f: impl FnOnce(&FaultSet) -> T) -> Option<T> {
         let current = self.current.as_ref()?;
-        Some(f(&current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)))
+        Some(f(&lock::read(current)))
     }
 
     /// Whether messages to and from `peer` are dropped.
@@ -117,9 +116,7 @@ impl Faults {
 
     fn set(&self, faults: FaultSet) {
         if let Some(current) = &self.current {
-            let mut current = current
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut current = lock::write(current);
             if *current != faults {
                 let names: Vec<String> =
                     faults.blocked.iter().map(|&p| node_id_string(p)).collect();
