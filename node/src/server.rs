@@ -41,7 +41,7 @@ use crate::replica::read;
 use crate::store::data_dir::DataDir;
 use crate::store::disk_log::DiskLog;
 use crate::store::entry::MemberAddr;
-use crate::store::log::MemLog;
+use crate::store::mem_log::MemLog;
 use crate::store::snapshot_file::SnapshotFiles;
 use crate::store::state_machine::StateMachine;
 

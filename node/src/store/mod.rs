@@ -1,5 +1,8 @@
-//! State and storage of a node, knowing nothing of gRPC or RESP: the replicated command format,
-//! the keyspace and its state machine, and the Raft log.
+//! State and storage of a node: the log entry and replicated command formats, the keyspace and
+//! its state machine, snapshots, the Raft log (durable or in memory) and the data directory.
+//!
+//! The floor below Raft's wiring: nothing here names `raft`, the replica or a face, so the
+//! storage can be read, tested and fuzzed without a network (docs/architecture.md).
 
 pub(crate) mod command;
 pub(crate) mod data;
@@ -10,7 +13,7 @@ pub(crate) mod entry;
 mod fixtures;
 pub(crate) mod integer;
 pub(crate) mod keyspace;
-pub(crate) mod log;
+pub(crate) mod mem_log;
 pub(crate) mod record;
 pub(crate) mod sessions;
 pub(crate) mod snapshot;
