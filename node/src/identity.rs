@@ -10,6 +10,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::RwLock;
 
+use crate::lock;
+
 /// Formats a node ID the way every interface shows it.
 pub fn node_id_string(id: u64) -> String {
     format!("{id:016x}")
@@ -247,4 +249,3 @@ mod tests {
         ));
     }
 }
-use crate::lock;
