@@ -208,36 +208,51 @@ fn assert_node_accepts(spec: &KvsClusterSpec) {
             max_batch_ops,
             shutdown_grace_ms,
         } = &spec.config;
-        let ms = |asked: &Option<u32>, default: u64| asked.map_or(default, u64::from);
-        let size = |asked: &Option<u32>, default: usize| asked.map_or(default, |v| v as usize);
-        assert_eq!(
-            node.election_timeout_ms,
-            ms(election_timeout_ms, defaults.election_timeout_ms)
-        );
-        assert_eq!(
-            node.heartbeat_interval_ms,
-            ms(heartbeat_interval_ms, defaults.heartbeat_interval_ms)
-        );
-        assert_eq!(
-            node.request_timeout_ms,
-            ms(request_timeout_ms, defaults.request_timeout_ms)
-        );
-        assert_eq!(
-            node.max_key_bytes,
-            size(max_key_bytes, defaults.max_key_bytes)
-        );
-        assert_eq!(
-            node.max_value_bytes,
-            size(max_value_bytes, defaults.max_value_bytes)
-        );
-        assert_eq!(
-            node.max_batch_ops,
-            size(max_batch_ops, defaults.max_batch_ops)
-        );
-        assert_eq!(
-            node.shutdown_grace_ms,
-            ms(shutdown_grace_ms, defaults.shutdown_grace_ms)
-        );
+        let or = |asked: &Option<u32>, default: u64| asked.map_or(default, u64::from);
+        let size = |bytes: usize| bytes as u64;
+        let settings = [
+            (
+                "election_timeout_ms",
+                node.election_timeout_ms,
+                or(election_timeout_ms, defaults.election_timeout_ms),
+            ),
+            (
+                "heartbeat_interval_ms",
+                node.heartbeat_interval_ms,
+                or(heartbeat_interval_ms, defaults.heartbeat_interval_ms),
+            ),
+            (
+                "request_timeout_ms",
+                node.request_timeout_ms,
+                or(request_timeout_ms, defaults.request_timeout_ms),
+            ),
+            (
+                "max_key_bytes",
+                size(node.max_key_bytes),
+                or(max_key_bytes, size(defaults.max_key_bytes)),
+            ),
+            (
+                "max_value_bytes",
+                size(node.max_value_bytes),
+                or(max_value_bytes, size(defaults.max_value_bytes)),
+            ),
+            (
+                "max_batch_ops",
+                size(node.max_batch_ops),
+                or(max_batch_ops, size(defaults.max_batch_ops)),
+            ),
+            (
+                "shutdown_grace_ms",
+                node.shutdown_grace_ms,
+                or(shutdown_grace_ms, defaults.shutdown_grace_ms),
+            ),
+        ];
+        for (setting, got, asked) in settings {
+            assert_eq!(
+                got, asked,
+                "{setting}: the node does not run as the spec asks"
+            );
+        }
     }
 }
 
