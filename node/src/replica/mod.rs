@@ -1,8 +1,10 @@
-//! One replica of the cluster's state: what every face of the node (gRPC now, RESP later) calls.
+//! One replica of the cluster's state: the core every face of the node (gRPC, RESP) calls.
 //!
 //! It owns the routing decision for each request — serve here, propose here, or forward to the
 //! leader — and holds every request to the node's deadline, so a face only decodes, calls and
-//! encodes. The key-value operations live in `kv`, membership in `membership`.
+//! encodes. `Replica` is built by [`Replica::new`] and its fields are private: everything that
+//! needs them `impl`s it in this folder — `kv` (writes and reads), `read` (linearizable reads),
+//! `membership`, `backup`, `drain` (graceful stop) — and faces use its methods.
 
 pub(crate) mod backup;
 pub(crate) mod drain;
