@@ -10,11 +10,12 @@ use tonic::Response;
 use tonic::Status;
 
 use crate::error::Error;
-use crate::error::Refusal;
 use crate::grpc::status::refusal_text;
 use crate::grpc::status::to_status;
 use crate::replica::Replica;
 use crate::replica::kv::op;
+use crate::replica::kv::outcome_to_proto;
+use crate::replica::kv::refusal_to_proto;
 use crate::store::command::BatchOutcome;
 
 /// Serves the key-value API from a replica.
@@ -170,7 +171,7 @@ impl Kv for KvService {
         request: Request<proto::BatchRequest>,
     ) -> Result<Response<proto::BatchResponse>, Status> {
         match self.decide(request.into_inner()).await? {
-            Ok(outcome) => Ok(Response::new(batch_response(outcome))),
+            Ok(outcome) => Ok(Response::new(outcome_to_proto(outcome))),
             // The Batch call answers a refusal in its reply, not as a failed call.
             Err(Error::Refused { refusal, index }) => Ok(Response::new(proto::BatchResponse {
                 index,
@@ -180,39 +181,5 @@ impl Kv for KvService {
             })),
             Err(e) => Err(self.fail(e)),
         }
-    }
-}
-
-/// The reply to a batch that was applied.
-fn batch_response(outcome: BatchOutcome) -> proto::BatchResponse {
-    proto::BatchResponse {
-        index: outcome.index,
-        succeeded: outcome.succeeded,
-        results: outcome
-            .results
-            .into_iter()
-            .map(|r| proto::OpResult {
-                existed: r.existed,
-                previous: r.previous,
-                integer: r.integer,
-            })
-            .collect(),
-        error: String::new(),
-        refusal: None,
-    }
-}
-
-/// A refusal as the Batch reply types it (what `replica::kv` reads back from a leader).
-fn refusal_to_proto(refusal: &Refusal) -> proto::Refusal {
-    use proto::refusal::Kind;
-    let (kind, op) = match *refusal {
-        Refusal::NotAnInteger { op } => (Kind::NotAnInteger, op),
-        Refusal::Overflow { op } => (Kind::Overflow, op),
-        // Never reaches a reply: the replica turns it into an unknown outcome.
-        Refusal::SequenceTooOld { .. } => (Kind::Unspecified, 0),
-    };
-    proto::Refusal {
-        kind: kind.into(),
-        op: u32::try_from(op).unwrap_or(u32::MAX),
     }
 }

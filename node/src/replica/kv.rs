@@ -426,7 +426,7 @@ fn applied(entry_index: u64, outcome: Outcome) -> Result<BatchOutcome> {
 }
 
 /// The leader's answer to a forwarded batch, read back into the outcome it was made from
-/// (`grpc::kv` writes it). A refusal from a leader too old to type it is relayed as its text.
+/// ([`outcome_to_proto`], [`refusal_to_proto`]). A refusal from a leader too old to type it is relayed as its text.
 fn outcome_from_proto(resp: proto::BatchResponse) -> Result<BatchOutcome> {
     use proto::refusal::Kind;
     if let Some(refusal) = resp.refusal {
@@ -464,6 +464,41 @@ fn refused_as_text(error: String) -> Error {
     Error::Forwarded(tonic::Status::failed_precondition(format!(
         "refused: {error}"
     )))
+}
+
+/// The Batch reply to a batch that was applied (read back by [`outcome_from_proto`]).
+pub(crate) fn outcome_to_proto(outcome: BatchOutcome) -> proto::BatchResponse {
+    proto::BatchResponse {
+        index: outcome.index,
+        succeeded: outcome.succeeded,
+        results: outcome
+            .results
+            .into_iter()
+            .map(|r| proto::OpResult {
+                existed: r.existed,
+                previous: r.previous,
+                integer: r.integer,
+            })
+            .collect(),
+        error: String::new(),
+        refusal: None,
+    }
+}
+
+/// A refusal as the Batch reply types it (read back by [`outcome_from_proto`]); the face adds
+/// its wording as the reply's `error`.
+pub(crate) fn refusal_to_proto(refusal: &Refusal) -> proto::Refusal {
+    use proto::refusal::Kind;
+    let (kind, op) = match *refusal {
+        Refusal::NotAnInteger { op } => (Kind::NotAnInteger, op),
+        Refusal::Overflow { op } => (Kind::Overflow, op),
+        // Never reaches a reply: the replica turns it into an unknown outcome.
+        Refusal::SequenceTooOld { .. } => (Kind::Unspecified, 0),
+    };
+    proto::Refusal {
+        kind: kind.into(),
+        op: u32::try_from(op).unwrap_or(u32::MAX),
+    }
 }
 
 #[cfg(test)]
@@ -505,6 +540,24 @@ mod tests {
                 );
             }
             other => panic!("not relayed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_refusal_a_reply_can_carry_reads_back_as_itself() {
+        for refusal in [Refusal::NotAnInteger { op: 4 }, Refusal::Overflow { op: 0 }] {
+            let reply = proto::BatchResponse {
+                index: 3,
+                refusal: Some(refusal_to_proto(&refusal)),
+                ..Default::default()
+            };
+            match outcome_from_proto(reply) {
+                Err(Error::Refused {
+                    refusal: back,
+                    index: 3,
+                }) => assert_eq!(back, refusal),
+                other => panic!("{refusal:?} read back as {other:?}"),
+            }
         }
     }
 
