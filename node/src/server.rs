@@ -115,10 +115,8 @@ pub async fn run(
 ) -> Result<()> {
     config.validate()?;
     let advertised = listeners.advertised(&config)?;
-    let mut storage = Storage::open(&config)?;
-    // Locked until the node has stopped.
-    let _data_dir = storage.data_dir.take();
-    let node_id = storage.identity.node_id();
+    // The data directory stays locked until the node has stopped.
+    let (storage, _data_dir) = Storage::open(&config)?;
     let (replica, read_rounds) = build_replica(&config, advertised.clone(), storage).await?;
     if config.bootstrap {
         let init = replica.initialize().await?;
@@ -129,7 +127,7 @@ pub async fn run(
         );
     }
     let tasks = Tasks::spawn(listeners, &replica, read_rounds);
-    announce(node_id, &advertised);
+    announce(replica.identity().node_id(), &advertised);
 
     shutdown.await;
     tracing::info!("shutting down");
@@ -153,7 +151,6 @@ async fn build_replica(
         identity,
         state,
         log,
-        data_dir: _,
     } = storage;
     let faults = Arc::new(match &config.fault_control_file {
         Some(path) => {
@@ -312,8 +309,6 @@ struct Storage {
     identity: Identity,
     state: StateMachine,
     log: Log,
-    /// Held (locked) for the life of the process.
-    data_dir: Option<DataDir>,
 }
 
 enum Log {
@@ -323,15 +318,16 @@ enum Log {
 
 impl Storage {
     /// Opens the data directory (or nothing, in memory): identity first, so a node that fails
-    /// later still has one stable ID.
-    fn open(config: &NodeConfig) -> Result<Storage> {
+    /// later still has one stable ID. The directory comes back too, locked for as long as the
+    /// caller holds it.
+    fn open(config: &NodeConfig) -> Result<(Storage, Option<DataDir>)> {
         if config.in_memory {
-            return Ok(Storage {
+            let storage = Storage {
                 identity: Identity::new(new_node_id()),
                 state: StateMachine::default(),
                 log: Log::Memory(MemLog::default()),
-                data_dir: None,
-            });
+            };
+            return Ok((storage, None));
         }
         let dir = DataDir::open(&config.data_dir)?;
         let stored = match dir.load_identity()? {
@@ -341,7 +337,7 @@ impl Storage {
                     node_id: new_node_id(),
                     cluster_id: None,
                 };
-                dir.save_identity()(&fresh).map_err(|e| Error::Storage(e.to_string()))?;
+                dir.write_identity(&fresh)?;
                 fresh
             }
         };
@@ -354,12 +350,12 @@ impl Storage {
         let log = DiskLog::open(&dir.raft_dir(), &dir.path().join("log-watermark"))
             .map_err(|e| fail("cannot open the Raft log", e))?;
         tracing::info!(data_dir = %dir.path().display(), node_id = node_id_string(stored.node_id), "opened data directory");
-        Ok(Storage {
+        let storage = Storage {
             identity: Identity::stored(stored, dir.save_identity()),
             state,
             log: Log::Disk(log),
-            data_dir: Some(dir),
-        })
+        };
+        Ok((storage, Some(dir)))
     }
 }
 

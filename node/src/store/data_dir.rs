@@ -140,14 +140,23 @@ impl DataDir {
             .map_err(|text| Error::Config(format!("{} is damaged: {text}", path.display())))
     }
 
-    /// Writes the identity file here durably (see [`DataDir::load_identity`]).
+    /// Writes the identity file here durably (read back by [`DataDir::load_identity`]).
+    pub(crate) fn write_identity(&self, identity: &StoredIdentity) -> Result<(), Error> {
+        write_identity(&self.path.join(IDENTITY_FILE), identity)
+    }
+
+    /// [`DataDir::write_identity`] for the node's [`Identity`](crate::identity::Identity), which
+    /// rewrites the file when the node joins a cluster.
     pub(crate) fn save_identity(&self) -> SaveIdentity {
         let path = self.path.join(IDENTITY_FILE);
         std::sync::Arc::new(move |identity: &StoredIdentity| {
-            write_atomically(&path, identity.to_string().as_bytes())
-                .map_err(|e| std::io::Error::other(e.to_string()))
+            write_identity(&path, identity).map_err(|e| std::io::Error::other(e.to_string()))
         })
     }
+}
+
+fn write_identity(path: &Path, identity: &StoredIdentity) -> Result<(), Error> {
+    write_atomically(path, identity.to_string().as_bytes())
 }
 
 /// Replaces `path` with `contents` so that a crash leaves either the old or the new file.
@@ -193,7 +202,7 @@ mod tests {
         {
             let dir = DataDir::open(tmp.path()).expect("open");
             assert_eq!(dir.load_identity().expect("load"), None);
-            dir.save_identity()(&stored).expect("save");
+            dir.write_identity(&stored).expect("save");
         }
         let dir = DataDir::open(tmp.path()).expect("reopen");
         assert_eq!(dir.load_identity().expect("load"), Some(stored));
