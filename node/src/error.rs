@@ -145,6 +145,12 @@ pub enum Refusal {
         /// The refused op's position among the ops that ran.
         op: usize,
     },
+    /// Op `op` would make a value longer than the limit the leader stamped on the entry
+    /// (`--max-value-bytes`).
+    ValueTooLarge {
+        /// The refused op's position among the ops that ran.
+        op: usize,
+    },
     /// The write's sequence is older than what the node still remembers for that client, so
     /// whether it was applied before cannot be told.
     SequenceTooOld {
@@ -160,6 +166,7 @@ impl fmt::Display for Refusal {
         match self {
             Refusal::NotAnInteger { .. } => f.write_str("value is not an integer or out of range"),
             Refusal::Overflow { .. } => f.write_str("increment or decrement would overflow"),
+            Refusal::ValueTooLarge { .. } => f.write_str("string exceeds maximum allowed size"),
             Refusal::SequenceTooOld {
                 sequence,
                 oldest_remembered,

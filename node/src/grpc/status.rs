@@ -18,7 +18,9 @@ use crate::raft::forward::ORIGIN_HEADER;
 /// (`op 2: value is not an integer or out of range`), in a status and in a Batch reply's `error`.
 pub(crate) fn refusal_text(refusal: &Refusal) -> String {
     match refusal {
-        Refusal::NotAnInteger { op } | Refusal::Overflow { op } => format!("op {op}: {refusal}"),
+        Refusal::NotAnInteger { op } | Refusal::Overflow { op } | Refusal::ValueTooLarge { op } => {
+            format!("op {op}: {refusal}")
+        }
         Refusal::SequenceTooOld { .. } => refusal.to_string(),
     }
 }
@@ -42,7 +44,11 @@ pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
         | Error::ValueTooLarge { .. }
         | Error::TooManyOps { .. }
         | Error::BatchTooLarge { .. }
-        | Error::InvalidArgument(_) => Code::InvalidArgument,
+        | Error::InvalidArgument(_)
+        | Error::Refused {
+            refusal: Refusal::ValueTooLarge { .. },
+            ..
+        } => Code::InvalidArgument,
         Error::CompareFailed | Error::Refused { .. } | Error::Membership(_) => {
             Code::FailedPrecondition
         }
@@ -95,6 +101,22 @@ mod tests {
         assert_eq!(
             status.message(),
             "refused: op 2: value is not an integer or out of range"
+        );
+    }
+
+    #[test]
+    fn a_value_grown_past_the_limit_is_an_invalid_argument() {
+        let status = to_status(
+            Error::Refused {
+                refusal: Refusal::ValueTooLarge { op: 0 },
+                index: 5,
+            },
+            None,
+        );
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "refused: op 0: string exceeds maximum allowed size"
         );
     }
 

@@ -174,7 +174,11 @@ impl Replica {
             .await
             .map_err(|()| Error::Busy("too many writes in flight on the leader".into()))?
             .map_err(|_| Error::ShuttingDown)?;
-        let cmd = command_of(req, self.cluster_now_ms())?;
+        let cmd = command_of(
+            req,
+            self.cluster_now_ms(),
+            self.config.max_value_bytes as u64,
+        )?;
         let written = deadline
             .run(self.raft.client_write(cmd))
             .await
@@ -222,6 +226,7 @@ impl Replica {
                     ops: vec![Op::Delete { key }],
                     ..Batch::default()
                 },
+                max_value_bytes: self.config.max_value_bytes as u64,
             };
             let deadline = Deadline::after(self.config.request_timeout());
             match deadline.run(self.raft.client_write(cmd)).await {
@@ -321,9 +326,13 @@ fn op_key_value(op: &proto::Op) -> Result<(Option<&Bytes>, Option<&Bytes>)> {
     )
 }
 
-/// The replicated command for a client's batch, stamped `stamp_ms`; an op or compare the API
-/// does not allow is an [`Error::InvalidArgument`].
-pub(crate) fn command_of(req: proto::BatchRequest, stamp_ms: u64) -> Result<Command> {
+/// The replicated command for a client's batch, stamped `stamp_ms` and the value limit
+/// `max_value_bytes`; an op or compare the API does not allow is an [`Error::InvalidArgument`].
+pub(crate) fn command_of(
+    req: proto::BatchRequest,
+    stamp_ms: u64,
+    max_value_bytes: u64,
+) -> Result<Command> {
     Ok(Command {
         format: COMMAND_FORMAT,
         stamp_ms,
@@ -341,6 +350,7 @@ pub(crate) fn command_of(req: proto::BatchRequest, stamp_ms: u64) -> Result<Comm
             else_ops: ops_from_proto(req.else_ops, stamp_ms)?,
             return_previous: req.return_previous,
         },
+        max_value_bytes,
     })
 }
 
@@ -434,6 +444,7 @@ fn outcome_from_proto(resp: proto::BatchResponse) -> Result<BatchOutcome> {
         let refusal = match refusal.kind() {
             Kind::NotAnInteger => Refusal::NotAnInteger { op },
             Kind::Overflow => Refusal::Overflow { op },
+            Kind::ValueTooLarge => Refusal::ValueTooLarge { op },
             Kind::Unspecified => return Err(refused_as_text(resp.error)),
         };
         return Err(Error::Refused {
@@ -492,6 +503,7 @@ pub(crate) fn refusal_to_proto(refusal: &Refusal) -> proto::Refusal {
     let (kind, op) = match *refusal {
         Refusal::NotAnInteger { op } => (Kind::NotAnInteger, op),
         Refusal::Overflow { op } => (Kind::Overflow, op),
+        Refusal::ValueTooLarge { op } => (Kind::ValueTooLarge, op),
         // Never reaches a reply: the replica turns it into an unknown outcome.
         Refusal::SequenceTooOld { .. } => (Kind::Unspecified, 0),
     };
@@ -545,7 +557,11 @@ mod tests {
 
     #[test]
     fn every_refusal_a_reply_can_carry_reads_back_as_itself() {
-        for refusal in [Refusal::NotAnInteger { op: 4 }, Refusal::Overflow { op: 0 }] {
+        for refusal in [
+            Refusal::NotAnInteger { op: 4 },
+            Refusal::Overflow { op: 0 },
+            Refusal::ValueTooLarge { op: 2 },
+        ] {
             let reply = proto::BatchResponse {
                 index: 3,
                 refusal: Some(refusal_to_proto(&refusal)),

@@ -6,6 +6,12 @@
 //! need (put, delete, CAS, increments, appends, expiry changes, purges of expired keys), so new
 //! commands on those faces add no new log formats.
 //!
+//! Limits: the leader also stamps the value size limit (`--max-value-bytes`) it runs with, and
+//! apply refuses an op whose *result* would be longer — an append growing a value past it —
+//! by that stamped limit, never by the applying node's own flag: replicas may run with
+//! different flags, yet all of them must decide the same. Entries of format 1 carry no limit
+//! and apply as they always did.
+//!
 //! Time: the leader stamps each command with cluster time (`stamp_ms`, never below the last
 //! applied stamp), and every expiry is judged against the stamp of the entry being applied, so
 //! all replicas decide expiry identically whatever their clocks say.
@@ -18,11 +24,16 @@ use serde::Serialize;
 
 use crate::error::Refusal;
 
-/// Version of the command encoding written into every entry.
-pub(crate) const COMMAND_FORMAT: u16 = 1;
+/// Version of the command encoding written into every entry: 2 added `max_value_bytes`.
+pub(crate) const COMMAND_FORMAT: u16 = 2;
 
-/// One replicated write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The first format that carries `max_value_bytes`.
+const LIMITED_FORMAT: u16 = 2;
+
+/// One replicated write. Its fields are encoded in order, and `max_value_bytes` only from
+/// [`LIMITED_FORMAT`] on, so entries written before it still decode, and re-encode (replicating
+/// an old entry) exactly as they were written (see the `Serialize` and `Deserialize` impls).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Command {
     /// Always [`COMMAND_FORMAT`] when written by this binary.
     pub(crate) format: u16,
@@ -31,6 +42,72 @@ pub(crate) struct Command {
     /// Present for client writes: makes a retried write apply once.
     pub(crate) write_id: Option<WriteId>,
     pub(crate) batch: Batch,
+    /// The longest value an op may leave behind, as the leader that stamped the entry was
+    /// configured; 0 (format 1 entries) means no limit at apply.
+    pub(crate) max_value_bytes: u64,
+}
+
+impl Serialize for Command {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let limited = self.format >= LIMITED_FORMAT;
+        let mut fields = serializer.serialize_struct("Command", 4 + usize::from(limited))?;
+        fields.serialize_field("format", &self.format)?;
+        fields.serialize_field("stamp_ms", &self.stamp_ms)?;
+        fields.serialize_field("write_id", &self.write_id)?;
+        fields.serialize_field("batch", &self.batch)?;
+        if limited {
+            fields.serialize_field("max_value_bytes", &self.max_value_bytes)?;
+        }
+        fields.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const FIELDS: &[&str] = &["format", "stamp_ms", "write_id", "batch", "max_value_bytes"];
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Command;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a kvs command")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Command, A::Error> {
+                use serde::de::Error as _;
+                let format: u16 = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::missing_field("format"))?;
+                let stamp_ms = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::missing_field("stamp_ms"))?;
+                let write_id = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::missing_field("write_id"))?;
+                let batch = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::missing_field("batch"))?;
+                let max_value_bytes = if format >= LIMITED_FORMAT {
+                    seq.next_element()?
+                        .ok_or_else(|| A::Error::missing_field("max_value_bytes"))?
+                } else {
+                    0
+                };
+                Ok(Command {
+                    format,
+                    stamp_ms,
+                    write_id,
+                    batch,
+                    max_value_bytes,
+                })
+            }
+        }
+        deserializer.deserialize_struct("Command", FIELDS, Fields)
+    }
 }
 
 /// A client's identity for one logical write (see `WriteId` in kvs.proto).

@@ -31,10 +31,11 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The command every fixture holds: a put with an expiry and a write ID.
-fn command() -> Command {
+/// The command every fixture holds, in command format `format`: a put with an expiry and a
+/// write ID.
+fn command(format: u16) -> Command {
     Command {
-        format: COMMAND_FORMAT,
+        format,
         stamp_ms: 1_700_000_000_000,
         write_id: Some(WriteId {
             client_id: 42,
@@ -54,20 +55,21 @@ fn command() -> Command {
             ],
             ..Batch::default()
         },
+        max_value_bytes: if format >= 2 { 1024 * 1024 } else { 0 },
     }
 }
 
-fn entry() -> EntryOf<TypeConfig> {
+fn entry(format: u16) -> EntryOf<TypeConfig> {
     let leader = openraft::vote::leader_id_adv::LeaderId::<u64, u64>::new(3, 1);
     let log_id = LogIdOf::<TypeConfig>::new(leader.to_committed(), 9);
     let mut entry = EntryOf::<TypeConfig>::new_blank(log_id);
-    entry.payload = EntryPayload::Normal(command());
+    entry.payload = EntryPayload::Normal(command(format));
     entry
 }
 
 fn state() -> StateData {
     let mut data = StateData::default();
-    data.apply(9, &command());
+    data.apply(9, &command(COMMAND_FORMAT));
     data
 }
 
@@ -82,10 +84,23 @@ fn check_or_write(name: &str, bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn log_records_of_format_1_still_load() {
-    let stored = check_or_write("log-entry-v1.bin", &seal(&entry()));
+    let stored = check_or_write("log-entry-v1.bin", &seal(&entry(1)));
     let loaded: EntryOf<TypeConfig> =
         unseal(&stored, &|| "fixture".into()).expect("format 1 loads");
-    assert_eq!(loaded, entry());
+    assert_eq!(loaded, entry(1));
+    assert_eq!(
+        seal(&loaded),
+        stored,
+        "an old entry re-encodes as it was written"
+    );
+}
+
+#[test]
+fn log_records_with_commands_of_format_2_still_load() {
+    let stored = check_or_write("log-entry-v1-command-v2.bin", &seal(&entry(2)));
+    let loaded: EntryOf<TypeConfig> =
+        unseal(&stored, &|| "fixture".into()).expect("command format 2 loads");
+    assert_eq!(loaded, entry(2));
 }
 
 #[test]
@@ -108,7 +123,7 @@ fn snapshots_of_format_1_still_load() {
 
 #[test]
 fn a_newer_log_record_format_is_refused_by_name() {
-    let mut record = seal(&entry());
+    let mut record = seal(&entry(COMMAND_FORMAT));
     record[0] = 2;
     let body_len = record.len() - 4;
     let crc = crc32fast::hash(&record[..body_len]);

@@ -8,9 +8,17 @@
 //! calls `Arc::make_mut` on its one shard, so after a clone only the shards written to are
 //! copied, and such a copy bumps each entry's reference count instead of copying its bytes.
 //!
-//! **Memory per key.** An entry is one `Arc<[u8]>` holding a header (LEB128 of the key's length
-//! and a has-expiry bit: one byte for keys under 64 bytes), the absolute expiry only if the key
-//! has one, the key and the value. Per key that costs:
+//! **Appends are amortized.** A value grown by APPEND gets room to grow into, by Redis's rule for
+//! strings (as much again as its length, at most 1 MiB more), and the next append writes into
+//! that room in place when nothing else shares the entry. An entry shared with a snapshot or a
+//! reply in flight is copied once, with new room, so a series of appends copies each byte a
+//! bounded number of times instead of copying the whole value every time. The room is not
+//! counted in [`Keyspace::bytes_used`]: only appended values have it, at most their own length.
+//!
+//! **Memory per key.** An entry is one `Arc<[u8]>` holding a header (LEB128 of the key's length,
+//! a has-room bit and a has-expiry bit: one byte for keys under 32 bytes), the absolute expiry
+//! only if the key has one, the value's length only if it has room to grow, the key and the
+//! value. Per key that costs:
 //! - the table slot: 16 bytes (the `Arc<[u8]>` fat pointer) and 1 control byte, divided by the
 //!   load factor, which hashbrown keeps between 7/16 and 7/8: 19 to 39 bytes;
 //! - the allocation: `Arc` counts 16 + header 1 (+ 8 with an expiry) + the allocator's own
@@ -57,8 +65,9 @@ pub(crate) struct Keyspace {
     bytes_used: usize,
 }
 
-/// One stored key: `data` is the header (LEB128 of `key length << 1 | has expiry`), the absolute
-/// expiry in cluster ms (8 bytes, little-endian) if it has one, the key, then the value.
+/// One stored key: `data` is the header (LEB128 of `key length << 2 | has room << 1 | has
+/// expiry`), the absolute expiry in cluster ms (8 bytes, little-endian) if it has one, the value's
+/// length (8 bytes, little-endian) if it has room to grow, the key, the value, then the room.
 #[derive(Clone)]
 struct Entry {
     data: Arc<[u8]>,
@@ -133,6 +142,26 @@ impl Keyspace {
             }
             None => false,
         }
+    }
+
+    /// Appends `suffix` to the value of a stored key and gives it `expires_at_ms`, growing the
+    /// value in place when it has room and nothing shares it (see the module doc); false when
+    /// the key is not stored.
+    pub(crate) fn append(&mut self, key: &[u8], suffix: &[u8], expires_at_ms: u64) -> bool {
+        if suffix.is_empty() {
+            return self.set_expiry(key, expires_at_ms);
+        }
+        let hash = key_hash(key);
+        let index = shard_index(hash);
+        let shard = Arc::make_mut(&mut self.shards[index]);
+        let Some(entry) = shard.find_mut(table_hash(hash), |e| e.key() == key) else {
+            return false;
+        };
+        self.expiring[index] -= u32::from(entry.has_expiry());
+        self.expiring[index] += u32::from(expires_at_ms != 0);
+        entry.append(suffix, expires_at_ms);
+        self.bytes_used += suffix.len();
+        true
     }
 
     /// Removes a stored key; false when it was not stored.
@@ -246,7 +275,8 @@ impl<'a> EntryRef<'a> {
 
     /// The value, sharing the entry's allocation instead of copying it.
     pub(crate) fn value_bytes(&self) -> Bytes {
-        Bytes::from_owner(Arc::clone(&self.entry.data)).slice(self.entry.layout().value_start..)
+        let layout = self.entry.layout();
+        Bytes::from_owner(Arc::clone(&self.entry.data)).slice(layout.value_start..layout.value_end)
     }
 }
 
@@ -254,40 +284,103 @@ impl<'a> EntryRef<'a> {
 struct Layout {
     /// Where the expiry starts, if the entry has one.
     expiry_start: Option<usize>,
+    /// Where the value's length starts, if the entry has room to grow.
+    value_len_start: Option<usize>,
     key_start: usize,
     value_start: usize,
+    value_end: usize,
 }
+
+/// Room given to a value grown by an append, as Redis's `sdsMakeRoomFor` gives it: as much
+/// again as the value's length, at most this much.
+const MAX_ROOM: usize = 1024 * 1024;
 
 impl Entry {
     fn new(key: &[u8], value: &[u8], expires_at_ms: u64) -> Entry {
+        Entry::build(key, &[value], expires_at_ms, None)
+    }
+
+    /// An entry holding `key` and the concatenation of `value`, with `room` spare bytes after
+    /// it when `Some` (which also stores the value's length), in one allocation filled in place.
+    fn build(key: &[u8], value: &[&[u8]], expires_at_ms: u64, room: Option<usize>) -> Entry {
         let has_expiry = expires_at_ms != 0;
         let mut header = [0u8; MAX_HEADER_BYTES];
-        let header_len = write_header(key.len() << 1 | usize::from(has_expiry), &mut header);
-        let expiry = if has_expiry {
-            &expires_at_ms.to_le_bytes()[..]
+        let word = key.len() << 2 | usize::from(room.is_some()) << 1 | usize::from(has_expiry);
+        let header_len = write_header(word, &mut header);
+        let expiry = expires_at_ms.to_le_bytes();
+        let expiry = if has_expiry { &expiry[..] } else { &[] };
+        let value_len: usize = value.iter().map(|part| part.len()).sum();
+        let value_len_field = (value_len as u64).to_le_bytes();
+        let value_len_field = if room.is_some() {
+            &value_len_field[..]
         } else {
             &[]
         };
-        let total = header_len + expiry.len() + key.len() + value.len();
-        // One allocation of the exact size, filled in place.
+        let total = header_len
+            + expiry.len()
+            + value_len_field.len()
+            + key.len()
+            + value_len
+            + room.unwrap_or(0);
         let mut data: Arc<[u8]> = iter::repeat_n(0u8, total).collect();
         let buf = Arc::get_mut(&mut data).expect("a fresh Arc has no other owner");
         let mut at = 0;
-        for part in [&header[..header_len], expiry, key, value] {
+        let fixed = [&header[..header_len], expiry, value_len_field, key];
+        for part in fixed.into_iter().chain(value.iter().copied()) {
             buf[at..at + part.len()].copy_from_slice(part);
             at += part.len();
         }
         Entry { data }
     }
 
+    /// Appends `suffix` and sets the expiry: in place when the entry has room, keeps its expiry
+    /// layout and is not shared; otherwise into a new entry with room to grow.
+    fn append(&mut self, suffix: &[u8], expires_at_ms: u64) {
+        let layout = self.layout();
+        let new_end = layout.value_end + suffix.len();
+        let same_expiry_layout = layout.expiry_start.is_some() == (expires_at_ms != 0);
+        if let (Some(len_at), true) = (layout.value_len_start, same_expiry_layout)
+            && let Some(data) = Arc::get_mut(&mut self.data)
+            && new_end <= data.len()
+        {
+            data[layout.value_end..new_end].copy_from_slice(suffix);
+            let value_len = (new_end - layout.value_start) as u64;
+            data[len_at..len_at + 8].copy_from_slice(&value_len.to_le_bytes());
+            if let Some(at) = layout.expiry_start {
+                data[at..at + 8].copy_from_slice(&expires_at_ms.to_le_bytes());
+            }
+            return;
+        }
+        let value_len = new_end - layout.value_start;
+        *self = Entry::build(
+            self.key(),
+            &[self.value(), suffix],
+            expires_at_ms,
+            Some(value_len.min(MAX_ROOM)),
+        );
+    }
+
     fn layout(&self) -> Layout {
         let (word, header_len) = read_header(&self.data);
-        let (key_len, has_expiry) = (word >> 1, word & 1 == 1);
-        let key_start = header_len + if has_expiry { 8 } else { 0 };
+        let (key_len, has_room, has_expiry) = (word >> 2, word & 2 == 2, word & 1 == 1);
+        let expiry_start = has_expiry.then_some(header_len);
+        let after_expiry = header_len + if has_expiry { 8 } else { 0 };
+        let value_len_start = has_room.then_some(after_expiry);
+        let key_start = after_expiry + if has_room { 8 } else { 0 };
+        let value_start = key_start + key_len;
+        let value_end = match value_len_start {
+            Some(at) => {
+                let bytes = self.data[at..at + 8].try_into().expect("8 bytes");
+                value_start + u64::from_le_bytes(bytes) as usize
+            }
+            None => self.data.len(),
+        };
         Layout {
-            expiry_start: has_expiry.then_some(header_len),
+            expiry_start,
+            value_len_start,
             key_start,
-            value_start: key_start + key_len,
+            value_start,
+            value_end,
         }
     }
 
@@ -297,7 +390,8 @@ impl Entry {
     }
 
     fn value(&self) -> &[u8] {
-        &self.data[self.layout().value_start..]
+        let layout = self.layout();
+        &self.data[layout.value_start..layout.value_end]
     }
 
     fn has_expiry(&self) -> bool {
@@ -313,7 +407,8 @@ impl Entry {
 
     /// Key and value bytes, as counted by [`Keyspace::bytes_used`].
     fn payload_len(&self) -> usize {
-        self.data.len() - self.layout().key_start
+        let layout = self.layout();
+        layout.value_end - layout.key_start
     }
 }
 
@@ -444,6 +539,50 @@ mod tests {
             let written = write_header(word, &mut buf);
             assert_eq!(read_header(&buf[..written]), (word, written), "word {word}");
         }
+    }
+
+    #[test]
+    fn a_series_of_appends_copies_the_value_a_logarithmic_number_of_times() {
+        let mut keyspace = Keyspace::default();
+        keyspace.insert(b"k", b"", 0);
+        let mut expected = Vec::new();
+        let mut moves = 0;
+        let mut at = keyspace.get(b"k").map(|e| e.value().as_ptr());
+        for i in 0..10_000u32 {
+            let suffix = i.to_le_bytes();
+            assert!(keyspace.append(b"k", &suffix, 0));
+            expected.extend_from_slice(&suffix);
+            let now = keyspace.get(b"k").map(|e| e.value().as_ptr());
+            moves += usize::from(now != at);
+            at = now;
+        }
+        assert_eq!(keyspace.get(b"k").map(|e| e.value()), Some(&expected[..]));
+        assert_eq!(keyspace.bytes_used(), 1 + expected.len());
+        assert!(moves < 30, "the value moved {moves} times in 10000 appends");
+    }
+
+    #[test]
+    fn an_append_never_changes_what_a_snapshot_or_a_reply_holds() {
+        let mut keyspace = Keyspace::default();
+        keyspace.insert(b"k", b"ab", 0);
+        assert!(keyspace.append(b"k", b"cd", 0));
+        let snapshot = keyspace.clone();
+        let reply = keyspace.get(b"k").map(|e| e.value_bytes());
+        assert!(keyspace.append(b"k", b"ef", 9));
+        assert!(keyspace.append(b"k", b"gh", 0));
+        assert!(!keyspace.append(b"missing", b"x", 0));
+        assert_eq!(
+            keyspace.get(b"k").map(|e| (e.value(), e.expires_at_ms())),
+            Some((&b"abcdefgh"[..], 0))
+        );
+        assert_eq!(snapshot.get(b"k").map(|e| e.value()), Some(&b"abcd"[..]));
+        assert_eq!(reply, Some(Bytes::from_static(b"abcd")));
+        assert_eq!((keyspace.bytes_used(), snapshot.bytes_used()), (9, 5));
+        assert!(keyspace.set_expiry(b"k", 5));
+        assert_eq!(
+            keyspace.get(b"k").map(|e| (e.value(), e.expires_at_ms())),
+            Some((&b"abcdefgh"[..], 5))
+        );
     }
 
     #[test]

@@ -189,9 +189,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 match &entry.payload {
                     EntryPayload::Blank => None,
                     EntryPayload::Normal(cmd) => {
-                        if cmd.format != COMMAND_FORMAT {
+                        if cmd.format == 0 || cmd.format > COMMAND_FORMAT {
                             return Err(invalid_data(format_args!(
-                                "log entry {log_id} has command format {} but this binary knows only {COMMAND_FORMAT}; \
+                                "log entry {log_id} has command format {} but this binary knows only 1 to {COMMAND_FORMAT}; \
                                  upgrade this node",
                                 cmd.format
                             )));
@@ -305,6 +305,7 @@ mod tests {
                 ops,
                 ..Batch::default()
             },
+            max_value_bytes: 0,
         };
         applied.data.apply(index, &cmd);
         applied.last_applied = Some(log_id(index));

@@ -621,3 +621,66 @@ async fn malformed_resp_gets_an_error_and_a_close_never_a_crash_or_a_hang() {
         show(&refused)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_stop_at_the_value_limit_and_snapshots_still_build_on_every_node() {
+    const LIMIT: usize = 1024 * 1024;
+    let cluster = Cluster::start(
+        3,
+        ClusterOptions {
+            snapshot_every: Some(10),
+            max_value_bytes: Some(LIMIT),
+            ..resp_options()
+        },
+    )
+    .await;
+    let leader = cluster.leader().await;
+    let mut conn = RawResp::connect(&resp_address(&cluster, other_than(&cluster, leader))).await;
+    assert_eq!(conn.command(&["SET", "big", ""]).await, b"+OK\r\n");
+    let chunk = "x".repeat(900 * 1024);
+    assert_eq!(
+        conn.command(&["APPEND", "big", chunk.as_str()]).await,
+        format!(":{}\r\n", chunk.len()).into_bytes()
+    );
+    assert_eq!(
+        conn.command(&["APPEND", "big", chunk.as_str()]).await,
+        b"-ERR string exceeds maximum allowed size\r\n"
+    );
+    assert_eq!(
+        conn.command(&["APPEND", "big", chunk.as_str()]).await,
+        b"-ERR string exceeds maximum allowed size\r\n"
+    );
+    assert_eq!(
+        conn.command(&["STRLEN", "big"]).await,
+        format!(":{}\r\n", chunk.len()).into_bytes(),
+        "a refused append changes nothing"
+    );
+    // Enough further entries for every node to build a snapshot holding the value.
+    for i in 0..30 {
+        assert_eq!(
+            conn.command(&["SET", &format!("k{i}"), "v"]).await,
+            b"+OK\r\n"
+        );
+    }
+    for i in 0..cluster.len() {
+        wait_until(
+            MARGIN * 4,
+            &format!("node {i} builds a snapshot after the appends"),
+            || async {
+                std::fs::read_to_string(cluster.node(i).log_path())
+                    .is_ok_and(|log| log.contains("built snapshot"))
+            },
+        )
+        .await;
+    }
+    for i in 0..cluster.len() {
+        assert!(cluster.node(i).is_running(), "node {i} is still running");
+        let status = cluster.status(i).await.expect("status");
+        assert_eq!(status.keys, 31, "node {i}: {status:?}");
+        let mut reader = RawResp::connect(&resp_address(&cluster, i)).await;
+        assert_eq!(
+            reader.command(&["STRLEN", "big"]).await,
+            format!(":{}\r\n", chunk.len()).into_bytes()
+        );
+    }
+}

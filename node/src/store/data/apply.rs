@@ -1,6 +1,11 @@
 //! Applying one batch to the keyspace. A batch is atomic: its ops run against a staged overlay
 //! of the keys they touch — later ops see what earlier ones wrote — and the overlay is committed
 //! only when every op succeeded, so a refused batch changes nothing.
+//!
+//! An op whose result would be longer than the limit stamped on the entry is refused, whatever
+//! made it long (a put, an append, an increment), so every replica refuses the same ops. Appends
+//! to a stored value are staged as the suffix alone and committed by growing the stored value
+//! (see `store::keyspace`), never by copying the whole value.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -20,7 +25,14 @@ use crate::store::data::live;
 use crate::store::integer::parse_i64;
 use crate::store::keyspace::Keyspace;
 
-pub(super) fn run_batch(keyspace: &mut Keyspace, batch: &Batch, now_ms: u64) -> Outcome {
+/// Runs `batch` at cluster time `now_ms`; `max_value_bytes` is the entry's value limit (0 for
+/// none).
+pub(super) fn run_batch(
+    keyspace: &mut Keyspace,
+    batch: &Batch,
+    now_ms: u64,
+    max_value_bytes: u64,
+) -> Outcome {
     let succeeded = batch.compares.iter().all(|c| holds(keyspace, c, now_ms));
     let ops = if succeeded {
         &batch.ops
@@ -30,6 +42,10 @@ pub(super) fn run_batch(keyspace: &mut Keyspace, batch: &Batch, now_ms: u64) -> 
     let mut overlay = Overlay {
         keyspace,
         now_ms,
+        max_value_bytes: match usize::try_from(max_value_bytes) {
+            Ok(0) | Err(_) => usize::MAX,
+            Ok(max) => max,
+        },
         staged: BTreeMap::new(),
         cleared: false,
     };
@@ -55,6 +71,12 @@ pub(super) fn run_batch(keyspace: &mut Keyspace, batch: &Batch, now_ms: u64) -> 
             }
             Staged::Stored { expires_at_ms } => {
                 keyspace.set_expiry(key, expires_at_ms);
+            }
+            Staged::Extended {
+                suffix,
+                expires_at_ms,
+            } => {
+                keyspace.append(key, &suffix, expires_at_ms);
             }
             Staged::Written {
                 value,
@@ -87,6 +109,9 @@ enum Staged<'c> {
     Absent,
     /// The stored, unexpired value, possibly with a new expiry.
     Stored { expires_at_ms: u64 },
+    /// The stored, unexpired value followed by `suffix` (what appends of the batch added),
+    /// possibly with a new expiry.
+    Extended { suffix: Vec<u8>, expires_at_ms: u64 },
     /// A value written by an earlier op of the batch.
     Written {
         value: Cow<'c, [u8]>,
@@ -94,10 +119,35 @@ enum Staged<'c> {
     },
 }
 
+/// A present key's value as the batch sees it: the stored or written bytes, then what appends
+/// added to a stored value.
+struct Current<'a> {
+    base: &'a [u8],
+    suffix: &'a [u8],
+    expires_at_ms: u64,
+}
+
+impl Current<'_> {
+    fn len(&self) -> usize {
+        self.base.len() + self.suffix.len()
+    }
+
+    /// The whole value; a copy only when appends added to a stored value.
+    fn value(&self) -> Cow<'_, [u8]> {
+        if self.suffix.is_empty() {
+            Cow::Borrowed(self.base)
+        } else {
+            Cow::Owned([self.base, self.suffix].concat())
+        }
+    }
+}
+
 /// The keys a batch touched, staged over the unchanged keyspace until the batch commits.
 struct Overlay<'k, 'c> {
     keyspace: &'k Keyspace,
     now_ms: u64,
+    /// Longest value an op may leave behind.
+    max_value_bytes: usize,
     staged: BTreeMap<&'c [u8], Staged<'c>>,
     /// A clear ran: keys not staged since are absent.
     cleared: bool,
@@ -124,7 +174,15 @@ impl<'c> Overlay<'_, 'c> {
             }
         };
         // None when absent; the expiry (0 = none) when present.
-        let current_expiry = self.current(key).map(|(_, expires_at_ms)| expires_at_ms);
+        let current_expiry = self.current(key).map(|c| c.expires_at_ms);
+        let max_value_bytes = self.max_value_bytes;
+        let fits = |len: usize| {
+            if len > max_value_bytes {
+                Err(Refusal::ValueTooLarge { op: index })
+            } else {
+                Ok(())
+            }
+        };
         let previous = if return_previous {
             self.previous(key)
         } else {
@@ -133,6 +191,7 @@ impl<'c> Overlay<'_, 'c> {
         let mut integer = 0;
         match op {
             Op::Put { value, expiry, .. } => {
+                fits(value.len())?;
                 let expires_at_ms = match *expiry {
                     PutExpiry::At(at_ms) if at_ms <= self.now_ms => None,
                     PutExpiry::At(at_ms) => Some(at_ms),
@@ -155,14 +214,16 @@ impl<'c> Overlay<'_, 'c> {
             Op::Increment { delta, .. } => {
                 let base = match self.current(key) {
                     None => 0,
-                    Some((value, _)) => {
-                        parse_i64(value).ok_or(Refusal::NotAnInteger { op: index })?
+                    Some(current) => {
+                        parse_i64(&current.value()).ok_or(Refusal::NotAnInteger { op: index })?
                     }
                 };
                 integer = base
                     .checked_add(*delta)
                     .ok_or(Refusal::Overflow { op: index })?;
-                let value = Cow::Owned(integer.to_string().into_bytes());
+                let value = integer.to_string().into_bytes();
+                fits(value.len())?;
+                let value = Cow::Owned(value);
                 self.staged.insert(
                     key,
                     Staged::Written {
@@ -172,18 +233,10 @@ impl<'c> Overlay<'_, 'c> {
                 );
             }
             Op::Append { value: suffix, .. } => {
-                let current = self.current(key).map_or(&[][..], |(value, _)| value);
-                let mut value = Vec::with_capacity(current.len() + suffix.len());
-                value.extend_from_slice(current);
-                value.extend_from_slice(suffix);
-                integer = i64::try_from(value.len()).unwrap_or(i64::MAX);
-                self.staged.insert(
-                    key,
-                    Staged::Written {
-                        value: Cow::Owned(value),
-                        expires_at_ms: current_expiry.unwrap_or(0),
-                    },
-                );
+                let len = self.current(key).map_or(0, |c| c.len()) + suffix.len();
+                fits(len)?;
+                integer = i64::try_from(len).unwrap_or(i64::MAX);
+                self.stage_append(key, suffix, current_expiry);
             }
             Op::Expire { at_ms, .. } => match current_expiry {
                 Some(_) if *at_ms > self.now_ms => self.restage_expiry(key, *at_ms),
@@ -213,18 +266,66 @@ impl<'c> Overlay<'_, 'c> {
     }
 
     /// The value and expiry of `key` as the batch sees it, if present.
-    fn current(&self, key: &[u8]) -> Option<(&[u8], u64)> {
+    fn current(&self, key: &[u8]) -> Option<Current<'_>> {
+        let stored = self.keyspace.get(key).map(|e| e.value());
         match self.staged.get(key) {
             Some(Staged::Absent) => None,
-            Some(Staged::Stored { expires_at_ms }) => {
-                self.keyspace.get(key).map(|e| (e.value(), *expires_at_ms))
-            }
+            Some(Staged::Stored { expires_at_ms }) => stored.map(|base| Current {
+                base,
+                suffix: &[],
+                expires_at_ms: *expires_at_ms,
+            }),
+            Some(Staged::Extended {
+                suffix,
+                expires_at_ms,
+            }) => stored.map(|base| Current {
+                base,
+                suffix,
+                expires_at_ms: *expires_at_ms,
+            }),
             Some(Staged::Written {
                 value,
                 expires_at_ms,
-            }) => Some((value, *expires_at_ms)),
+            }) => Some(Current {
+                base: value,
+                suffix: &[],
+                expires_at_ms: *expires_at_ms,
+            }),
             None if self.cleared => None,
-            None => live(self.keyspace, key, self.now_ms).map(|e| (e.value(), e.expires_at_ms())),
+            None => live(self.keyspace, key, self.now_ms).map(|e| Current {
+                base: e.value(),
+                suffix: &[],
+                expires_at_ms: e.expires_at_ms(),
+            }),
+        }
+    }
+
+    /// Stages `suffix` appended to `key`, present with `expiry` or absent (`None`): a stored
+    /// value is extended by the suffix alone, a value written by the batch is rewritten.
+    fn stage_append(&mut self, key: &'c [u8], suffix: &'c [u8], expiry: Option<u64>) {
+        let Some(expires_at_ms) = expiry else {
+            self.staged.insert(
+                key,
+                Staged::Written {
+                    value: Cow::Borrowed(suffix),
+                    expires_at_ms: 0,
+                },
+            );
+            return;
+        };
+        match self.staged.get_mut(key) {
+            Some(Staged::Written { value, .. }) => value.to_mut().extend_from_slice(suffix),
+            Some(Staged::Extended { suffix: staged, .. }) => staged.extend_from_slice(suffix),
+            // Present and not rewritten by the batch: the stored value, maybe re-expired.
+            Some(Staged::Stored { .. } | Staged::Absent) | None => {
+                self.staged.insert(
+                    key,
+                    Staged::Extended {
+                        suffix: suffix.to_vec(),
+                        expires_at_ms,
+                    },
+                );
+            }
         }
     }
 
@@ -233,6 +334,9 @@ impl<'c> Overlay<'_, 'c> {
         match self.staged.get(key) {
             Some(Staged::Absent) => None,
             Some(Staged::Stored { .. }) => self.keyspace.get(key).map(|e| e.value_bytes()),
+            Some(Staged::Extended { .. }) => self
+                .current(key)
+                .map(|c| Bytes::copy_from_slice(&c.value())),
             Some(Staged::Written { value, .. }) => Some(Bytes::copy_from_slice(value)),
             None if self.cleared => None,
             None => live(self.keyspace, key, self.now_ms).map(|e| e.value_bytes()),
@@ -242,7 +346,11 @@ impl<'c> Overlay<'_, 'c> {
     /// Gives `key`, which the caller saw present, a new expiry and keeps its value.
     fn restage_expiry(&mut self, key: &'c [u8], at_ms: u64) {
         match self.staged.get_mut(key) {
-            Some(Staged::Stored { expires_at_ms } | Staged::Written { expires_at_ms, .. }) => {
+            Some(
+                Staged::Stored { expires_at_ms }
+                | Staged::Extended { expires_at_ms, .. }
+                | Staged::Written { expires_at_ms, .. },
+            ) => {
                 *expires_at_ms = at_ms;
             }
             Some(Staged::Absent) => {}
@@ -474,6 +582,73 @@ mod tests {
             [result(true, Some("ab"), 5)]
         );
         assert_eq!(r.value("a", 1), Some(("abcde".to_owned(), 50)));
+    }
+
+    #[test]
+    fn an_op_whose_result_is_longer_than_the_stamped_limit_is_refused() {
+        let append = |v: &str| Op::Append {
+            key: key("a"),
+            value: key(v),
+        };
+        let mut r = Replica::new();
+        r.max_value_bytes = 5;
+        r.apply(1, ops(vec![put("a", "")]));
+        assert_eq!(
+            r.results(1, ops(vec![append("abc"), append("de")])),
+            [result(true, None, 3), result(true, None, 5)]
+        );
+        for batch in [
+            vec![append("f")],
+            vec![put("b", "1"), append("f")],
+            vec![put("a", "123456")],
+            vec![Op::Delete { key: key("a") }, append("12"), append("3456")],
+        ] {
+            let refused = batch.len() - 1;
+            assert_eq!(
+                r.apply(2, ops(batch)),
+                Outcome::Refused(Refusal::ValueTooLarge { op: refused }),
+            );
+        }
+        assert_eq!(r.value("a", 2), Some(("abcde".to_owned(), 0)));
+        assert_eq!(r.value("b", 2), None, "a refused batch changes nothing");
+
+        r.max_value_bytes = 0;
+        r.apply(3, ops(vec![append("fgh")]));
+        assert_eq!(
+            r.value("a", 3),
+            Some(("abcdefgh".to_owned(), 0)),
+            "entries without a limit apply as before"
+        );
+    }
+
+    #[test]
+    fn appends_in_one_batch_see_each_other_and_keep_expiries() {
+        let append = |v: &str| Op::Append {
+            key: key("a"),
+            value: key(v),
+        };
+        let mut r = Replica::new();
+        r.apply(1, ops(vec![put_with("a", "x", PutExpiry::At(90))]));
+        let results = r.results(
+            1,
+            with_previous(vec![
+                append("y"),
+                Op::Expire {
+                    key: key("a"),
+                    at_ms: 80,
+                },
+                append("z"),
+            ]),
+        );
+        assert_eq!(
+            results,
+            [
+                result(true, Some("x"), 2),
+                result(true, Some("xy"), 0),
+                result(true, Some("xy"), 3)
+            ]
+        );
+        assert_eq!(r.value("a", 1), Some(("xyz".to_owned(), 80)));
     }
 
     #[test]

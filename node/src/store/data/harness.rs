@@ -54,6 +54,8 @@ pub(super) fn with_previous(ops: Vec<Op>) -> Batch {
 pub(super) struct Replica {
     pub(super) data: StateData,
     pub(super) index: u64,
+    /// The value limit stamped on every entry; 0 for none.
+    pub(super) max_value_bytes: u64,
 }
 
 impl Replica {
@@ -61,6 +63,7 @@ impl Replica {
         Replica {
             data: StateData::default(),
             index: 0,
+            max_value_bytes: 0,
         }
     }
 
@@ -80,6 +83,7 @@ impl Replica {
             stamp_ms,
             write_id,
             batch,
+            max_value_bytes: self.max_value_bytes,
         };
         self.data.apply(self.index, &cmd)
     }

@@ -57,7 +57,8 @@ impl StateData {
                 }
             }
         }
-        let mut outcome = apply::run_batch(&mut self.keyspace, &cmd.batch, now_ms);
+        let mut outcome =
+            apply::run_batch(&mut self.keyspace, &cmd.batch, now_ms, cmd.max_value_bytes);
         if let Outcome::Applied(applied) = &mut outcome {
             applied.index = log_index;
         }
