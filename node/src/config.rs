@@ -119,6 +119,17 @@ pub struct NodeConfig {
     #[arg(long, env = "KVS_RESP_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
     pub resp_idle_timeout_ms: u64,
 
+    /// A RESP request must arrive in full within this long of its first byte, or the
+    /// connection is closed.
+    #[arg(long, env = "KVS_RESP_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
+    pub resp_request_timeout_ms: u64,
+
+    /// Most bytes of replies one RESP connection may have pending (Redis's client output
+    /// buffer limit); a reply past it is refused and the connection closed. Also the largest
+    /// gRPC reply message.
+    #[arg(long, env = "KVS_MAX_REPLY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_reply_bytes: usize,
+
     /// TESTING ONLY — never in production. Re-read this file every 20 ms and drop all peer
     /// traffic to and from the nodes it names (`block <node-id>` lines), to simulate network
     /// partitions; delay calls to peers (`delay <node-id> <ms> [<jitter-ms>]`); lose a share of
@@ -210,6 +221,19 @@ impl NodeConfig {
             return bad(format!(
                 "--resp-idle-timeout-ms ({}) must be at least 1000",
                 self.resp_idle_timeout_ms
+            ));
+        }
+        if self.resp_request_timeout_ms < 100 {
+            return bad(format!(
+                "--resp-request-timeout-ms ({}) must be at least 100",
+                self.resp_request_timeout_ms
+            ));
+        }
+        // A reply must be able to carry at least one largest value.
+        if self.max_reply_bytes < self.max_value_bytes + 1024 {
+            return bad(format!(
+                "--max-reply-bytes ({}) must exceed --max-value-bytes ({}) by at least 1024",
+                self.max_reply_bytes, self.max_value_bytes
             ));
         }
         Ok(())

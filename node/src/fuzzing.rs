@@ -32,7 +32,7 @@ use crate::raft::peer_proto;
 use crate::replica::kv::command_of;
 use crate::resp::frame::Limits;
 use crate::resp::frame::Parsed;
-use crate::resp::frame::parse_request;
+use crate::resp::frame::RequestParser;
 use crate::store::command::COMMAND_FORMAT;
 use crate::store::command::Command;
 use crate::store::data::StateData;
@@ -56,7 +56,8 @@ const STAMP_MS: u64 = 1_700_000_000_000;
 /// one is incomplete or the bytes are refused.
 pub fn resp_requests(data: &[u8]) {
     let mut rest = data;
-    while let Ok(Parsed::Request { len, .. }) = parse_request(rest, &RESP_LIMITS) {
+    let mut parser = RequestParser::new(RESP_LIMITS);
+    while let Ok(Parsed::Request { len, .. }) = parser.parse(rest) {
         assert!(
             (1..=rest.len()).contains(&len),
             "a request of {len} bytes out of {}",

@@ -84,6 +84,8 @@ pub struct ClusterOptions {
     pub resp: bool,
     /// `--resp-allow-flush`.
     pub resp_allow_flush: bool,
+    /// `--resp-request-timeout-ms`; the node's default when `None`.
+    pub resp_request_timeout: Option<Duration>,
     /// Keep each node's state in a data directory of its own (`--data-dir`) instead of
     /// `--in-memory`, so a restarted node is the same member with the same data.
     pub durable: bool,
@@ -109,6 +111,7 @@ impl Default for ClusterOptions {
             separate_peer_port: false,
             resp: false,
             resp_allow_flush: false,
+            resp_request_timeout: None,
             durable: false,
             snapshot_every: None,
             quota_bytes: None,
@@ -177,6 +180,10 @@ impl ClusterOptions {
             ),
             ("--quota-bytes", self.quota_bytes.map(|n| n.to_string())),
             ("--shutdown-grace-ms", self.shutdown_grace.map(ms)),
+            (
+                "--resp-request-timeout-ms",
+                self.resp_request_timeout.map(ms),
+            ),
         ];
         for (flag, value) in optional {
             if let Some(value) = value {

@@ -1,11 +1,12 @@
 //! The RESP2 wire format: requests in (multibulk `*N\r\n$L\r\n...` or a Redis "inline" line
 //! such as `SET k v\r\n` typed into telnet), replies out.
 //!
-//! [`parse_request`] never blocks and never buffers on its own: it looks at the bytes received so
+//! [`RequestParser`] never blocks and never buffers on its own: it looks at the bytes received so
 //! far and answers "a complete request of this many bytes", "not complete yet", or a
-//! [`ProtocolError`]. Every size a client declares is checked against [`Limits`] *before*
-//! anything waits for or allocates those bytes, so a client can make the connection hold at most
-//! one bounded request. Protocol errors use Redis's own wording where Redis has one; the
+//! [`ProtocolError`]. It remembers how far it got, so bytes arriving one read at a time are each
+//! examined once: the work for a request is linear in its size however it is split. Every size a
+//! client declares is checked against [`Limits`] *before* anything waits for or allocates those
+//! bytes, so a client can make the connection hold at most one bounded request. Protocol errors use Redis's own wording where Redis has one; the
 //! connection answers `-ERR Protocol error: ...` and closes, as Redis does.
 
 use std::fmt;
@@ -78,37 +79,229 @@ pub(crate) enum Parsed {
     Incomplete,
 }
 
-/// Parses the request at the front of `buf`.
-pub(crate) fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, ProtocolError> {
-    match buf.first() {
-        None => Ok(Parsed::Incomplete),
-        Some(b'*') => parse_multibulk(buf, limits),
-        Some(_) => parse_inline(buf, limits),
-    }
+/// The parser of one connection's requests. It keeps how far the request at the front of the
+/// buffer was examined across reads — the line end searched for so far, the arguments already
+/// complete, the length of the bulk being received — so each byte is examined once however the
+/// request is split, and a request trickled in byte by byte costs what it costs in one read.
+pub(crate) struct RequestParser {
+    limits: Limits,
+    progress: Progress,
+    /// Bytes examined since the parser was made: what tests check the work by.
+    #[cfg(test)]
+    examined: usize,
 }
 
-fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Parsed, ProtocolError> {
-    let Some(newline) = buf.iter().position(|&b| b == b'\n') else {
-        return if buf.len() > limits.max_inline {
-            Err(ProtocolError::TooBigInline)
-        } else {
-            Ok(Parsed::Incomplete)
+/// How far the request at the front of the buffer was parsed.
+enum Progress {
+    /// Its first line (inline request or `*N`) was searched `scanned` bytes for its end.
+    FirstLine { scanned: usize },
+    /// A multibulk request with `remaining` arguments to come; the complete ones lie at
+    /// `args`; the next `$N` line (or, once `bulk` is known, bulk) starts at `at`, and a `$N`
+    /// line was searched `scanned` bytes for its end.
+    Multibulk {
+        remaining: usize,
+        args: Vec<(usize, usize)>,
+        at: usize,
+        bulk: Option<usize>,
+        scanned: usize,
+    },
+}
+
+const START: Progress = Progress::FirstLine { scanned: 0 };
+
+impl RequestParser {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            progress: START,
+            #[cfg(test)]
+            examined: 0,
+        }
+    }
+
+    /// Parses the request at the front of `buf`, which holds what an earlier call saw (the
+    /// caller removes a request's bytes only after it was returned) and perhaps more.
+    pub(crate) fn parse(&mut self, buf: &[u8]) -> Result<Parsed, ProtocolError> {
+        let parsed = self.advance(buf);
+        if !matches!(parsed, Ok(Parsed::Incomplete)) {
+            self.progress = START;
+        }
+        parsed
+    }
+
+    fn advance(&mut self, buf: &[u8]) -> Result<Parsed, ProtocolError> {
+        let limits = self.limits;
+        if let Progress::FirstLine { scanned } = self.progress {
+            match buf.first() {
+                None => return Ok(Parsed::Incomplete),
+                Some(b'*') => {
+                    let Some(cr) =
+                        self.line_end(buf, 0, scanned, ProtocolError::TooBigMultibulkCount)?
+                    else {
+                        return Ok(Parsed::Incomplete);
+                    };
+                    let remaining = match parse_i64(&buf[1..cr]) {
+                        Some(n) if n <= 0 => {
+                            return Ok(Parsed::Request {
+                                args: vec![],
+                                len: cr + 2,
+                            });
+                        }
+                        Some(n) if (n as u64) <= limits.max_args as u64 => n as usize,
+                        _ => return Err(ProtocolError::InvalidMultibulkLength),
+                    };
+                    self.progress = Progress::Multibulk {
+                        remaining,
+                        args: Vec::new(),
+                        at: cr + 2,
+                        bulk: None,
+                        scanned: 0,
+                    };
+                }
+                Some(_) => return self.inline(buf, scanned),
+            }
+        }
+        self.multibulk(buf)
+    }
+
+    fn inline(&mut self, buf: &[u8], scanned: usize) -> Result<Parsed, ProtocolError> {
+        let limits = self.limits;
+        self.count_examined(buf.len() - scanned);
+        let Some(newline) = buf[scanned..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| scanned + i)
+        else {
+            self.progress = Progress::FirstLine { scanned: buf.len() };
+            return if buf.len() > limits.max_inline {
+                Err(ProtocolError::TooBigInline)
+            } else {
+                Ok(Parsed::Incomplete)
+            };
         };
-    };
-    if newline > limits.max_inline {
-        return Err(ProtocolError::TooBigInline);
+        if newline > limits.max_inline {
+            return Err(ProtocolError::TooBigInline);
+        }
+        let line = buf[..newline]
+            .strip_suffix(b"\r")
+            .unwrap_or(&buf[..newline]);
+        let args = split_inline(line)?;
+        if args.len() > limits.max_args {
+            return Err(ProtocolError::InvalidMultibulkLength);
+        }
+        Ok(Parsed::Request {
+            args,
+            len: newline + 1,
+        })
     }
-    let line = buf[..newline]
-        .strip_suffix(b"\r")
-        .unwrap_or(&buf[..newline]);
-    let args = split_inline(line)?;
-    if args.len() > limits.max_args {
-        return Err(ProtocolError::InvalidMultibulkLength);
+
+    /// Goes on with a multibulk request from where the last call stopped.
+    fn multibulk(&mut self, buf: &[u8]) -> Result<Parsed, ProtocolError> {
+        let limits = self.limits;
+        loop {
+            let Progress::Multibulk {
+                remaining,
+                args,
+                at,
+                bulk,
+                scanned,
+            } = &mut self.progress
+            else {
+                unreachable!("called for a multibulk request only")
+            };
+            if *remaining == 0 {
+                // No argument is copied until every one of them is here.
+                let args = args
+                    .iter()
+                    .map(|&(start, end)| Bytes::copy_from_slice(&buf[start..end]))
+                    .collect();
+                return Ok(Parsed::Request { args, len: *at });
+            }
+            let Some(len) = *bulk else {
+                match buf.get(*at) {
+                    None => return Ok(Parsed::Incomplete),
+                    Some(b'$') => {}
+                    Some(&other) => return Err(ProtocolError::ExpectedDollar(other)),
+                }
+                let (line_start, searched) = (*at, *scanned);
+                let Some(cr) =
+                    self.line_end(buf, line_start, searched, ProtocolError::TooBigBulkCount)?
+                else {
+                    return Ok(Parsed::Incomplete);
+                };
+                let len = match parse_i64(&buf[line_start + 1..cr]) {
+                    Some(n) if n >= 0 && (n as u64) <= limits.max_bulk as u64 => n as usize,
+                    _ => return Err(ProtocolError::InvalidBulkLength),
+                };
+                if cr + 2 + len + 2 > limits.max_request {
+                    return Err(ProtocolError::RequestTooLarge(limits.max_request));
+                }
+                if let Progress::Multibulk {
+                    at, bulk, scanned, ..
+                } = &mut self.progress
+                {
+                    *at = cr + 2;
+                    *bulk = Some(len);
+                    *scanned = 0;
+                }
+                continue;
+            };
+            let end = *at + len;
+            match buf.get(end..end + 2) {
+                None => return Ok(Parsed::Incomplete),
+                Some(b"\r\n") => {}
+                Some(_) => return Err(ProtocolError::ExpectedCrlf),
+            }
+            args.push((*at, end));
+            *at = end + 2;
+            *bulk = None;
+            *remaining -= 1;
+        }
     }
-    Ok(Parsed::Request {
-        args,
-        len: newline + 1,
-    })
+
+    /// Finds the `\r\n` ending the line that starts at `start`, whose first `scanned` bytes
+    /// were searched before: `None` while it has not arrived (then remembers how far it
+    /// searched), else where its `\r` is. A line longer than the inline limit is `too_big`.
+    fn line_end(
+        &mut self,
+        buf: &[u8],
+        start: usize,
+        scanned: usize,
+        too_big: ProtocolError,
+    ) -> Result<Option<usize>, ProtocolError> {
+        let rest = &buf[start..];
+        // A `\r` that ended the last read may be followed by the `\n` of this one.
+        let from = scanned.saturating_sub(1);
+        self.count_examined(rest.len() - from);
+        let Some(cr) = rest[from..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|i| from + i)
+        else {
+            match &mut self.progress {
+                Progress::FirstLine { scanned } | Progress::Multibulk { scanned, .. } => {
+                    *scanned = rest.len();
+                }
+            }
+            return if rest.len() > self.limits.max_inline {
+                Err(too_big)
+            } else {
+                Ok(None)
+            };
+        };
+        if cr > self.limits.max_inline {
+            return Err(too_big);
+        }
+        Ok(Some(start + cr))
+    }
+
+    #[cfg(test)]
+    fn count_examined(&mut self, bytes: usize) {
+        self.examined += bytes;
+    }
+
+    #[cfg(not(test))]
+    fn count_examined(&mut self, _bytes: usize) {}
 }
 
 /// Splits an inline line into arguments as Redis's `sdssplitargs` does: blanks separate,
@@ -177,77 +370,6 @@ fn split_inline(line: &[u8]) -> Result<Args, ProtocolError> {
     }
 }
 
-fn parse_multibulk(buf: &[u8], limits: &Limits) -> Result<Parsed, ProtocolError> {
-    let Some((count, mut pos)) = header(buf, 0, limits, ProtocolError::TooBigMultibulkCount)?
-    else {
-        return Ok(Parsed::Incomplete);
-    };
-    let count = match count {
-        Some(n) if n <= 0 => {
-            return Ok(Parsed::Request {
-                args: vec![],
-                len: pos,
-            });
-        }
-        Some(n) if (n as u64) <= limits.max_args as u64 => n as usize,
-        _ => return Err(ProtocolError::InvalidMultibulkLength),
-    };
-    // First check that the whole request is here, so no allocation happens before that.
-    let mut bulks = Vec::with_capacity(0);
-    for _ in 0..count {
-        match buf.get(pos) {
-            None => return Ok(Parsed::Incomplete),
-            Some(b'$') => {}
-            Some(&other) => return Err(ProtocolError::ExpectedDollar(other)),
-        }
-        let Some((len, start)) = header(buf, pos, limits, ProtocolError::TooBigBulkCount)? else {
-            return Ok(Parsed::Incomplete);
-        };
-        let len = match len {
-            Some(n) if n >= 0 && (n as u64) <= limits.max_bulk as u64 => n as usize,
-            _ => return Err(ProtocolError::InvalidBulkLength),
-        };
-        let end = start + len;
-        if end + 2 > limits.max_request {
-            return Err(ProtocolError::RequestTooLarge(limits.max_request));
-        }
-        match buf.get(end..end + 2) {
-            None => return Ok(Parsed::Incomplete),
-            Some(b"\r\n") => {}
-            Some(_) => return Err(ProtocolError::ExpectedCrlf),
-        }
-        bulks.push((start, end));
-        pos = end + 2;
-    }
-    let args = bulks
-        .into_iter()
-        .map(|(start, end)| Bytes::copy_from_slice(&buf[start..end]))
-        .collect();
-    Ok(Parsed::Request { args, len: pos })
-}
-
-/// Reads the `*N` or `$N` header line at `at`: `None` while it is incomplete, else its number
-/// (`None` when not a number) and where the next line starts.
-fn header(
-    buf: &[u8],
-    at: usize,
-    limits: &Limits,
-    too_big: ProtocolError,
-) -> Result<Option<(Option<i64>, usize)>, ProtocolError> {
-    let rest = &buf[at..];
-    let Some(cr) = rest.windows(2).position(|w| w == b"\r\n") else {
-        return if rest.len() > limits.max_inline {
-            Err(too_big)
-        } else {
-            Ok(None)
-        };
-    };
-    if cr > limits.max_inline {
-        return Err(too_big);
-    }
-    Ok(Some((parse_i64(&rest[1..cr]), at + cr + 2)))
-}
-
 /// A reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Frame {
@@ -273,6 +395,27 @@ impl Frame {
     /// A bulk string or a null, for an optional value.
     pub(crate) fn optional(value: Option<Bytes>) -> Frame {
         value.map_or(Frame::Null, Frame::Bulk)
+    }
+
+    /// The length of the RESP2 encoding, computed without encoding: a reply is measured
+    /// against the connection's reply limit before it is copied into the output.
+    pub(crate) fn encoded_len(&self) -> usize {
+        let number = |n: i64| {
+            n.unsigned_abs()
+                .checked_ilog10()
+                .map_or(1, |d| d as usize + 1)
+                + usize::from(n < 0)
+        };
+        match self {
+            Frame::Simple(text) => 3 + text.len(),
+            Frame::Error(text) => 3 + text.len(),
+            Frame::Integer(n) => 3 + number(*n),
+            Frame::Bulk(bytes) => 5 + number(bytes.len() as i64) + bytes.len(),
+            Frame::Null => 5,
+            Frame::Array(items) => {
+                3 + number(items.len() as i64) + items.iter().map(Frame::encoded_len).sum::<usize>()
+            }
+        }
     }
 
     /// Appends the RESP2 encoding. An error's text cannot hold a line break (it would end the
@@ -342,7 +485,36 @@ mod tests {
     }
 
     fn parse(buf: &[u8]) -> Result<Parsed, ProtocolError> {
-        parse_request(buf, &LIMITS)
+        RequestParser::new(LIMITS).parse(buf)
+    }
+
+    /// Feeds `bytes` to one parser `step` bytes at a time, as reads would deliver them, and
+    /// returns the requests it found (empty ones skipped), the error that ended it if any, and
+    /// the bytes it examined.
+    fn trickle(
+        bytes: &[u8],
+        step: usize,
+        limits: Limits,
+    ) -> (Vec<Args>, Option<ProtocolError>, usize) {
+        let mut parser = RequestParser::new(limits);
+        let mut buf = BytesMut::new();
+        let mut requests = Vec::new();
+        for chunk in bytes.chunks(step) {
+            buf.extend_from_slice(chunk);
+            loop {
+                match parser.parse(&buf) {
+                    Ok(Parsed::Request { args, len }) => {
+                        bytes::Buf::advance(&mut buf, len);
+                        if !args.is_empty() {
+                            requests.push(args);
+                        }
+                    }
+                    Ok(Parsed::Incomplete) => break,
+                    Err(e) => return (requests, Some(e), parser.examined),
+                }
+            }
+        }
+        (requests, None, parser.examined)
     }
 
     fn request(args: &[&str], len: usize) -> Result<Parsed, ProtocolError> {
@@ -368,6 +540,43 @@ mod tests {
         let bytes = multibulk(&[b"SET", b"key", b"a\r\nb"]);
         for cut in 0..bytes.len() {
             assert_eq!(parse(&bytes[..cut]), Ok(Parsed::Incomplete), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn requests_fed_byte_by_byte_parse_as_when_sent_at_once() {
+        let mut bytes = multibulk(&[b"SET", b"key", b"a\r\nb"]);
+        bytes.extend_from_slice(b"PING\r\n*0\r\n  get \"k\\x41\"\n");
+        bytes.extend_from_slice(&multibulk(&[b"", b"x"]));
+        let (whole, error, _) = trickle(&bytes, bytes.len(), LIMITS);
+        assert_eq!(error, None);
+        assert_eq!(whole.len(), 4);
+        for step in 1..8 {
+            let (requests, error, _) = trickle(&bytes, step, LIMITS);
+            assert_eq!((requests, error), (whole.clone(), None), "step {step}");
+        }
+    }
+
+    #[test]
+    fn the_work_for_a_trickled_request_is_linear_in_its_size() {
+        let limits = Limits {
+            max_bulk: 1 << 20,
+            max_args: 1 << 16,
+            max_request: 4 << 20,
+            max_inline: 1 << 16,
+        };
+        let big = vec![b'v'; 200_000];
+        let many: Vec<&[u8]> = std::iter::repeat_n(&b"ab"[..], 5_000).collect();
+        let mut inline = vec![b'x'; 60_000];
+        inline.extend_from_slice(b"\r\n");
+        for bytes in [multibulk(&[b"SET", b"k", &big]), multibulk(&many), inline] {
+            let (requests, error, examined) = trickle(&bytes, 1, limits);
+            assert_eq!((requests.len(), error), (1, None));
+            assert!(
+                examined <= 2 * bytes.len(),
+                "{examined} bytes examined for a request of {}",
+                bytes.len()
+            );
         }
     }
 
@@ -455,6 +664,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_reply_is_measured_as_it_encodes() {
+        let frames = [
+            Frame::ok(),
+            Frame::Error("ERR a\r\nb".into()),
+            Frame::Integer(0),
+            Frame::Integer(-10),
+            Frame::Integer(i64::MIN),
+            Frame::Integer(i64::MAX),
+            Frame::bulk(vec![b'x'; 1000]),
+            Frame::Null,
+            Frame::Array(vec![
+                Frame::Array(vec![]),
+                Frame::bulk(""),
+                Frame::Integer(99),
+            ]),
+        ];
+        for frame in frames {
+            let mut out = BytesMut::new();
+            frame.encode(&mut out);
+            assert_eq!(frame.encoded_len(), out.len(), "{frame:?}");
+        }
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
@@ -478,6 +711,16 @@ mod tests {
             bytes.extend_from_slice(&tail);
             let expected: Args = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
             prop_assert_eq!(parse(&bytes), Ok(Parsed::Request { args: expected, len }));
+        }
+
+        #[test]
+        fn splitting_the_bytes_never_changes_what_they_parse_to(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            step in 1usize..20,
+        ) {
+            let (whole, whole_error, _) = trickle(&bytes, bytes.len().max(1), LIMITS);
+            let (split, split_error, _) = trickle(&bytes, step, LIMITS);
+            prop_assert_eq!((split, split_error), (whole, whole_error));
         }
 
         #[test]

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use crate::config::NodeConfig;
 use crate::replica::Replica;
 use crate::resp::command::Session;
+use crate::resp::connection::Bounds;
 use crate::resp::frame::Frame;
 use crate::resp::frame::Limits;
 
@@ -56,8 +57,13 @@ pub(crate) async fn serve(
     replica: Arc<Replica>,
     stop: impl Future<Output = ()>,
 ) {
-    let limits = Limits::of(replica.config());
-    let idle = Duration::from_millis(replica.config().resp_idle_timeout_ms);
+    let config = replica.config();
+    let bounds = Bounds {
+        limits: Limits::of(config),
+        idle: Duration::from_millis(config.resp_idle_timeout_ms),
+        request: Duration::from_millis(config.resp_request_timeout_ms),
+        max_reply_bytes: config.max_reply_bytes,
+    };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     let mut next_id: u64 = 0;
@@ -81,7 +87,7 @@ pub(crate) async fn serve(
                     Ok(slot) => {
                         let session = Session::new(replica.clone(), next_id, peer);
                         connections.spawn(async move {
-                            connection::serve(stream, session, limits, idle).await;
+                            connection::serve(stream, session, bounds).await;
                             drop(slot);
                         });
                     }

@@ -684,3 +684,92 @@ async fn appends_stop_at_the_value_limit_and_snapshots_still_build_on_every_node
         );
     }
 }
+
+/// The most memory the node's process ever held (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_past_the_limit_closes_the_connection_and_memory_stays_bounded() {
+    let cluster = Cluster::start(
+        1,
+        ClusterOptions {
+            resp: true,
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    let address = resp_address(&cluster, 0);
+    let mut conn = RawResp::connect(&address).await;
+    let value = "x".repeat(1024 * 1024);
+    assert_eq!(
+        conn.command(&["SET", "big", value.as_str()]).await,
+        b"+OK\r\n"
+    );
+    // About 2 GiB of reply, eight times the default reply limit.
+    let mut mget = vec!["MGET"];
+    mget.extend(std::iter::repeat_n("big", 2000));
+    conn.send_command(&mget).await;
+    let reply = conn.until_closed().await;
+    let text = String::from_utf8_lossy(&reply[..reply.len().min(300)]).into_owned();
+    assert!(
+        text.starts_with("-ERR reply of ")
+            && text.ends_with("(--max-reply-bytes); closing the connection\r\n"),
+        "{text}"
+    );
+    let peak = peak_rss_kib(cluster.node(0).pid());
+    assert!(peak < 1024 * 1024, "the node held {peak} KiB at its peak");
+    let mut again = RawResp::connect(&address).await;
+    assert_eq!(again.command(&["STRLEN", "big"]).await, b":1048576\r\n");
+    assert_eq!(again.command(&["KEYS", "*"]).await, b"*1\r\n$3\r\nbig\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_client_is_disconnected_after_the_request_timeout() {
+    use tokio::io::AsyncReadExt;
+    const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
+    let cluster = Cluster::start(
+        1,
+        ClusterOptions {
+            resp: true,
+            resp_request_timeout: Some(REQUEST_TIMEOUT),
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    let address = resp_address(&cluster, 0);
+    let mut conn = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    // One byte every 100 ms: far more often than the idle timeout, and the request would take
+    // many request timeouts to arrive.
+    let request = multibulk(&["SET", "k", &"v".repeat(200)]);
+    let mut closed = false;
+    for byte in &request[..request.len() - 1] {
+        if conn.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => panic!("unexpected reply {:?}", String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+    }
+    assert!(
+        closed,
+        "the connection outlived a request trickled for 20 s"
+    );
+    let mut fresh = RawResp::connect(&address).await;
+    assert_eq!(fresh.command(&["PING"]).await, b"+PONG\r\n");
+}

@@ -100,17 +100,7 @@ pub(super) async fn execute(session: &mut Session, name: &str, args: &[Bytes]) -
             let len = session.read(|data, _| data.len()).await?;
             Ok(Frame::Integer(len as i64))
         }
-        ("keys", [pattern]) => {
-            let keys = session
-                .read(|data, now| data.scan(0, usize::MAX, now).1)
-                .await?;
-            Ok(Frame::Array(
-                keys.into_iter()
-                    .filter(|k| matches(pattern, k))
-                    .map(Frame::Bulk)
-                    .collect(),
-            ))
-        }
+        ("keys", [pattern]) => keys(session, pattern).await,
         ("scan", [cursor, options @ ..]) => scan(session, cursor, options).await,
         ("flushdb" | "flushall", options) => {
             if !matches!(options, [] | [_]) {
@@ -187,6 +177,33 @@ async fn expire(
     Ok(flag(first_result(resp).existed))
 }
 
+/// Keys visited per step of KEYS, between checks of the reply's size.
+const KEYS_STEP: usize = 1024;
+
+/// KEYS: every live key matching `pattern`. The keys are copied from a point-in-time view of
+/// the state (taken under the lock in O(shards)), not under the lock, and collecting stops once
+/// the reply is past the connection's reply limit — which the connection then refuses — so a
+/// huge keyspace costs the node at most one reply limit of memory.
+async fn keys(session: &Session, pattern: &Bytes) -> Result<Frame> {
+    let (view, now) = session.read(|data, now| (data.clone(), now)).await?;
+    let max = session.replica.config().max_reply_bytes;
+    let mut keys = Vec::new();
+    let mut size = 0usize;
+    let mut cursor = 0;
+    loop {
+        let (next, step) = view.scan(cursor, KEYS_STEP, now, |k| matches(pattern, k));
+        for key in step {
+            let key = Frame::Bulk(key);
+            size += key.encoded_len();
+            keys.push(key);
+        }
+        if next == 0 || size > max {
+            return Ok(Frame::Array(keys));
+        }
+        cursor = next;
+    }
+}
+
 async fn scan(session: &Session, cursor: &Bytes, options: &[Bytes]) -> Result<Frame> {
     let cursor = std::str::from_utf8(cursor)
         .ok()
@@ -212,9 +229,9 @@ async fn scan(session: &Session, cursor: &Bytes, options: &[Bytes]) -> Result<Fr
             _ => return Err(syntax_error()),
         }
     }
-    let (next, keys) = session
-        .read(|data, now| data.scan(cursor, count, now))
-        .await?;
+    // As in Redis, COUNT is the work of one step; MATCH and TYPE filter what it found.
+    let (view, now) = session.read(|data, now| (data.clone(), now)).await?;
+    let (next, keys) = view.scan(cursor, count, now, |_| true);
     let keys = keys
         .into_iter()
         .filter(|k| only_strings && pattern.is_none_or(|p| matches(p, k)))

@@ -101,10 +101,18 @@ impl StateData {
         self.keyspace.len()
     }
 
-    /// One step of a SCAN over the keys live at `now_ms`: see [`Keyspace::scan`].
-    pub(crate) fn scan(&self, cursor: u64, count: usize, now_ms: u64) -> (u64, Vec<Bytes>) {
-        self.keyspace
-            .scan(cursor, count, |e| !is_expired(e.expires_at_ms(), now_ms))
+    /// One step of a SCAN over the keys live at `now_ms` that `keep` accepts: see
+    /// [`Keyspace::scan`].
+    pub(crate) fn scan(
+        &self,
+        cursor: u64,
+        count: usize,
+        now_ms: u64,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> (u64, Vec<Bytes>) {
+        self.keyspace.scan(cursor, count, |e| {
+            !is_expired(e.expires_at_ms(), now_ms) && keep(e.key())
+        })
     }
 }
 
@@ -232,8 +240,12 @@ mod tests {
                 put_with("dying", "1", PutExpiry::At(5)),
             ]),
         );
-        assert_eq!(r.data.scan(0, 10, 4).1.len(), 2);
-        assert_eq!(r.data.scan(0, 10, 5), (0, vec![key("live")]));
+        assert_eq!(r.data.scan(0, 10, 4, |_| true).1.len(), 2);
+        assert_eq!(r.data.scan(0, 10, 5, |_| true), (0, vec![key("live")]));
+        assert_eq!(
+            r.data.scan(0, 10, 4, |k| k == b"dying"),
+            (0, vec![key("dying")])
+        );
         assert_eq!(r.data.bytes_used(), 11);
     }
 }
