@@ -8,12 +8,14 @@
 # Systems, each on 127.0.0.1:
 #   kvs        3 kvs nodes (`kvs-node demo`), log fsynced before every acknowledgement, over gRPC
 #   kvs-resp   the same cluster through its RESP ports (clients sweep only)
-#   etcd       3 etcd members (Debian's etcd-server), WAL fsynced before every acknowledgement
+#   etcd       3 etcd members (Debian's etcd-server), WAL fsynced before every acknowledgement,
+#              run with the flags its operations guide gives (lib.sh, ETCD_FLAGS)
 #   redis      one redis-server, no persistence, no replication: the single-node ceiling
 # Every point is a kvs-bench run of S seconds (default 5), all writes (PUT) then all
 # linearizable reads (GET), spread over all members. gRPC clients share min(clients, 8)
 # HTTP/2 connections; RESP clients get a connection each, as redis-benchmark's do. Reads find
-# values: each key space is loaded (kvs-bench --load) before it is measured.
+# values: each key space is loaded (kvs-bench --load) before it is measured, and etcd's members
+# are restarted after each load (lib.sh, restart_etcd).
 #   clients     1, 4, 16, 64, 256      256-byte values, 100k keys
 #   value size  16 B, 256 B, 4 KiB, 64 KiB   64 clients, 1,000 keys
 #   keys        10k, 100k, 1M (up to --max-keys)   64 clients, 256-byte values
@@ -45,7 +47,7 @@ cargo build --release -p kvs-node -p kvs-client -p kvs-tests --bins >&2
 PLOT=target/release/kvs-bench-plot
 
 read -r pid _ KVS_GRPC KVS_RESP < <(start_kvs durable); PIDS+=("$pid")
-read -r pids ETCD_GRPC < <(start_etcd); IFS=, read -r -a etcd_pids <<<"$pids"; PIDS+=("${etcd_pids[@]}")
+read -r ETCD_PIDS ETCD_GRPC < <(start_etcd); IFS=, read -r -a etcd_pids <<<"$ETCD_PIDS"; PIDS+=("${etcd_pids[@]}")
 read -r pid port < <(start_redis); PIDS+=("$pid"); REDIS="127.0.0.1:$port"
 for started in "$KVS_GRPC" "$KVS_RESP" "$ETCD_GRPC" "$REDIS"; do
     [ -n "$started" ] || { echo "a system did not start; see the messages above" >&2; exit 1; }
@@ -66,7 +68,8 @@ conns_for() {
     esac
 }
 
-# Writes every key of the key space once with values of the given size, in every system.
+# Writes every key of the key space once with values of the given size, in every system; then
+# restarts etcd's members.
 load() {
     local keys=$1 value_size=$2 system
     for system in kvs etcd redis; do
@@ -78,6 +81,8 @@ import json, sys
 r = json.load(sys.stdin)
 print("  loaded {ops} keys of {value_size} B into {target} in {seconds:.1f} s ({errors} errors)".format(**r))' >&2
     done
+    ETCD_PIDS=$(restart_etcd "$ETCD_PIDS" "$ETCD_GRPC")
+    IFS=, read -r -a etcd_pids <<<"$ETCD_PIDS"; PIDS+=("${etcd_pids[@]}")
 }
 
 # One point of a sweep: every system, PUT then GET, --rounds times; appends kvs-bench's JSON

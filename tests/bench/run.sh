@@ -8,14 +8,19 @@
 # Systems, each on 127.0.0.1:
 #   kvs-durable   3 kvs nodes (`kvs-node demo`), log fsynced before every acknowledgement
 #   kvs-memory    3 kvs nodes, `demo --in-memory` (replicated, nothing on disk)
-#   etcd          3 etcd members (Debian's etcd-server), WAL fsynced before every acknowledgement
+#   etcd          3 etcd members (Debian's etcd-server), WAL fsynced before every acknowledgement,
+#                 run with the flags its operations guide gives (lib.sh, ETCD_FLAGS)
 #   redis         one redis-server, no persistence, no replication
 # gRPC (kvs-bench): 64 clients over 8 connections spread over all three members, 256-byte
-# values, 100k keys, each key written once first (`kvs-bench --load`): all writes, then all linearizable reads. RESP (redis-benchmark): -t set,get,
-# 64 clients, against the kvs leader and redis-server. Rounds alternate the systems; tables show
-# medians over rounds; gRPC rows also show the servers' CPU time per operation (user + system,
-# load generator excluded), steadier than throughput on a shared machine. Then memory: RSS of the kvs leader and of redis-server after loading 1M
-# keys x 256 B.
+# values, 100k keys, each key written once first (`kvs-bench --load`; etcd is restarted after
+# it, see restart_etcd): all writes, then all linearizable reads. RESP (redis-benchmark):
+# -t set,get, 64 clients, against the kvs leader and redis-server. Rounds alternate the systems;
+# tables show medians over rounds; gRPC rows also show the servers' CPU time per operation
+# (user + system, load generator excluded), steadier than throughput on a shared machine.
+# Every peer is also read by a second, independent client in the same round: etcd through the
+# `etcd-client` crate (kvs-bench --target etcd-client), redis-server by kvs-bench beside
+# redis-benchmark; the cross-check table marks a row whose two readings differ by more than 20%.
+# Then memory: RSS of the kvs leader and of redis-server after loading 1M keys x 256 B.
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -50,15 +55,16 @@ cpu_seconds() {
     echo "$ticks $(getconf CLK_TCK)" | awk '{print $1 / $2}'
 }
 
-# One kvs-bench run against the system made of the processes $6 (comma-separated); appends
-# "system test ops/s p50 p99 cpu-us-per-op" to $WORK/results. CPU per operation counts the
-# servers' processes only (not the load generator) and is much steadier than ops/s on a shared box.
-grpc_measure() {
-    local system=$1 target=$2 endpoints=$3 test=$4 ratio=$5 before after
+# One kvs-bench run against the system made of the processes $6 (comma-separated), its clients
+# sharing $7 connections; appends "system test ops/s p50 p99 cpu-us-per-op" to $WORK/results.
+# CPU per operation counts the servers' processes only (not the load generator) and is much
+# steadier than ops/s on a shared box.
+bench_measure() {
+    local system=$1 target=$2 endpoints=$3 test=$4 ratio=$5 conns=$7 before after
     local -a pids
     IFS=, read -r -a pids <<<"$6"
     before=$(cpu_seconds "${pids[@]}")
-    "$BENCH" --target "$target" --endpoints "$endpoints" --clients "$CLIENTS" --conns 8 \
+    "$BENCH" --target "$target" --endpoints "$endpoints" --clients "$CLIENTS" --conns "$conns" \
         --duration "$SECONDS_PER_RUN" --value-size "$VALUE_BYTES" --keys "$KEYSPACE" \
         --read-ratio "$ratio" --json >"$WORK/run.json"
     after=$(cpu_seconds "${pids[@]}")
@@ -93,7 +99,7 @@ read -r pid port endpoints _ < <(start_kvs memory); PIDS+=("$pid"); KVS_MEMORY=$
 KVS_MEMORY_PIDS=$(nodes_of "$pid")
 read -r pids endpoints < <(start_etcd); IFS=, read -r -a etcd_pids <<<"$pids"; PIDS+=("${etcd_pids[@]}"); ETCD_GRPC=$endpoints
 ETCD_PIDS=$pids
-read -r pid port < <(start_redis); PIDS+=("$pid"); REDIS=$port
+read -r pid port < <(start_redis); PIDS+=("$pid"); REDIS=$port; REDIS_PID=$pid
 for started in "$KVS_DURABLE_GRPC" "$KVS_MEMORY_GRPC" "$ETCD_GRPC" "$REDIS"; do
     [ -n "$started" ] || { echo "a system did not start; see the messages above" >&2; exit 1; }
 done
@@ -111,19 +117,33 @@ import json, sys
 r = json.load(sys.stdin)
 print("loaded {ops} keys of {value_size} B into {target} in {seconds:.1f} s ({errors} errors)".format(**r))' >&2
 done
+ETCD_PIDS=$(restart_etcd "$ETCD_PIDS" "$ETCD_GRPC")
+IFS=, read -r -a etcd_pids <<<"$ETCD_PIDS"; PIDS+=("${etcd_pids[@]}")
+echo "restarted etcd's members after the load" >&2
 
 echo "machine: $(machine_note)" >&2
 echo "workload: redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS -d $VALUE_BYTES -r $KEYSPACE; $ROUNDS round(s)" >&2
+# Each of etcd's two clients goes first in every other round, so neither always meets the state
+# the other left.
+etcd_both() {
+    local test=$1 ratio=$2 round=$3 first=etcd second=etcd-client
+    if [ $((round % 2)) = 0 ]; then first=etcd-client; second=etcd; fi
+    bench_measure "grpc:$first" "$first" "$ETCD_GRPC" "$test" "$ratio" "$ETCD_PIDS" 8
+    bench_measure "grpc:$second" "$second" "$ETCD_GRPC" "$test" "$ratio" "$ETCD_PIDS" 8
+}
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
-    grpc_measure grpc:kvs-durable kvs "$KVS_DURABLE_GRPC" PUT 0 "$KVS_DURABLE_PIDS"
-    grpc_measure grpc:etcd etcd "$ETCD_GRPC" PUT 0 "$ETCD_PIDS"
-    grpc_measure grpc:kvs-memory kvs "$KVS_MEMORY_GRPC" PUT 0 "$KVS_MEMORY_PIDS"
-    grpc_measure grpc:kvs-durable kvs "$KVS_DURABLE_GRPC" GET 1 "$KVS_DURABLE_PIDS"
-    grpc_measure grpc:etcd etcd "$ETCD_GRPC" GET 1 "$ETCD_PIDS"
+    bench_measure grpc:kvs-durable kvs "$KVS_DURABLE_GRPC" PUT 0 "$KVS_DURABLE_PIDS" 8
+    etcd_both PUT 0 "$round"
+    bench_measure grpc:kvs-memory kvs "$KVS_MEMORY_GRPC" PUT 0 "$KVS_MEMORY_PIDS" 8
+    bench_measure grpc:kvs-durable kvs "$KVS_DURABLE_GRPC" GET 1 "$KVS_DURABLE_PIDS" 8
+    etcd_both GET 1 "$round"
     measure kvs-durable "$KVS_DURABLE"
     measure kvs-memory "$KVS_MEMORY"
     measure redis "$REDIS"
+    # redis-server through kvs-bench, a connection per client as redis-benchmark has them.
+    bench_measure bench:redis redis "127.0.0.1:$REDIS" SET 0 "$REDIS_PID" "$CLIENTS"
+    bench_measure bench:redis redis "127.0.0.1:$REDIS" GET 1 "$REDIS_PID" "$CLIENTS"
 done
 
 # Memory: fresh systems, so nothing else is stored. RSS of the kvs leader (3 durable nodes,
@@ -200,6 +220,20 @@ def table(title, tests, systems, peer):
     print()
 table("gRPC system", ("PUT", "GET"), ("grpc:kvs-durable", "grpc:kvs-memory", "grpc:etcd"), "grpc:etcd")
 table("RESP system", ("SET", "GET"), ("kvs-durable", "kvs-memory", "redis"), "redis")
+# The same peer read by two clients: kvs-bench, which drives kvs and gives the ratios above, and
+# an independent one. A row whose readings differ by more than 20% is marked: then a client, not
+# the system, sets the number.
+print(f"{'cross-check':<11} {'test':<4} {'kvs-bench':>10} {'second client':>24} {'differ':>7}")
+for peer, second, name, tests in (("grpc:etcd", "grpc:etcd-client", "etcd-client", ("PUT", "GET")),
+                                  ("bench:redis", "redis", "redis-benchmark", ("SET", "GET"))):
+    for test in tests:
+        if (peer, test) not in runs or (second, test) not in runs:
+            continue
+        a, b = med(peer, test, 0), med(second, test, 0)
+        differ = abs(a - b) / b
+        mark = "  <- differ by more than 20%" if differ > 0.20 else ""
+        print(f"{peer.split(':')[-1]:<11} {test:<4} {a:>10.0f} {b:>8.0f} {name:>15} {differ:>6.0%}{mark}")
+print()
 for system, (keys, before, after) in memory.items():
     print(f"memory {system:<12} {keys} keys: RSS {after / 1024:.0f} MiB "
           f"({before / 1024:.0f} MiB empty, {(after - before) * 1024 / max(keys, 1):.0f} B per key)")

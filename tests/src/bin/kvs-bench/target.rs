@@ -1,6 +1,11 @@
 //! The systems kvs-bench drives, each through the API its own users call: kvs and etcd over
 //! gRPC, kvs's RESP port and redis-server over RESP with the `redis` crate. One connection type
 //! runs the same operations on all of them, so only the wire differs between targets.
+//!
+//! etcd can be driven two ways: through the KV subset this program compiles itself, and through
+//! the `etcd-client` crate, the Rust client etcd's users run, with its own protos and channel.
+//! `tests/bench/run.sh` runs both in the same round, so a defect in either client shows as two
+//! readings of one system that disagree.
 
 use std::time::Duration;
 
@@ -30,6 +35,8 @@ pub(crate) enum System {
     Kvs,
     /// etcd through its v3 `etcdserverpb.KV` gRPC API.
     Etcd,
+    /// etcd through the `etcd-client` crate: the same API, another client.
+    EtcdClient,
     /// kvs through its RESP port (`--resp-listen`).
     KvsResp,
     /// redis-server over RESP.
@@ -42,6 +49,7 @@ impl System {
         match self {
             System::Kvs => "kvs",
             System::Etcd => "etcd",
+            System::EtcdClient => "etcd-client",
             System::KvsResp => "kvs-resp",
             System::Redis => "redis",
         }
@@ -58,6 +66,10 @@ pub(crate) enum Conn {
     },
     Etcd {
         kv: etcd::kv_client::KvClient<Channel>,
+        serializable: bool,
+    },
+    EtcdClient {
+        kv: etcd_client::KvClient,
         serializable: bool,
     },
     /// Requests of the clients sharing it go out as they come and replies return in order; each
@@ -96,6 +108,18 @@ impl Conn {
                     },
                 })
             }
+            System::EtcdClient => {
+                let options = etcd_client::ConnectOptions::new()
+                    .with_connect_timeout(CONNECT_TIMEOUT)
+                    .with_timeout(REPLY_TIMEOUT);
+                let client = etcd_client::Client::connect([endpoint], Some(options))
+                    .await
+                    .with_context(|| format!("cannot connect to {endpoint}"))?;
+                Ok(Conn::EtcdClient {
+                    kv: client.kv_client(),
+                    serializable,
+                })
+            }
             System::KvsResp | System::Redis => {
                 let client = redis::Client::open(format!("redis://{endpoint}/"))
                     .with_context(|| format!("endpoint {endpoint}"))?;
@@ -130,6 +154,10 @@ impl Conn {
                 serializable: *serializable,
             },
             Conn::Etcd { kv, serializable } => Conn::Etcd {
+                kv: kv.clone(),
+                serializable: *serializable,
+            },
+            Conn::EtcdClient { kv, serializable } => Conn::EtcdClient {
                 kv: kv.clone(),
                 serializable: *serializable,
             },
@@ -213,6 +241,23 @@ impl Conn {
                         })
                         .collect();
                     kv.txn(etcd::TxnRequest { success }).await?;
+                }
+            },
+            Conn::EtcdClient { kv, serializable } => match op {
+                Op::Get(key) => {
+                    let options =
+                        serializable.then(|| etcd_client::GetOptions::new().with_serializable());
+                    kv.get(key.to_vec(), options).await?;
+                }
+                Op::Put(key, value) => {
+                    kv.put(key.to_vec(), value.to_vec(), None).await?;
+                }
+                Op::PutMany(keys, value) => {
+                    let puts: Vec<_> = keys
+                        .into_iter()
+                        .map(|key| etcd_client::TxnOp::put(key.to_vec(), value.to_vec(), None))
+                        .collect();
+                    kv.txn(etcd_client::Txn::new().and_then(puts)).await?;
                 }
             },
             Conn::Resp(conn) => {
