@@ -69,7 +69,8 @@ pub(crate) enum Conn {
         serializable: bool,
     },
     EtcdClient {
-        kv: etcd_client::KvClient,
+        /// Boxed: the crate's client is several times the size of the other variants.
+        kv: Box<etcd_client::KvClient>,
         serializable: bool,
     },
     /// Requests of the clients sharing it go out as they come and replies return in order; each
@@ -116,7 +117,7 @@ impl Conn {
                     .await
                     .with_context(|| format!("cannot connect to {endpoint}"))?;
                 Ok(Conn::EtcdClient {
-                    kv: client.kv_client(),
+                    kv: Box::new(client.kv_client()),
                     serializable,
                 })
             }
