@@ -43,7 +43,9 @@ done
 # shellcheck source=tests/bench/lib.sh
 source tests/bench/lib.sh
 install_peers
-cargo build --release -p kvs-node -p kvs-client -p kvs-tests --bins >&2
+# The same build as run.sh's: a narrower package set resolves dependencies' features
+# differently and rebuilds most of the workspace in release.
+cargo build --release --bins >&2
 PLOT=target/release/kvs-bench-plot
 
 read -r pid _ KVS_GRPC KVS_RESP < <(start_kvs durable); PIDS+=("$pid")
