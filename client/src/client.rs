@@ -3,10 +3,10 @@
 //! Every method is one logical request with one overall deadline, carried out by the single call
 //! loop in [`Client::call`]: try the current node, and on a failure let `retry` decide whether
 //! to go again and `routing` where. Writes get their `WriteId` before the loop, so every retry
-//! of a write is the same write to the cluster and is applied at most once.
+//! of a write is the same write to the cluster and is applied at most once; clones share one
+//! [`WriteSession`], which keeps the cluster remembering every write still in flight.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use crate::proto::cluster_client::ClusterClient;
 use crate::proto::kv_client::KvClient;
 use crate::retry::{Attempts, CallKind, Failure, Next};
 use crate::routing::{Routing, Target};
+use crate::session::{WriteSession, WriteTicket};
 
 /// How long calls may take.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,8 +76,7 @@ pub struct Client {
 struct Inner {
     routing: Routing,
     options: ClientOptions,
-    client_id: u64,
-    last_sequence: AtomicU64,
+    session: Arc<WriteSession>,
 }
 
 /// Where a call may go.
@@ -98,8 +98,7 @@ impl Client {
             inner: Arc::new(Inner {
                 routing,
                 options,
-                client_id: rand::random(),
-                last_sequence: AtomicU64::new(0),
+                session: WriteSession::new(),
             }),
         })
     }
@@ -127,10 +126,11 @@ impl Client {
         value: impl Into<Bytes>,
         ttl: Option<Duration>,
     ) -> Result<()> {
+        let ticket = self.begin_write().await?;
         let request = proto::PutRequest {
             key: key.into(),
             value: value.into(),
-            write_id: Some(self.next_write_id()),
+            write_id: Some(ticket.write_id()),
             ttl_ms: ttl.map(kv::ttl_ms),
             return_previous: false,
         };
@@ -143,9 +143,10 @@ impl Client {
 
     /// Deletes `key`; true when it existed.
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool> {
+        let ticket = self.begin_write().await?;
         let request = proto::DeleteRequest {
             key: key.into(),
-            write_id: Some(self.next_write_id()),
+            write_id: Some(ticket.write_id()),
             return_previous: false,
         };
         let response = self
@@ -164,11 +165,12 @@ impl Client {
         expect: Expect,
         action: Action,
     ) -> Result<()> {
+        let ticket = self.begin_write().await?;
         let request = proto::CompareAndSwapRequest {
             key: key.into(),
             expect: Some(expect.into()),
             action: Some(action.into()),
-            write_id: Some(self.next_write_id()),
+            write_id: Some(ticket.write_id()),
         };
         match self
             .call(Route::Failover, CallKind::Write, request, async |ch, r| {
@@ -188,7 +190,8 @@ impl Client {
     /// Runs an atomic conditional batch. The client sets `write_id`; a batch the cluster refused
     /// as a whole is [`Error::BatchRefused`].
     pub async fn batch(&self, mut batch: proto::BatchRequest) -> Result<proto::BatchResponse> {
-        batch.write_id = Some(self.next_write_id());
+        let ticket = self.begin_write().await?;
+        batch.write_id = Some(ticket.write_id());
         let response = self
             .call(Route::Failover, CallKind::Write, batch, async |ch, r| {
                 KvClient::new(ch).batch(r).await
@@ -343,12 +346,20 @@ impl Client {
         .await
     }
 
-    /// The identity of a new logical write; retries of that write reuse it.
-    fn next_write_id(&self) -> proto::WriteId {
-        proto::WriteId {
-            client_id: self.inner.client_id,
-            sequence: self.inner.last_sequence.fetch_add(1, Ordering::Relaxed) + 1,
-        }
+    /// The identity of a new logical write, held until the returned ticket drops; retries of
+    /// that write reuse it. Waits, within the call's timeout, while the client has as many
+    /// writes in flight as the cluster remembers for one client; past the timeout nothing was
+    /// sent.
+    async fn begin_write(&self) -> Result<WriteTicket> {
+        tokio::time::timeout(self.inner.options.timeout, self.inner.session.begin())
+            .await
+            .map_err(|_| Error::Unavailable {
+                message: format!(
+                    "more than {} writes of this client were in flight for the whole timeout",
+                    crate::MAX_IN_FLIGHT
+                ),
+                leader: None,
+            })
     }
 
     /// Makes attempts until one succeeds, the retry rules say stop, or the deadline passes.
@@ -449,12 +460,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_new_write_gets_the_next_sequence() {
+    async fn clones_share_the_sequence_and_the_watermark() {
         let client = Client::connect(vec!["127.0.0.1:1".into()], ClientOptions::default()).unwrap();
-        let first = client.next_write_id();
-        let second = client.clone().next_write_id();
-        assert_eq!(first.client_id, second.client_id);
-        assert_eq!(second.sequence, first.sequence + 1);
+        let first = client.begin_write().await.unwrap();
+        let second = client.clone().begin_write().await.unwrap();
+        assert_eq!(first.write_id().client_id, second.write_id().client_id);
+        assert_eq!(second.write_id().sequence, first.write_id().sequence + 1);
+        assert_eq!(second.write_id().acked_below, first.write_id().sequence);
     }
 
     #[test]

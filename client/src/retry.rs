@@ -8,8 +8,11 @@
 //! be retried on it. DEADLINE_EXCEEDED, UNKNOWN, CANCELLED, ABORTED and transport errors after
 //! sending mean "may have been applied": reads retry them freely, writes retry them too because
 //! they carry a `WriteId` the cluster deduplicates, but once one happened a write that then runs
-//! out of time ends as [`Error::OutcomeUnknown`]. Membership changes carry no `WriteId`, so they
-//! are only retried on UNAVAILABLE. Every other code is a refusal and is returned at once.
+//! out of time ends as [`Error::OutcomeUnknown`]. DATA_LOSS says the cluster no longer remembers
+//! a write's outcome (its session expired, or it is older than the session keeps): that cannot
+//! change on a retry, so it ends the call at once as [`Error::OutcomeUnknown`]. Membership
+//! changes carry no `WriteId`, so they are only retried on UNAVAILABLE. Every other code is a
+//! refusal and is returned at once.
 
 use std::time::Duration;
 
@@ -285,6 +288,16 @@ mod tests {
                     "{kind:?} {code:?}: {err:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_lost_outcome_is_not_retried_and_ends_unknown() {
+        // DATA_LOSS: the cluster no longer remembers the write's outcome (its session expired,
+        // or it is below the watermark); asking again cannot tell more.
+        for kind in [CallKind::Write, CallKind::Read, CallKind::Admin] {
+            let err = stops_with(Attempts::new(kind).record(status(Code::DataLoss)));
+            assert!(err.is_outcome_unknown(), "{kind:?}: {err:?}");
         }
     }
 

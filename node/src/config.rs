@@ -96,6 +96,13 @@ pub struct NodeConfig {
     #[arg(long, env = "KVS_QUOTA_BYTES")]
     pub quota_bytes: Option<u64>,
 
+    /// Client sessions the cluster tracks (what makes a retried write apply once); past it the
+    /// session whose last write is oldest is evicted, and a retry from it is answered "session
+    /// expired, outcome unknown". The leader stamps its value into each write, so every replica
+    /// evicts alike.
+    #[arg(long, env = "KVS_MAX_SESSIONS", default_value_t = 100_000)]
+    pub max_sessions: u64,
+
     /// Snapshot the state machine every N applied entries and purge the log behind it; a
     /// lagging or new member then catches up from the snapshot.
     #[arg(long, env = "KVS_SNAPSHOT_EVERY", default_value_t = 20_000)]
@@ -216,6 +223,9 @@ impl NodeConfig {
                 self.max_batch_bytes,
                 self.max_key_bytes + self.max_value_bytes
             ));
+        }
+        if self.max_sessions == 0 {
+            return bad("--max-sessions must be > 0".into());
         }
         if self.resp_idle_timeout_ms < 1000 {
             return bad(format!(

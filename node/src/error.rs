@@ -43,6 +43,11 @@ pub enum Error {
     /// A write's outcome is unknown for another reason (leader change, lost connection).
     #[error("write outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// The cluster no longer remembers the outcome of this write (its session expired, or it is
+    /// older than its session remembers): it may have been applied, and asking again cannot
+    /// tell, so clients do not retry it.
+    #[error("write outcome unknown: {0}")]
+    OutcomeLost(String),
     /// A key exceeds `--max-key-bytes`.
     #[error("key is {len} bytes, more than the limit of {max} bytes")]
     KeyTooLarge {
@@ -159,6 +164,48 @@ pub enum Refusal {
         /// The oldest sequence still remembered for its client.
         oldest_remembered: u64,
     },
+    /// The client's session was evicted (more clients than `--max-sessions`) and this write is
+    /// not newer than what the session had seen, so it may have been applied before the
+    /// eviction: it is not applied again, and its outcome cannot be told.
+    SessionExpired {
+        /// The write's sequence.
+        sequence: u64,
+    },
+    /// The client has more writes unanswered than a session remembers; nothing was applied.
+    TooManyInFlight {
+        /// The write's sequence.
+        sequence: u64,
+        /// The client's watermark: its lowest sequence not yet answered.
+        acked_below: u64,
+        /// The most sequences a session keeps at or above its watermark.
+        limit: u64,
+    },
+    /// The memory quota (stored data plus sessions) is used up; nothing was applied.
+    QuotaExceeded {
+        /// Approximate bytes used.
+        used: u64,
+        /// The quota.
+        quota: u64,
+    },
+    /// The write was applied at `index`, but its reply carried previous values too large to
+    /// remember, so a retry cannot be answered with it: read the keys instead.
+    ReplyNotKept {
+        /// The log index the write was applied at.
+        index: u64,
+    },
+}
+
+impl Refusal {
+    /// Whether the refusal says the write's outcome can no longer be told (it may have been
+    /// applied), rather than that it was refused and not applied.
+    pub(crate) fn is_outcome_lost(&self) -> bool {
+        matches!(
+            self,
+            Refusal::SequenceTooOld { .. }
+                | Refusal::SessionExpired { .. }
+                | Refusal::ReplyNotKept { .. }
+        )
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -174,6 +221,29 @@ impl fmt::Display for Refusal {
                 f,
                 "write sequence {sequence} is older than the oldest this cluster remembers for \
                  the client ({oldest_remembered}); whether it was applied cannot be told"
+            ),
+            Refusal::SessionExpired { sequence } => write!(
+                f,
+                "session expired, outcome unknown: the cluster evicted this client's session, so \
+                 whether write sequence {sequence} was applied cannot be told"
+            ),
+            Refusal::TooManyInFlight {
+                sequence,
+                acked_below,
+                limit,
+            } => write!(
+                f,
+                "too many writes in flight for this client: sequence {sequence} is {limit} or \
+                 more past its oldest unanswered write ({acked_below})"
+            ),
+            Refusal::QuotaExceeded { used, quota } => write!(
+                f,
+                "memory quota exceeded: {used} of {quota} bytes used; delete keys to free space"
+            ),
+            Refusal::ReplyNotKept { index } => write!(
+                f,
+                "the write was applied at index {index}, but its reply held previous values too \
+                 large to remember; read the keys to learn their state"
             ),
         }
     }

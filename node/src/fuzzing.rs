@@ -259,6 +259,7 @@ mod tests {
                     ..Batch::default()
                 },
                 max_value_bytes: 1024 * 1024,
+                session: crate::store::command::SessionStamp::default(),
             })
     }
 

@@ -93,6 +93,8 @@ pub struct ClusterOptions {
     pub snapshot_every: Option<u64>,
     /// `--quota-bytes`; the node's default when `None`.
     pub quota_bytes: Option<u64>,
+    /// `--max-sessions`; the node's default when `None`.
+    pub max_sessions: Option<u64>,
     /// Run every node with `--fault-control-file` (testing only), so that
     /// [`Cluster::partition`] can cut peer links.
     pub fault_control: bool,
@@ -115,6 +117,7 @@ impl Default for ClusterOptions {
             durable: false,
             snapshot_every: None,
             quota_bytes: None,
+            max_sessions: None,
             fault_control: false,
         }
     }
@@ -179,6 +182,7 @@ impl ClusterOptions {
                 self.snapshot_every.map(|n| n.to_string()),
             ),
             ("--quota-bytes", self.quota_bytes.map(|n| n.to_string())),
+            ("--max-sessions", self.max_sessions.map(|n| n.to_string())),
             ("--shutdown-grace-ms", self.shutdown_grace.map(ms)),
             (
                 "--resp-request-timeout-ms",

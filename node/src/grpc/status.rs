@@ -21,7 +21,7 @@ pub(crate) fn refusal_text(refusal: &Refusal) -> String {
         Refusal::NotAnInteger { op } | Refusal::Overflow { op } | Refusal::ValueTooLarge { op } => {
             format!("op {op}: {refusal}")
         }
-        Refusal::SequenceTooOld { .. } => refusal.to_string(),
+        _ => refusal.to_string(),
     }
 }
 
@@ -40,6 +40,8 @@ pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
         Error::WriteTimeout(_) => Code::DeadlineExceeded,
         Error::QuotaExceeded { .. } => Code::ResourceExhausted,
         Error::OutcomeUnknown(_) => Code::Unknown,
+        // The outcome is lost for good: DATA_LOSS, which clients do not retry.
+        Error::OutcomeLost(_) => Code::DataLoss,
         Error::KeyTooLarge { .. }
         | Error::ValueTooLarge { .. }
         | Error::TooManyOps { .. }

@@ -29,6 +29,7 @@ use crate::store::command::Op;
 use crate::store::command::OpResult;
 use crate::store::command::Outcome;
 use crate::store::command::PutExpiry;
+use crate::store::command::SessionStamp;
 use crate::store::command::WriteId;
 use crate::store::data::StateData;
 
@@ -143,42 +144,34 @@ impl Replica {
         Ok(())
     }
 
-    /// Approximate memory the stored data takes: payload plus per-key overhead
-    /// (`docs/architecture.md`, "The keyspace and its memory").
+    /// Approximate memory the state takes, as the quota counts it (keys, values and sessions).
     pub(crate) fn memory_used(&self) -> u64 {
-        const PER_KEY_OVERHEAD: u64 = 96;
-        self.state
-            .read(|data, _| data.bytes_used() as u64 + data.len() as u64 * PER_KEY_OVERHEAD)
+        self.state.read(|data, _| data.memory_used())
     }
 
     /// Refuses a batch that would add data once the quota is used up; deletes, expiries and
-    /// compare-only batches still pass, so space can always be freed.
-    fn check_quota(&self, req: &proto::BatchRequest) -> Result<()> {
-        use proto::op::Op as P;
-        let grows = req
-            .ops
-            .iter()
-            .chain(&req.else_ops)
-            .any(|op| matches!(op.op, Some(P::Put(_) | P::Append(_) | P::Increment(_))));
+    /// compare-only batches still pass, so space can always be freed. A write with a `WriteId`
+    /// is checked when applied instead, after duplicate detection, so that a retry of a write
+    /// already applied gets its outcome rather than a refusal (`store::data`).
+    fn check_quota(&self, cmd: &Command) -> Result<()> {
         let (used, quota) = (self.memory_used(), self.config.quota_bytes());
-        if grows && used >= quota {
+        if cmd.write_id.is_none() && cmd.batch.adds_data() && used >= quota {
             return Err(Error::QuotaExceeded { used, quota });
         }
         Ok(())
     }
 
     async fn propose(&self, req: proto::BatchRequest, deadline: &Deadline) -> Result<BatchOutcome> {
-        self.check_quota(&req)?;
+        let mut cmd = command_of(req, self.cluster_now_ms())?;
+        cmd.session.max_sessions = self.config.max_sessions;
+        cmd.session.quota_bytes = self.config.quota_bytes();
+        cmd.max_value_bytes = self.config.max_value_bytes as u64;
+        self.check_quota(&cmd)?;
         let _slot = deadline
             .run(self.proposals.acquire())
             .await
             .map_err(|()| Error::Busy("too many writes in flight on the leader".into()))?
             .map_err(|_| Error::ShuttingDown)?;
-        let cmd = command_of(
-            req,
-            self.cluster_now_ms(),
-            self.config.max_value_bytes as u64,
-        )?;
         let written = deadline
             .run(self.raft.client_write(cmd))
             .await
@@ -227,6 +220,7 @@ impl Replica {
                     ..Batch::default()
                 },
                 max_value_bytes: self.config.max_value_bytes as u64,
+                session: crate::store::command::SessionStamp::default(),
             };
             let deadline = Deadline::after(self.config.request_timeout());
             match deadline.run(self.raft.client_write(cmd)).await {
@@ -326,16 +320,17 @@ fn op_key_value(op: &proto::Op) -> Result<(Option<&Bytes>, Option<&Bytes>)> {
     )
 }
 
-/// The replicated command for a client's batch, stamped `stamp_ms` and the value limit
-/// `max_value_bytes`; an op or compare the API does not allow is an [`Error::InvalidArgument`].
-pub(crate) fn command_of(
-    req: proto::BatchRequest,
-    stamp_ms: u64,
-    max_value_bytes: u64,
-) -> Result<Command> {
+/// The replicated command for a client's batch, stamped `stamp_ms`, carrying the client's
+/// watermark but no limits (the leader adds its own, the value limit included); an op or compare the API does not allow
+/// is an [`Error::InvalidArgument`].
+pub(crate) fn command_of(req: proto::BatchRequest, stamp_ms: u64) -> Result<Command> {
     Ok(Command {
         format: COMMAND_FORMAT,
         stamp_ms,
+        session: SessionStamp {
+            acked_below: req.write_id.map_or(0, |w| w.acked_below),
+            ..SessionStamp::default()
+        },
         write_id: req.write_id.map(|w| WriteId {
             client_id: w.client_id,
             sequence: w.sequence,
@@ -425,8 +420,14 @@ fn ops_from_proto(ops: Vec<proto::Op>, stamp_ms: u64) -> Result<Vec<Op>> {
 fn applied(entry_index: u64, outcome: Outcome) -> Result<BatchOutcome> {
     match outcome {
         Outcome::Applied(outcome) => Ok(outcome),
-        Outcome::Refused(refusal @ Refusal::SequenceTooOld { .. }) => {
-            Err(Error::OutcomeUnknown(refusal.to_string()))
+        Outcome::Refused(refusal) if refusal.is_outcome_lost() => {
+            Err(Error::OutcomeLost(refusal.to_string()))
+        }
+        Outcome::Refused(Refusal::QuotaExceeded { used, quota }) => {
+            Err(Error::QuotaExceeded { used, quota })
+        }
+        Outcome::Refused(refusal @ Refusal::TooManyInFlight { .. }) => {
+            Err(Error::Busy(refusal.to_string()))
         }
         Outcome::Refused(refusal) => Err(Error::Refused {
             refusal,
@@ -504,8 +505,12 @@ pub(crate) fn refusal_to_proto(refusal: &Refusal) -> proto::Refusal {
         Refusal::NotAnInteger { op } => (Kind::NotAnInteger, op),
         Refusal::Overflow { op } => (Kind::Overflow, op),
         Refusal::ValueTooLarge { op } => (Kind::ValueTooLarge, op),
-        // Never reaches a reply: the replica turns it into an unknown outcome.
-        Refusal::SequenceTooOld { .. } => (Kind::Unspecified, 0),
+        // Never reach a reply: the replica turns them into errors of their own.
+        Refusal::SequenceTooOld { .. }
+        | Refusal::SessionExpired { .. }
+        | Refusal::ReplyNotKept { .. }
+        | Refusal::TooManyInFlight { .. }
+        | Refusal::QuotaExceeded { .. } => (Kind::Unspecified, 0),
     };
     proto::Refusal {
         kind: kind.into(),

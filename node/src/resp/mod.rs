@@ -12,6 +12,7 @@ mod connection;
 pub(crate) mod frame;
 mod status;
 
+use kvs_client::WriteSession;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +68,9 @@ pub(crate) async fn serve(
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     let mut next_id: u64 = 0;
+    // One write session for every connection of this listener: connections come and go by the
+    // thousand, and a session each would crowd the cluster's session table (`store::sessions`).
+    let writes = WriteSession::new();
     let mut stop = std::pin::pin!(stop);
     loop {
         tokio::select! {
@@ -85,7 +89,8 @@ pub(crate) async fn serve(
                 next_id += 1;
                 match slots.clone().try_acquire_owned() {
                     Ok(slot) => {
-                        let session = Session::new(replica.clone(), next_id, peer);
+                        let session =
+                            Session::new(replica.clone(), writes.clone(), next_id, peer);
                         connections.spawn(async move {
                             connection::serve(stream, session, bounds).await;
                             drop(slot);

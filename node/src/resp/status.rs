@@ -29,10 +29,14 @@ pub(crate) fn error_reply(err: Error, leader: Option<String>) -> Frame {
         | Error::ShuttingDown
         | Error::ReadTimeout(_)
         | Error::Busy(_) => format!("TRYAGAIN {err}{}", hint()),
-        Error::WriteTimeout(_) | Error::OutcomeUnknown(_) => format!("UNCERTAIN {err}"),
+        Error::WriteTimeout(_) | Error::OutcomeUnknown(_) | Error::OutcomeLost(_) => {
+            format!("UNCERTAIN {err}")
+        }
         Error::Forwarded(status) => match status.code() {
             Code::Unavailable => format!("TRYAGAIN {}{}", status.message(), hint()),
-            Code::DeadlineExceeded | Code::Unknown => format!("UNCERTAIN {}", status.message()),
+            Code::DeadlineExceeded | Code::Unknown | Code::DataLoss => {
+                format!("UNCERTAIN {}", status.message())
+            }
             Code::Internal => "ERR internal error; see the leader's log".into(),
             _ => format!("ERR {}", status.message()),
         },

@@ -6,11 +6,14 @@
 //! need (put, delete, CAS, increments, appends, expiry changes, purges of expired keys), so new
 //! commands on those faces add no new log formats.
 //!
-//! Limits: the leader also stamps the value size limit (`--max-value-bytes`) it runs with, and
-//! apply refuses an op whose *result* would be longer — an append growing a value past it —
-//! by that stamped limit, never by the applying node's own flag: replicas may run with
-//! different flags, yet all of them must decide the same. Entries of format 1 carry no limit
-//! and apply as they always did.
+//! Format 2 appends what the leader stamps besides time: a [`SessionStamp`] (the client's
+//! session watermark and the leader's session and memory limits, see `store::sessions`) and the
+//! value size limit (`--max-value-bytes`) it runs with. Apply refuses an op whose *result* would
+//! be longer than that limit — an append growing a value past it — by the stamped limit, never
+//! by the applying node's own flag: replicas may run with different flags, yet all of them must
+//! decide the same. A format 1 command decodes with an empty stamp and no limit, which keeps the
+//! rules it was applied under. New fields go at the end, read only when the format says they are
+//! there: postcard does not describe its fields, so both directions are written by hand.
 //!
 //! Time: the leader stamps each command with cluster time (`stamp_ms`, never below the last
 //! applied stamp), and every expiry is judged against the stamp of the entry being applied, so
@@ -24,15 +27,16 @@ use serde::Serialize;
 
 use crate::error::Refusal;
 
-/// Version of the command encoding written into every entry: 2 added `max_value_bytes`.
+/// Version of the command encoding written into every entry: 2 added `session` and
+/// `max_value_bytes`.
 pub(crate) const COMMAND_FORMAT: u16 = 2;
 
-/// The first format that carries `max_value_bytes`.
-const LIMITED_FORMAT: u16 = 2;
+/// The oldest command format this binary still reads (it has no [`SessionStamp`] and no limit).
+pub(crate) const OLDEST_COMMAND_FORMAT: u16 = 1;
 
-/// One replicated write. Its fields are encoded in order, and `max_value_bytes` only from
-/// [`LIMITED_FORMAT`] on, so entries written before it still decode, and re-encode (replicating
-/// an old entry) exactly as they were written (see the `Serialize` and `Deserialize` impls).
+/// One replicated write. Its fields are encoded in order, and `session` and `max_value_bytes`
+/// only from format 2 on, so entries written before still decode, and re-encode (replicating an
+/// old entry) exactly as they were written (see the `Serialize` and `Deserialize` impls).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Command {
     /// Always [`COMMAND_FORMAT`] when written by this binary.
@@ -42,21 +46,38 @@ pub(crate) struct Command {
     /// Present for client writes: makes a retried write apply once.
     pub(crate) write_id: Option<WriteId>,
     pub(crate) batch: Batch,
+    /// Format 2 and later; empty in a decoded format 1 command.
+    pub(crate) session: SessionStamp,
     /// The longest value an op may leave behind, as the leader that stamped the entry was
     /// configured; 0 (format 1 entries) means no limit at apply.
     pub(crate) max_value_bytes: u64,
 }
 
+/// What a client write carries for the session table besides its [`WriteId`]: the client's
+/// watermark, and the limits of the leader that stamped it. Limits travel in the entry so that
+/// every replica evicts and refuses alike, whatever its own flags say. Zero means "not sent".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionStamp {
+    /// The lowest sequence the client has not yet seen answered (`WriteId.acked_below` in
+    /// kvs.proto); 0 from a client that does not send one.
+    pub(crate) acked_below: u64,
+    /// The stamping leader's `--max-sessions`; 0 = the default.
+    pub(crate) max_sessions: u64,
+    /// The stamping leader's memory quota, checked at apply after duplicate detection; 0 = none.
+    pub(crate) quota_bytes: u64,
+}
+
 impl Serialize for Command {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
-        let limited = self.format >= LIMITED_FORMAT;
-        let mut fields = serializer.serialize_struct("Command", 4 + usize::from(limited))?;
+        let stamped = self.format >= 2;
+        let mut fields = serializer.serialize_struct("Command", 4 + 2 * usize::from(stamped))?;
         fields.serialize_field("format", &self.format)?;
         fields.serialize_field("stamp_ms", &self.stamp_ms)?;
         fields.serialize_field("write_id", &self.write_id)?;
         fields.serialize_field("batch", &self.batch)?;
-        if limited {
+        if stamped {
+            fields.serialize_field("session", &self.session)?;
             fields.serialize_field("max_value_bytes", &self.max_value_bytes)?;
         }
         fields.end()
@@ -65,7 +86,14 @@ impl Serialize for Command {
 
 impl<'de> Deserialize<'de> for Command {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        const FIELDS: &[&str] = &["format", "stamp_ms", "write_id", "batch", "max_value_bytes"];
+        const FIELDS: &[&str] = &[
+            "format",
+            "stamp_ms",
+            "write_id",
+            "batch",
+            "session",
+            "max_value_bytes",
+        ];
         struct Fields;
         impl<'de> serde::de::Visitor<'de> for Fields {
             type Value = Command;
@@ -91,17 +119,23 @@ impl<'de> Deserialize<'de> for Command {
                 let batch = seq
                     .next_element()?
                     .ok_or_else(|| A::Error::missing_field("batch"))?;
-                let max_value_bytes = if format >= LIMITED_FORMAT {
-                    seq.next_element()?
-                        .ok_or_else(|| A::Error::missing_field("max_value_bytes"))?
+                let (session, max_value_bytes) = if format >= 2 {
+                    let session = seq
+                        .next_element()?
+                        .ok_or_else(|| A::Error::missing_field("session"))?;
+                    let max_value_bytes = seq
+                        .next_element()?
+                        .ok_or_else(|| A::Error::missing_field("max_value_bytes"))?;
+                    (session, max_value_bytes)
                 } else {
-                    0
+                    (SessionStamp::default(), 0)
                 };
                 Ok(Command {
                     format,
                     stamp_ms,
                     write_id,
                     batch,
+                    session,
                     max_value_bytes,
                 })
             }
@@ -213,6 +247,19 @@ pub(crate) struct OpResult {
     /// The new value of an increment; the new length after an append (what Redis APPEND
     /// answers); 1 when a persist removed an expiry (what Redis PERSIST answers).
     pub(crate) integer: i64,
+}
+
+impl Batch {
+    /// Whether the batch may add data (a put, append or increment on either branch): what a
+    /// full memory quota refuses, so deletes and expiries still free space.
+    pub(crate) fn adds_data(&self) -> bool {
+        self.ops.iter().chain(&self.else_ops).any(|op| {
+            matches!(
+                op,
+                Op::Put { .. } | Op::Append { .. } | Op::Increment { .. }
+            )
+        })
+    }
 }
 
 impl Command {

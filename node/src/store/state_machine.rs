@@ -26,6 +26,7 @@ use openraft::storage::RaftStateMachine;
 use crate::failpoint::failpoint;
 use crate::lock;
 use crate::store::command::COMMAND_FORMAT;
+use crate::store::command::OLDEST_COMMAND_FORMAT;
 use crate::store::data::StateData;
 use crate::store::entry::TypeConfig;
 use crate::store::record::invalid_data;
@@ -189,10 +190,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 match &entry.payload {
                     EntryPayload::Blank => None,
                     EntryPayload::Normal(cmd) => {
-                        if cmd.format == 0 || cmd.format > COMMAND_FORMAT {
+                        if !(OLDEST_COMMAND_FORMAT..=COMMAND_FORMAT).contains(&cmd.format) {
                             return Err(invalid_data(format_args!(
-                                "log entry {log_id} has command format {} but this binary knows only 1 to {COMMAND_FORMAT}; \
-                                 upgrade this node",
+                                "log entry {log_id} has command format {} but this binary knows only \
+                                 {OLDEST_COMMAND_FORMAT} to {COMMAND_FORMAT}; upgrade this node",
                                 cmd.format
                             )));
                         }
@@ -306,6 +307,7 @@ mod tests {
                 ..Batch::default()
             },
             max_value_bytes: 0,
+            session: crate::store::command::SessionStamp::default(),
         };
         applied.data.apply(index, &cmd);
         applied.last_applied = Some(log_id(index));

@@ -11,6 +11,7 @@ mod t28_backup;
 mod t30_membership;
 mod t40_unavailability;
 mod t50_cas;
+mod t52_sessions;
 mod t60_identity;
 mod t70_limits;
 mod t80_shutdown;

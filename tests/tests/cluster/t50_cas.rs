@@ -84,6 +84,8 @@ fn increment_request(client_id: u64, sequence: u64) -> BatchRequest {
         write_id: Some(WriteId {
             client_id,
             sequence,
+            // A client that sends no watermark: the rule before watermarks.
+            acked_below: 0,
         }),
         ..Default::default()
     }

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kvs_client::WriteSession;
 use kvs_client::proto;
 
 use crate::error::Error;
@@ -87,9 +88,8 @@ pub(crate) struct Session {
     /// `CLIENT ID`: unique on this node.
     id: u64,
     peer: SocketAddr,
-    /// This connection's identity for exactly-once writes, and its last sequence.
-    write_client: u64,
-    sequence: u64,
+    /// The identity for exactly-once writes, shared by every connection of the listener.
+    writes: Arc<WriteSession>,
     name: Option<Bytes>,
     /// Reads of this connection skip ReadIndex (`READONLY`, or the server flag).
     serializable: bool,
@@ -98,14 +98,18 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(replica: Arc<Replica>, id: u64, peer: SocketAddr) -> Self {
+    pub(crate) fn new(
+        replica: Arc<Replica>,
+        writes: Arc<WriteSession>,
+        id: u64,
+        peer: SocketAddr,
+    ) -> Self {
         let serializable = replica.config().resp_serializable_reads;
         Self {
             replica,
             id,
             peer,
-            write_client: rand::random(),
-            sequence: 0,
+            writes,
             name: None,
             serializable,
             closing: false,
@@ -162,11 +166,11 @@ impl Session {
 
     /// Applies one batch through Raft as the next write of this connection.
     async fn write(&mut self, mut batch: proto::BatchRequest) -> Result<BatchOutcome> {
-        self.sequence += 1;
-        batch.write_id = Some(proto::WriteId {
-            client_id: self.write_client,
-            sequence: self.sequence,
-        });
+        let timeout = self.replica.config().request_timeout();
+        let ticket = tokio::time::timeout(timeout, self.writes.begin())
+            .await
+            .map_err(|_| Error::Busy("too many RESP writes in flight on this node".into()))?;
+        batch.write_id = Some(ticket.write_id());
         self.replica.write(batch).await
     }
 

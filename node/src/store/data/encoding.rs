@@ -3,36 +3,47 @@
 //! The snapshot codec streams: it reads the state through a cloned, point-in-time
 //! [`StateData`] (O(shards) to take, see [`Keyspace`](crate::store::keyspace::Keyspace)) and
 //! writes record by record, so the live state keeps applying while a snapshot is written, and
-//! decoding never allocates more than the input actually holds. Format version 1, integers
+//! decoding never allocates more than the input actually holds. Format version 2, integers
 //! little-endian:
 //!
 //! ```text
 //! magic "KVSSNAP\0" | version u16 | last_stamp_ms u64
 //! records, each a tag u8:
-//!   1 entry:   key (u32 length, bytes) | value (u32 length, bytes) | expires_at_ms u64
-//!   2 session: client_id u64 | last_index u64 | count u8 (1..=64)
-//!              | count x (sequence u64 | outcome (u32 length, postcard bytes))
+//!   1 entry:     key (u32 length, bytes) | value (u32 length, bytes) | expires_at_ms u64
+//!   3 session:   client_id u64 | last_index u64 | floor u64 | count u32 (0..=MAX_IN_FLIGHT)
+//!                | count x (sequence u64 | outcome (u32 length, postcard bytes))
+//!   4 tombstone: client_id u64 | last_index u64 | floor u64
 //!   0 end
-//! trailer: entry count u64 | session count u64 | CRC-32 (IEEE) u32 of every byte before it
+//! trailer: entry count u64 | session count u64 | tombstone count u64
+//!          | CRC-32 (IEEE) u32 of every byte before it
 //! ```
+//!
+//! Version 1, still read: no tombstones and no tombstone count; its session record (tag 2) has
+//! no floor and a count u8 (1..=64), and the floor is its oldest sequence (`store::sessions`).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::io::Read;
 use std::io::Write;
 
 use crate::store::command::Outcome;
-use crate::store::command::WriteId;
 use crate::store::data::StateData;
 use crate::store::record::invalid_data;
+use crate::store::sessions::MAX_IN_FLIGHT;
 use crate::store::sessions::REMEMBERED_PER_CLIENT;
 
 const MAGIC: &[u8; 8] = b"KVSSNAP\0";
 /// Version of the snapshot format this binary writes and reads.
-const SNAPSHOT_FORMAT: u16 = 1;
+const SNAPSHOT_FORMAT: u16 = 2;
+/// The oldest snapshot format this binary still reads.
+const OLDEST_SNAPSHOT_FORMAT: u16 = 1;
 const TAG_END: u8 = 0;
 const TAG_ENTRY: u8 = 1;
-const TAG_SESSION: u8 = 2;
+/// A session in format 1.
+const TAG_SESSION_V1: u8 = 2;
+const TAG_SESSION: u8 = 3;
+const TAG_TOMBSTONE: u8 = 4;
 /// No key, value or outcome in a snapshot is longer: a longer length is corruption.
 const MAX_FIELD_BYTES: u32 = 1 << 30;
 /// Room reserved ahead of reading a field; a longer field grows as its bytes actually arrive.
@@ -61,7 +72,7 @@ impl StateData {
         let mut outcome_buf = Vec::new();
         for (client_id, session) in self.sessions.iter() {
             let remembered = session.remembered();
-            let count = u8::try_from(remembered.len()).map_err(|_| {
+            let count = u32::try_from(remembered.len()).map_err(|_| {
                 io::Error::other(format!(
                     "client {client_id} has {} remembered writes",
                     remembered.len()
@@ -70,7 +81,8 @@ impl StateData {
             out.write_all(&[TAG_SESSION])?;
             out.write_all(&client_id.to_le_bytes())?;
             out.write_all(&session.last_index().to_le_bytes())?;
-            out.write_all(&[count])?;
+            out.write_all(&session.floor().to_le_bytes())?;
+            out.write_all(&count.to_le_bytes())?;
             for (sequence, outcome) in remembered {
                 outcome_buf.clear();
                 outcome_buf =
@@ -80,9 +92,18 @@ impl StateData {
             }
             clients += 1;
         }
+        let tombstones = self.sessions.tombstones();
+        let buried = tombstones.len() as u64;
+        for (client_id, last_index, floor) in tombstones {
+            out.write_all(&[TAG_TOMBSTONE])?;
+            for field in [client_id, last_index, floor] {
+                out.write_all(&field.to_le_bytes())?;
+            }
+        }
         out.write_all(&[TAG_END])?;
         out.write_all(&entries.to_le_bytes())?;
         out.write_all(&clients.to_le_bytes())?;
+        out.write_all(&buried.to_le_bytes())?;
         let crc = out.crc.finalize();
         out.inner.write_all(&crc.to_le_bytes())?;
         out.inner.flush()
@@ -97,13 +118,13 @@ impl StateData {
             crc: crc32fast::Hasher::new(),
             position: 0,
         };
-        check_preamble(&input.array()?)?;
+        let version = check_preamble(&input.array()?)?;
         let mut data = StateData {
             last_stamp_ms: input.u64()?,
             ..StateData::default()
         };
         let (mut key, mut value) = (Vec::new(), Vec::new());
-        let (mut entries, mut clients) = (0u64, 0u64);
+        let (mut entries, mut clients, mut buried) = (0u64, 0u64, 0u64);
         loop {
             match input.array::<1>()?[0] {
                 TAG_END => break,
@@ -114,7 +135,7 @@ impl StateData {
                     data.keyspace.insert(&key, &value, expires_at_ms);
                     entries += 1;
                 }
-                TAG_SESSION => {
+                TAG_SESSION_V1 if version == 1 => {
                     let client_id = input.u64()?;
                     let last_index = input.u64()?;
                     let count = usize::from(input.array::<1>()?[0]);
@@ -123,28 +144,35 @@ impl StateData {
                             "client {client_id} has {count} remembered writes, not 1 to {REMEMBERED_PER_CLIENT}"
                         )));
                     }
-                    let mut last_sequence = None;
-                    for _ in 0..count {
-                        let sequence = input.u64()?;
-                        if last_sequence.is_some_and(|last| sequence <= last) {
-                            return Err(invalid_snapshot(format!(
-                                "remembered writes of client {client_id} are not in ascending order"
-                            )));
-                        }
-                        last_sequence = Some(sequence);
-                        input.field("outcome", &mut value)?;
-                        let outcome: Outcome = postcard::from_bytes(&value).map_err(|e| {
-                            invalid_snapshot(format!(
-                                "undecodable outcome of client {client_id}: {e}"
-                            ))
-                        })?;
-                        let id = WriteId {
-                            client_id,
-                            sequence,
-                        };
-                        data.sessions.record(id, last_index, outcome);
-                    }
+                    let remembered = input.remembered(client_id, count, 0, &mut value)?;
+                    let floor = remembered[0].0;
+                    data.sessions
+                        .restore(client_id, last_index, floor, remembered);
                     clients += 1;
+                }
+                TAG_SESSION if version >= 2 => {
+                    let client_id = input.u64()?;
+                    let last_index = input.u64()?;
+                    let floor = input.u64()?;
+                    let count = u32::from_le_bytes(input.array()?);
+                    if u64::from(count) > MAX_IN_FLIGHT {
+                        return Err(invalid_snapshot(format!(
+                            "client {client_id} has {count} remembered writes, more than {MAX_IN_FLIGHT}"
+                        )));
+                    }
+                    let remembered =
+                        input.remembered(client_id, count as usize, floor, &mut value)?;
+                    data.sessions
+                        .restore(client_id, last_index, floor, remembered);
+                    clients += 1;
+                }
+                TAG_TOMBSTONE if version >= 2 => {
+                    let client_id = input.u64()?;
+                    let last_index = input.u64()?;
+                    let floor = input.u64()?;
+                    data.sessions
+                        .restore_tombstone(client_id, last_index, floor);
+                    buried += 1;
                 }
                 tag => {
                     return Err(invalid_snapshot(format!(
@@ -156,6 +184,7 @@ impl StateData {
         }
         let stored_entries = input.u64()?;
         let stored_clients = input.u64()?;
+        let stored_buried = if version >= 2 { input.u64()? } else { 0 };
         let computed = input.crc.clone().finalize();
         let stored = u32::from_le_bytes(input.array()?);
         if stored != computed {
@@ -175,6 +204,12 @@ impl StateData {
                 data.sessions.len()
             )));
         }
+        if buried != stored_buried || data.sessions.tombstones().len() as u64 != buried {
+            return Err(invalid_snapshot(format!(
+                "{buried} tombstone records ({} distinct clients) but the trailer says {stored_buried}",
+                data.sessions.tombstones().len()
+            )));
+        }
         match input.inner.read_exact(&mut [0u8]) {
             Ok(()) => Err(invalid_snapshot(
                 "trailing bytes after the snapshot trailer",
@@ -192,10 +227,11 @@ fn invalid_snapshot(why: impl fmt::Display) -> io::Error {
 
 /// Magic and format version.
 const PREAMBLE_BYTES: usize = MAGIC.len() + 2;
-/// The shortest encoding: preamble, stamp, end tag, two counts and the checksum.
+/// The shortest encoding (of format 1): preamble, stamp, end tag, two counts and the checksum.
 const MIN_ENCODED_BYTES: u64 = PREAMBLE_BYTES as u64 + 8 + 1 + 16 + 4;
 
-fn check_preamble(preamble: &[u8; PREAMBLE_BYTES]) -> io::Result<()> {
+/// Checks the magic bytes and returns the format version.
+fn check_preamble(preamble: &[u8; PREAMBLE_BYTES]) -> io::Result<u16> {
     let (magic, version) = preamble.split_at(MAGIC.len());
     if magic != MAGIC {
         return Err(invalid_snapshot("not a kvs snapshot (bad magic bytes)"));
@@ -206,12 +242,12 @@ fn check_preamble(preamble: &[u8; PREAMBLE_BYTES]) -> io::Result<()> {
             "snapshot format version {version} is newer than this binary supports ({SNAPSHOT_FORMAT})"
         )));
     }
-    if version != SNAPSHOT_FORMAT {
+    if version < OLDEST_SNAPSHOT_FORMAT {
         return Err(invalid_snapshot(format!(
             "unknown snapshot format version {version}"
         )));
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Checks an encoded state as it streams past, without decoding it: its preamble, its length and
@@ -359,6 +395,31 @@ impl<R: Read> SnapshotReader<R> {
         Ok(())
     }
 
+    /// Reads `count` remembered writes of `client_id`: ascending sequences, none below `floor`.
+    fn remembered(
+        &mut self,
+        client_id: u64,
+        count: usize,
+        floor: u64,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<VecDeque<(u64, Outcome)>> {
+        let mut remembered = VecDeque::with_capacity(count);
+        for _ in 0..count {
+            let sequence = self.u64()?;
+            if sequence < floor || remembered.back().is_some_and(|&(last, _)| sequence <= last) {
+                return Err(invalid_snapshot(format!(
+                    "remembered writes of client {client_id} are not in ascending order from its floor"
+                )));
+            }
+            self.field("outcome", buf)?;
+            let outcome: Outcome = postcard::from_bytes(buf).map_err(|e| {
+                invalid_snapshot(format!("undecodable outcome of client {client_id}: {e}"))
+            })?;
+            remembered.push_back((sequence, outcome));
+        }
+        Ok(remembered)
+    }
+
     fn truncated(&self) -> io::Error {
         invalid_snapshot(format!("truncated after {} bytes", self.position))
     }
@@ -374,6 +435,8 @@ mod tests {
     use crate::store::command::BatchOutcome;
     use crate::store::command::OpResult;
     use crate::store::command::PutExpiry;
+    use crate::store::command::SessionStamp;
+    use crate::store::command::WriteId;
     use crate::store::data::harness::Replica;
     use crate::store::data::harness::dump;
     use crate::store::data::harness::incr;
@@ -463,7 +526,7 @@ mod tests {
         newer[8..10].copy_from_slice(&7u16.to_le_bytes());
         assert!(
             decode_err(&newer)
-                .contains("snapshot format version 7 is newer than this binary supports (1)")
+                .contains("snapshot format version 7 is newer than this binary supports (2)")
         );
 
         assert!(decode_err(&good[..good.len() - 1]).contains("truncated"));
@@ -586,7 +649,7 @@ mod tests {
             prop::collection::vec(any::<u8>(), 0..40),
             prop_oneof![Just(0u64), any::<u64>()],
         );
-        let write = (0u64..6, 0u64..100, outcome_strategy());
+        let write = (0u64..6, 0u64..100, 0u64..4, 0u64..3, outcome_strategy());
         (
             prop::collection::vec(entry, 0..30),
             prop::collection::vec(write, 0..30),
@@ -600,15 +663,21 @@ mod tests {
                 for (key, value, expires_at_ms) in entries {
                     data.keyspace.insert(&key, &value, expires_at_ms);
                 }
-                for (index, (client_id, sequence, outcome)) in writes.into_iter().enumerate() {
-                    data.sessions.record(
-                        WriteId {
-                            client_id,
-                            sequence,
-                        },
-                        index as u64,
-                        outcome,
-                    );
+                for (index, (client_id, sequence, acked_below, max_sessions, outcome)) in
+                    writes.into_iter().enumerate()
+                {
+                    let id = WriteId {
+                        client_id,
+                        sequence,
+                    };
+                    let stamp = SessionStamp {
+                        acked_below,
+                        max_sessions,
+                        quota_bytes: 0,
+                    };
+                    if data.sessions.check(id, &stamp) == crate::store::sessions::Dedup::New {
+                        data.sessions.record(id, &stamp, index as u64, outcome);
+                    }
                 }
                 data
             })

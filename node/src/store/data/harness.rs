@@ -12,6 +12,7 @@ use crate::store::command::Op;
 use crate::store::command::OpResult;
 use crate::store::command::Outcome;
 use crate::store::command::PutExpiry;
+use crate::store::command::SessionStamp;
 use crate::store::command::WriteId;
 use crate::store::data::StateData;
 
@@ -77,6 +78,16 @@ impl Replica {
         write_id: Option<WriteId>,
         batch: Batch,
     ) -> Outcome {
+        self.apply_stamped(stamp_ms, write_id, SessionStamp::default(), batch)
+    }
+
+    pub(super) fn apply_stamped(
+        &mut self,
+        stamp_ms: u64,
+        write_id: Option<WriteId>,
+        session: SessionStamp,
+        batch: Batch,
+    ) -> Outcome {
         self.index += 1;
         let cmd = Command {
             format: COMMAND_FORMAT,
@@ -84,6 +95,7 @@ impl Replica {
             write_id,
             batch,
             max_value_bytes: self.max_value_bytes,
+            session,
         };
         self.data.apply(self.index, &cmd)
     }
@@ -105,7 +117,9 @@ impl Replica {
 
 pub(super) type Dump = (
     BTreeMap<Vec<u8>, (Vec<u8>, u64)>,
-    Vec<(u64, u64, Vec<(u64, Outcome)>)>,
+    Vec<(u64, u64, u64, Vec<(u64, Outcome)>)>,
+    Vec<(u64, u64, u64)>,
+    usize,
     u64,
 );
 
@@ -122,10 +136,18 @@ pub(super) fn dump(data: &StateData) -> Dump {
             (
                 client,
                 s.last_index(),
+                s.floor(),
                 s.remembered().map(|(q, o)| (q, o.clone())).collect(),
             )
         })
         .collect();
     sessions.sort_by_key(|s| s.0);
-    (keys, sessions, data.last_stamp_ms)
+    let tombstones = data.sessions.tombstones().collect();
+    (
+        keys,
+        sessions,
+        tombstones,
+        data.sessions.bytes_used(),
+        data.last_stamp_ms,
+    )
 }

@@ -41,20 +41,24 @@ pub(crate) struct StateData {
 
 impl StateData {
     /// Applies the entry at `log_index`. A write the client already made is answered with its
-    /// first outcome and not applied again.
+    /// first outcome and not applied again; this comes before the memory quota, so a retry of an
+    /// applied write always gets its outcome. Then the quota the leader stamped is checked: a
+    /// batch that would add data past it is refused (see `store::sessions` for the rest).
     pub(crate) fn apply(&mut self, log_index: u64, cmd: &Command) -> Outcome {
         let now_ms = cmd.stamp_ms.max(self.last_stamp_ms);
         self.last_stamp_ms = now_ms;
         if let Some(id) = cmd.write_id {
-            match self.sessions.check(id) {
+            match self.sessions.check(id, &cmd.session) {
                 Dedup::New => {}
                 Dedup::Duplicate(outcome) => return outcome,
-                Dedup::TooOld { oldest_remembered } => {
-                    return Outcome::Refused(Refusal::SequenceTooOld {
-                        sequence: id.sequence,
-                        oldest_remembered,
-                    });
-                }
+                Dedup::Refuse(refusal) => return Outcome::Refused(refusal),
+            }
+        }
+        let quota = cmd.session.quota_bytes;
+        if quota > 0 && cmd.batch.adds_data() {
+            let used = self.memory_used();
+            if used >= quota {
+                return Outcome::Refused(Refusal::QuotaExceeded { used, quota });
             }
         }
         let mut outcome =
@@ -63,7 +67,8 @@ impl StateData {
             applied.index = log_index;
         }
         if let Some(id) = cmd.write_id {
-            self.sessions.record(id, log_index, outcome.clone());
+            self.sessions
+                .record(id, &cmd.session, log_index, outcome.clone());
         }
         outcome
     }
@@ -121,6 +126,14 @@ impl StateData {
     pub(crate) fn bytes_used(&self) -> usize {
         self.keyspace.bytes_used()
     }
+
+    /// Approximate memory the state takes, as the quota counts it: keys and values with a
+    /// per-key overhead (`docs/architecture.md`, "The keyspace and its memory"), plus sessions.
+    pub(crate) fn memory_used(&self) -> u64 {
+        const PER_KEY_OVERHEAD: u64 = 96;
+        (self.keyspace.bytes_used() + self.sessions.bytes_used()) as u64
+            + self.keyspace.len() as u64 * PER_KEY_OVERHEAD
+    }
 }
 
 /// A summary: the state itself may be gigabytes.
@@ -130,6 +143,7 @@ impl fmt::Debug for StateData {
             .field("keys", &self.keyspace.len())
             .field("payload_bytes", &self.keyspace.bytes_used())
             .field("clients", &self.sessions.len())
+            .field("session_bytes", &self.sessions.bytes_used())
             .field("last_stamp_ms", &self.last_stamp_ms)
             .finish()
     }
@@ -150,7 +164,9 @@ fn live<'k>(keyspace: &'k Keyspace, key: &[u8], now_ms: u64) -> Option<EntryRef<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::command::Op;
     use crate::store::command::PutExpiry;
+    use crate::store::command::SessionStamp;
     use crate::store::command::WriteId;
     use crate::store::data::harness::Replica;
     use crate::store::data::harness::incr;
@@ -219,6 +235,51 @@ mod tests {
             })
         );
         assert_eq!(r.value("n", 5), Some(("1".to_owned(), 0)));
+    }
+
+    #[test]
+    fn a_retry_of_an_applied_write_gets_its_outcome_past_the_quota() {
+        let mut r = Replica::new();
+        let id = Some(WriteId {
+            client_id: 4,
+            sequence: 1,
+        });
+        let roomy = SessionStamp {
+            acked_below: 1,
+            quota_bytes: 1 << 20,
+            ..SessionStamp::default()
+        };
+        let first = r.apply_stamped(1, id, roomy, ops(vec![put("k", "v")]));
+        assert!(matches!(first, Outcome::Applied(_)), "{first}");
+
+        let full = SessionStamp {
+            quota_bytes: 1,
+            ..roomy
+        };
+        let retry = r.apply_stamped(2, id, full, ops(vec![put("k", "v")]));
+        assert_eq!(
+            retry, first,
+            "a duplicate is answered before the quota is checked"
+        );
+
+        let next = Some(WriteId {
+            client_id: 4,
+            sequence: 2,
+        });
+        let refused = r.apply_stamped(3, next, full, ops(vec![put("k2", "v")]));
+        assert!(
+            matches!(
+                refused,
+                Outcome::Refused(Refusal::QuotaExceeded { quota: 1, .. })
+            ),
+            "{refused}"
+        );
+        assert_eq!(r.value("k2", 3), None);
+        let delete = r.apply_stamped(4, next, full, ops(vec![Op::Delete { key: key("k") }]));
+        assert!(
+            matches!(delete, Outcome::Applied(_)),
+            "a refused write is not remembered, and deletes pass a full quota: {delete}"
+        );
     }
 
     #[test]

@@ -180,6 +180,8 @@ impl Conn {
                     Some(kvs::WriteId {
                         client_id: *client_id,
                         sequence: *sequence,
+                        // One write at a time: every earlier one was answered.
+                        acked_below: *sequence,
                     })
                 };
                 match op {
