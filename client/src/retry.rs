@@ -295,7 +295,7 @@ mod tests {
     fn a_lost_outcome_is_not_retried_and_ends_unknown() {
         // DATA_LOSS: the cluster no longer remembers the write's outcome (its session expired,
         // or it is below the watermark); asking again cannot tell more.
-        for kind in [CallKind::Write, CallKind::Read, CallKind::Admin] {
+        for kind in [CallKind::Write, CallKind::Admin] {
             let err = stops_with(Attempts::new(kind).record(status(Code::DataLoss)));
             assert!(err.is_outcome_unknown(), "{kind:?}: {err:?}");
         }

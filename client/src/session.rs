@@ -142,28 +142,30 @@ mod tests {
         assert_eq!((next.sequence, next.acked_below), (4, 4));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_write_past_the_in_flight_limit_waits_for_an_old_one() {
+    #[tokio::test]
+    async fn a_write_past_the_in_flight_limit_waits_for_the_oldest_to_end() {
         let session = WriteSession::new();
         let oldest = session.begin().await;
         let mut held = Vec::new();
         for _ in 1..MAX_IN_FLIGHT {
             held.push(session.begin().await);
         }
+        assert_eq!(session.try_begin(), None, "the session is full");
+        drop(held.pop());
+        assert_eq!(
+            session.try_begin(),
+            None,
+            "a newer write ending does not move the watermark"
+        );
         let waiting = tokio::spawn({
             let session = Arc::clone(&session);
             async move { session.begin().await.write_id() }
         });
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(!waiting.is_finished(), "the session is full");
-        drop(held.pop());
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(
-            !waiting.is_finished(),
-            "a newer write ending does not move the watermark"
-        );
         drop(oldest);
-        let next = waiting.await.expect("joined");
+        let next = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiting write begins once the oldest ends")
+            .expect("joined");
         assert_eq!((next.sequence, next.acked_below), (MAX_IN_FLIGHT + 1, 2));
     }
 }
