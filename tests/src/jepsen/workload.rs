@@ -198,14 +198,19 @@ impl Workload {
         recorder: Arc<Recorder>,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        // One `Client` per node, shared by the processes, as an application shares one between
+        // its tasks: clients start at different nodes, so every node serves and forwards.
+        let shared: Vec<Client> = (0..endpoints.len().clamp(1, options.clients.max(1)))
+            .map(|first| {
+                let mut endpoints = endpoints.clone();
+                endpoints.rotate_left(first);
+                Client::connect(endpoints, options.client_options())
+                    .expect("valid endpoints and options")
+            })
+            .collect();
         let tasks = (0..options.clients)
             .map(|process| {
-                // Clients start at different nodes, so every node serves and forwards.
-                let mut endpoints = endpoints.clone();
-                let first = process % endpoints.len().max(1);
-                endpoints.rotate_left(first);
-                let client = Client::connect(endpoints, options.client_options())
-                    .expect("valid endpoints and options");
+                let client = shared[process % shared.len()].clone();
                 let (stop, recorder, options) = (stop.clone(), recorder.clone(), options.clone());
                 let rng = StdRng::seed_from_u64(seed.wrapping_add(process as u64));
                 tokio::spawn(async move {
