@@ -14,8 +14,11 @@
 //!   write at `floor + MAX_IN_FLIGHT` or beyond is refused, not applied
 //!   ([`Refusal::TooManyInFlight`]). The client library never sends one (it waits instead).
 //! - **Old clients** send no watermark (0). For them the floor follows the count: the
-//!   [`REMEMBERED_PER_CLIENT`] highest sequences are kept, and the floor is the oldest of them —
-//!   the behaviour before watermarks.
+//!   [`REMEMBERED_PER_CLIENT`] highest sequences are kept, and the floor is one past the highest
+//!   sequence forgotten. (Before, anything below the oldest remembered sequence was refused, so
+//!   a fresh client's concurrent first writes, reordered on their way through followers, were
+//!   refused as "too old" although nothing had been forgotten: the start-up failures of a
+//!   shared client.)
 //! - **Below the floor** a write may have been applied and forgotten (or acknowledged and then
 //!   delayed in the network): it is never applied, and its answer is "outcome unknown"
 //!   ([`Refusal::SequenceTooOld`]). A sequence at or above the floor that is not remembered is new.
@@ -196,12 +199,9 @@ impl Sessions {
         }
         if stamp.acked_below > 0 {
             session.raise_floor(stamp.acked_below);
-        } else {
-            if session.remembered.len() > REMEMBERED_PER_CLIENT {
-                session.remembered.pop_front();
-            }
-            let (oldest, _) = session.remembered[0];
-            session.raise_floor(oldest);
+        } else if session.remembered.len() > REMEMBERED_PER_CLIENT {
+            let (forgotten, _) = session.remembered[0];
+            session.raise_floor(forgotten + 1);
         }
         self.bytes = self.bytes - before + session.bytes();
         shard.by_last_index.insert((log_index, id.client_id));
@@ -565,6 +565,25 @@ mod tests {
             Dedup::New,
             "the limit moves with the watermark"
         );
+    }
+
+    /// A fresh client's concurrent first writes reach the leader in any order (each forwarded
+    /// by a follower on its own): none of them is too old while nothing has been forgotten.
+    #[test]
+    fn without_a_watermark_writes_applied_out_of_order_are_new_until_forgotten() {
+        let mut sessions = Sessions::default();
+        for (index, sequence) in [(1, 4), (2, 7), (3, 2)] {
+            assert_eq!(sessions.check(id(1, sequence), &OLD), Dedup::New);
+            sessions.record(id(1, sequence), &OLD, index, outcome(sequence));
+        }
+        for sequence in [1, 3, 5, 6] {
+            assert_eq!(
+                sessions.check(id(1, sequence), &OLD),
+                Dedup::New,
+                "{sequence}"
+            );
+        }
+        assert_eq!(sessions.check(id(1, 4), &OLD), Dedup::Duplicate(outcome(4)));
     }
 
     #[test]
