@@ -66,7 +66,8 @@ pub struct EndpointStatus {
     pub info: Result<proto::NodeInfoResponse>,
 }
 
-/// A handle to a kvs cluster. Clones share connections and the write sequence.
+/// A handle to a kvs cluster. Clones share connections and the write session (sequence and
+/// watermark): build one and use it from as many tasks as you like.
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Inner>,

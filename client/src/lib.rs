@@ -2,7 +2,9 @@
 //!
 //! [`Client`] speaks the gRPC API in `proto/kvs.proto` to a cluster: it follows the leader,
 //! retries what is safe to retry within one deadline, and gives every write a `WriteId` so a
-//! retried write is applied at most once. When a write's fate cannot be known, the error says so
+//! retried write is applied at most once. Clones of a `Client` share one [`WriteSession`], which
+//! tells the cluster which of its writes are still in flight (the watermark), so a client shared
+//! by many tasks never has a write it merely retried refused as too old. When a write's fate cannot be known, the error says so
 //! ([`Error::OutcomeUnknown`]) instead of guessing. The `kvsctl` binary (feature `cli`) is a thin
 //! shell over this library; embedders build without it and get no CLI dependencies.
 
