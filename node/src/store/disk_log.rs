@@ -251,14 +251,49 @@ impl Syncer {
 /// fjall's journal recovery cannot tell a torn tail from damage in the middle: both end the
 /// recovered log early. The watermark can: it is written only after the journal fsync that made
 /// an index durable, so a recovered log that ends below it has lost acknowledged entries — the
-/// node then refuses to start instead of serving a log with a hole. (It is not fsynced itself:
-/// if it lags after a power loss, the check is merely weaker, never wrong.) It is rewritten in
-/// place after every group fsync, so the file stays open.
+/// node then refuses to start instead of serving a log with a hole. It is rewritten in place
+/// after every group fsync, so the file stays open.
+///
+/// The rule that keeps the check true across a power loss: the durable watermark never exceeds
+/// the durable end of the log. Raising it needs no fsync of its own (the entries are durable
+/// first; a watermark that lags after a power loss only makes the check weaker, never wrong).
+/// Lowering it, for a truncation, must be durable *before* the entries above it are removed
+/// durably: otherwise a power loss can keep the old, higher watermark beside the shortened log,
+/// and the node refuses to start over entries that were legitimately truncated.
 #[derive(Clone)]
 struct Watermark {
     path: PathBuf,
     /// The open file and the length of the record in it.
     file: Arc<Mutex<Option<(File, usize)>>>,
+    #[cfg(test)]
+    steps: Steps,
+}
+
+/// What the log did to its files, in order, for the tests of crash ordering.
+#[cfg(test)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Step {
+    /// The watermark file was written with this index.
+    Watermark(u64),
+    /// ... and fsynced.
+    WatermarkSynced,
+    /// Entries from this index on were removed from the journal (durable at its next fsync).
+    Removed(u64),
+}
+
+#[cfg(test)]
+#[derive(Clone, Default)]
+struct Steps(Arc<Mutex<Vec<Step>>>);
+
+#[cfg(test)]
+impl Steps {
+    fn record(&self, step: Step) {
+        lock::lock(&self.0).push(step);
+    }
+
+    fn take(&self) -> Vec<Step> {
+        std::mem::take(&mut lock::lock(&self.0))
+    }
 }
 
 impl Watermark {
@@ -266,6 +301,8 @@ impl Watermark {
         Watermark {
             path: path.to_path_buf(),
             file: Arc::default(),
+            #[cfg(test)]
+            steps: Steps::default(),
         }
     }
 
@@ -284,7 +321,18 @@ impl Watermark {
         }
     }
 
+    /// Records `index` (a raise: durable entries up to it), not fsynced.
     fn write(&self, index: u64) -> io::Result<()> {
+        self.write_at(index, false)
+    }
+
+    /// Records `index` below the current value and fsyncs it, so no removal that follows can
+    /// become durable while the file could still hold a higher value.
+    fn lower(&self, index: u64) -> io::Result<()> {
+        self.write_at(index, true)
+    }
+
+    fn write_at(&self, index: u64, sync: bool) -> io::Result<()> {
         let record = seal(&index);
         let mut file = lock::lock(&self.file);
         if file.is_none() {
@@ -301,6 +349,13 @@ impl Watermark {
         if *len != record.len() {
             f.set_len(record.len() as u64)?;
             *len = record.len();
+        }
+        #[cfg(test)]
+        self.steps.record(Step::Watermark(index));
+        if sync {
+            f.sync_data()?;
+            #[cfg(test)]
+            self.steps.record(Step::WatermarkSynced);
         }
         Ok(())
     }
@@ -529,12 +584,15 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
         // Appends still syncing would raise the watermark behind our back: let them finish.
         self.syncer.drain().await?;
         self.recent().retain(|index| index < from);
-        // Lower the watermark first: entries above the truncation point are legitimately gone.
-        self.watermark.write(from.saturating_sub(1))?;
+        // Lower the watermark durably first: entries above the truncation point are about to
+        // be legitimately gone (see `Watermark`).
+        self.watermark.lower(from.saturating_sub(1))?;
         let mut batch = self.db.batch();
         for guard in self.entries.range::<[u8; 8], _>(key(from)..) {
             batch.remove(&self.entries, guard.key().map_err(|e| self.err(e))?);
         }
+        #[cfg(test)]
+        self.watermark.steps.record(Step::Removed(from));
         self.write_synced(batch).await
     }
 
@@ -588,6 +646,33 @@ mod tests {
 
     fn indexes(got: Option<Vec<EntryOf<TypeConfig>>>) -> Option<Vec<u64>> {
         got.map(|entries| entries.iter().map(|e| e.index()).collect())
+    }
+
+    /// A truncation removes entries only after the lowered watermark is on disk: a power loss
+    /// in between must not leave a watermark above the log's durable end, or the node would
+    /// refuse to start over entries that were truncated on purpose.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_truncation_makes_the_lowered_watermark_durable_before_removing_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = DiskLog::open(&dir.path().join("raft"), &dir.path().join("watermark"))
+            .expect("open log");
+        use openraft::type_config::TypeConfigExt;
+        let (done, flushed) = TypeConfig::oneshot();
+        let callback = IOFlushed::<TypeConfig>::signal(done);
+        log.append((1..=10).map(blank), callback)
+            .await
+            .expect("append");
+        flushed.await.expect("flushed").expect("durable");
+        log.watermark.steps.take();
+
+        log.truncate_after(Some(blank(5).log_id()))
+            .await
+            .expect("truncate");
+        assert_eq!(
+            log.watermark.steps.take(),
+            [Step::Watermark(5), Step::WatermarkSynced, Step::Removed(6)]
+        );
+        assert_eq!(log.watermark.read().expect("read"), Some(5));
     }
 
     #[test]
