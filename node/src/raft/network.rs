@@ -87,13 +87,18 @@ pub(crate) fn endpoint(
         .keep_alive_timeout(Duration::from_secs(10)))
 }
 
-/// Creates a connection per target for openraft's replication tasks.
+/// Creates a connection per target for openraft's replication tasks, and keeps one to the
+/// leader for this node's read-index requests.
 #[derive(Clone)]
 pub(crate) struct PeerNetwork {
     identity: Identity,
     max_message_bytes: usize,
     connect_timeout: Duration,
     faults: Arc<Faults>,
+    /// The leader's peer address and the client every read-index round sends on: one
+    /// connection for all rounds (a connection per round would use up local ports), replaced
+    /// when the leader moves. A broken connection is re-established by the channel itself.
+    leader_link: Arc<std::sync::Mutex<Option<(String, PeerClient<Channel>)>>>,
 }
 
 impl PeerNetwork {
@@ -108,7 +113,21 @@ impl PeerNetwork {
             max_message_bytes,
             connect_timeout,
             faults,
+            leader_link: Arc::default(),
         }
+    }
+
+    /// The client for the leader at `addr`, on the connection kept for it.
+    pub(crate) fn leader_client(&self, addr: &str) -> Option<PeerClient<Channel>> {
+        let mut link = crate::lock::lock(&self.leader_link);
+        if let Some((linked, client)) = link.as_ref()
+            && linked == addr
+        {
+            return Some(client.clone());
+        }
+        let client = self.client(addr)?;
+        *link = Some((addr.to_string(), client.clone()));
+        Some(client)
     }
 
     /// A client for `addr` with this node's limits; connects lazily.
@@ -581,6 +600,51 @@ mod tests {
                 (prev, p.entries.iter().map(|e| e.log_id.index()).collect())
             })
             .collect()
+    }
+
+    /// Read-index rounds to the same leader share one connection: a connection per round
+    /// would leave a socket in TIME_WAIT per read and exhaust local ports.
+    #[tokio::test]
+    async fn rounds_to_the_leader_share_one_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let incoming = {
+            let accepted = accepted.clone();
+            futures::stream::unfold(listener, move |listener| {
+                let accepted = accepted.clone();
+                async move {
+                    let conn = listener.accept().await.map(|(conn, _)| conn);
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    Some((conn, listener))
+                }
+            })
+        };
+        // Any gRPC server will do: the calls are answered UNIMPLEMENTED over a real connection.
+        let (_, health) = tonic_health::server::health_reporter();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(incoming),
+        );
+        let network = PeerNetwork::new(
+            Identity::new(1),
+            1024 * 1024,
+            Duration::from_secs(5),
+            Arc::new(Faults::inert()),
+        );
+        for _ in 0..20 {
+            let mut client = network.leader_client(&addr).expect("client");
+            let reply = client.read_index(network.message(2, Bytes::new())).await;
+            assert_eq!(
+                reply.expect_err("no peer service").code(),
+                tonic::Code::Unimplemented
+            );
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+        server.abort();
     }
 
     #[test]

@@ -141,7 +141,10 @@ async fn ask_leader(replica: &Replica) -> RoundOutcome {
     if replica.faults().blocks(leader) {
         return Err(unreachable());
     }
-    let mut client = replica.peers.client(&peer_addr).ok_or_else(unreachable)?;
+    let mut client = replica
+        .peers
+        .leader_client(&peer_addr)
+        .ok_or_else(unreachable)?;
     let mut req = tonic::Request::new(replica.peers.message(leader, bytes::Bytes::new()));
     req.set_timeout(deadline.remaining());
     let held = replica.faults().hold(leader);
