@@ -160,8 +160,25 @@ impl Identity {
     }
 
     /// Checks a peer message's identity envelope, adopting the sender's cluster ID when this node
-    /// has none yet and `may_adopt` (only a leader's replication may make a node join).
+    /// has none yet and `may_adopt` (only a leader's replication may make a node join). Call it
+    /// only for a message that passed every other check: see [`Identity::check`].
     pub(crate) fn admit(&self, cluster_id: &str, to: u64, may_adopt: bool) -> Result<(), Mismatch> {
+        self.judge(cluster_id, to, may_adopt, true)
+    }
+
+    /// What [`Identity::admit`] would say, without adopting anything: a message that has yet to
+    /// be decoded and checked must not make a fresh node join a cluster.
+    pub(crate) fn check(&self, cluster_id: &str, to: u64, may_adopt: bool) -> Result<(), Mismatch> {
+        self.judge(cluster_id, to, may_adopt, false)
+    }
+
+    fn judge(
+        &self,
+        cluster_id: &str,
+        to: u64,
+        may_adopt: bool,
+        adopt: bool,
+    ) -> Result<(), Mismatch> {
         if to != self.node_id {
             return Err(Mismatch::WrongNode {
                 addressed: to,
@@ -175,6 +192,7 @@ impl Identity {
                 sender: cluster_id.to_string(),
                 own: own.to_string(),
             }),
+            None if may_adopt && !cluster_id.is_empty() && !adopt => Ok(()),
             None if may_adopt && !cluster_id.is_empty() => {
                 tracing::info!(cluster_id, "joined cluster");
                 self.save(cluster_id);
@@ -195,6 +213,18 @@ pub enum Mismatch {
     WrongCluster { sender: String, own: String },
     #[error("this node belongs to no cluster yet")]
     NoCluster,
+    #[error("node {} is not a member of this node's configuration", node_id_string(*.from))]
+    NotMember { from: u64 },
+    #[error("node {} sent from {actual}, but its peer address is {expected}", node_id_string(*.from))]
+    WrongAddress {
+        from: u64,
+        expected: String,
+        actual: std::net::IpAddr,
+    },
+    #[error("the envelope names node {} but the message speaks for node {}", node_id_string(*.envelope), node_id_string(*.message))]
+    WrongSender { envelope: u64, message: u64 },
+    #[error("term {term} is out of reach of this node's term {current}")]
+    TermOutOfReach { term: u64, current: u64 },
 }
 
 impl Mismatch {
@@ -204,6 +234,10 @@ impl Mismatch {
             Mismatch::WrongNode { .. } => "wrong-node",
             Mismatch::WrongCluster { .. } => "wrong-cluster",
             Mismatch::NoCluster => "no-cluster",
+            Mismatch::NotMember { .. } => "not-member",
+            Mismatch::WrongAddress { .. } => "wrong-address",
+            Mismatch::WrongSender { .. } => "wrong-sender",
+            Mismatch::TermOutOfReach { .. } => "term-out-of-reach",
         }
     }
 }
@@ -241,6 +275,8 @@ mod tests {
     fn a_new_node_adopts_the_cluster_only_from_replication() {
         let me = Identity::new(1);
         assert_eq!(me.admit("c1", 1, false), Err(Mismatch::NoCluster));
+        assert_eq!(me.check("c1", 1, true), Ok(()));
+        assert_eq!(me.cluster_id(), None, "a check adopts nothing");
         assert_eq!(me.admit("c1", 1, true), Ok(()));
         assert_eq!(me.cluster_id().as_deref(), Some("c1"));
         assert!(matches!(
