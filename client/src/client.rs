@@ -207,10 +207,21 @@ impl Client {
 
     /// The cluster's status, as the answering node sees it.
     pub async fn status(&self) -> Result<proto::StatusResponse> {
+        self.status_of(false).await
+    }
+
+    /// The status of a node that has applied everything committed when it was asked, so its
+    /// `keys` is the cluster's count (a lagging replica's plain status may say 0 of a cluster
+    /// that holds data).
+    pub async fn linearizable_status(&self) -> Result<proto::StatusResponse> {
+        self.status_of(true).await
+    }
+
+    async fn status_of(&self, linearizable: bool) -> Result<proto::StatusResponse> {
         self.call(
             Route::Failover,
             CallKind::Read,
-            proto::StatusRequest {},
+            proto::StatusRequest { linearizable },
             async |ch, r| ClusterClient::new(ch).status(r).await,
         )
         .await
@@ -277,9 +288,25 @@ impl Client {
         Ok(())
     }
 
-    /// Removes the member `id` (moving leadership away first if it leads).
+    /// Removes the member `id` (moving leadership away first if it leads). Removing a voter is
+    /// refused, surely not applied, unless the voters that remain include a healthy majority
+    /// (answering the leader and [caught up](crate::membership::caught_up)).
     pub async fn remove(&self, id: &str) -> Result<()> {
-        let request = proto::RemoveMemberRequest { id: id.to_owned() };
+        self.remove_member(id, false).await
+    }
+
+    /// Removes a member even when the voters that remain do not include a healthy majority
+    /// (which [`Client::remove`] refuses): the cluster may then be unable to commit until enough
+    /// of them come back.
+    pub async fn force_remove(&self, id: &str) -> Result<()> {
+        self.remove_member(id, true).await
+    }
+
+    async fn remove_member(&self, id: &str, force: bool) -> Result<()> {
+        let request = proto::RemoveMemberRequest {
+            id: id.to_owned(),
+            force,
+        };
         self.call(Route::Failover, CallKind::Admin, request, async |ch, r| {
             ClusterClient::new(ch).remove_member(r).await
         })

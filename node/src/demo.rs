@@ -206,7 +206,11 @@ async fn form_cluster(nodes: &[DemoNode]) -> Result<()> {
     poll("a leader", || {
         let mut c = leader.clone();
         async move {
-            let status = c.status(proto::StatusRequest {}).await.ok()?.into_inner();
+            let status = c
+                .status(proto::StatusRequest::default())
+                .await
+                .ok()?
+                .into_inner();
             (!status.leader.is_empty()).then_some(())
         }
     })

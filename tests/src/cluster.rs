@@ -754,7 +754,7 @@ impl Cluster {
     /// `Cluster.Status` on node `i`, bounded.
     pub async fn status(&self, i: usize) -> Result<StatusResponse, tonic::Status> {
         let mut client = self.cluster_client(i);
-        probe(client.status(StatusRequest {})).await
+        probe(client.status(StatusRequest::default())).await
     }
 
     /// `Cluster.NodeInfo` on node `i`, bounded.

@@ -72,8 +72,11 @@ impl Cluster for ClusterService {
 
     async fn status(
         &self,
-        _: Request<proto::StatusRequest>,
+        request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
+        if request.into_inner().linearizable {
+            return self.answer(self.replica.linearizable_status().await);
+        }
         Ok(Response::new(self.replica.status()))
     }
 
@@ -103,7 +106,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<proto::RemoveMemberRequest>,
     ) -> Result<Response<proto::RemoveMemberResponse>, Status> {
-        let result = self.replica.remove(request.into_inner().id).await;
+        let proto::RemoveMemberRequest { id, force } = request.into_inner();
+        let result = self.replica.remove(id, force).await;
         self.answer(result.map(|()| proto::RemoveMemberResponse {}))
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use kvs_client::proto;
 use openraft::ChangeMembers;
+use openraft::Instant as _;
 use openraft::ServerState;
 use openraft::alias::CommittedLeaderIdOf;
 use openraft::errors::ChangeMembershipError;
@@ -25,6 +26,7 @@ use crate::replica::Leadership;
 use crate::replica::Replica;
 use crate::store::entry::MemberAddr;
 use crate::store::entry::TypeConfig;
+use kvs_client::membership::caught_up;
 
 impl Replica {
     /// What this node is; answered by members and non-members alike.
@@ -65,6 +67,14 @@ impl Replica {
             alarms: self.alarms(),
             keys: self.state.read(|data, _| data.len() as u64),
         }
+    }
+
+    /// This node's view of the cluster once it has applied everything committed when the call
+    /// arrived: its key count is then the cluster's, not a lagging replica's.
+    pub(crate) async fn linearizable_status(&self) -> Result<proto::StatusResponse> {
+        let (_guard, deadline) = self.admit()?;
+        crate::replica::read::await_linearizable(self, &deadline).await?;
+        Ok(self.status())
     }
 
     /// The alarms this node raises (see `StatusResponse.alarms`).
@@ -265,16 +275,22 @@ impl Replica {
     }
 
     /// Removes a member entirely; the leader hands leadership off before removing itself.
-    pub(crate) async fn remove(&self, id: String) -> Result<()> {
+    /// Unless `force`, a voter is removed only if the voters that remain include a healthy
+    /// majority (see [`remaining_voters_healthy`]): otherwise the cluster could not commit after
+    /// the change, and every write would hang.
+    pub(crate) async fn remove(&self, id: String, force: bool) -> Result<()> {
         let (_guard, deadline) = self.admit()?;
         let node_id = parse_node_id(&id)
             .ok_or_else(|| Error::InvalidArgument(format!("malformed member ID {id:?}")))?;
         if node_id == self.identity.node_id() && matches!(self.leadership(), Leadership::Here) {
+            if !force {
+                self.check_remaining_voters(node_id)?;
+            }
             self.hand_off_leadership(None, &deadline).await?;
         }
         if let Some(leader) = self.leader_elsewhere()? {
             let mut client = self.forwarder.cluster(&leader, &deadline).await?;
-            let req = proto::RemoveMemberRequest { id };
+            let req = proto::RemoveMemberRequest { id, force };
             return self
                 .forwarder
                 .relay(&leader, &deadline, true, client.remove_member(req))
@@ -288,6 +304,9 @@ impl Replica {
         if membership.voter_ids().any(|v| v == node_id) {
             if membership.voter_ids().count() == 1 {
                 return Err(Error::Membership("cannot remove the last voter".into()));
+            }
+            if !force {
+                self.check_remaining_voters(node_id)?;
             }
             self.change(
                 ChangeMembers::RemoveVoters([node_id].into()),
@@ -303,6 +322,32 @@ impl Replica {
             )
             .await
         }
+    }
+
+    /// Refuses removing the voter `removed` unless the voters left include a healthy majority,
+    /// as this leader sees them: itself, and each follower that acknowledged it within the
+    /// leader lease and is caught up.
+    fn check_remaining_voters(&self, removed: u64) -> Result<()> {
+        let me = self.identity.node_id();
+        let lease = Duration::from_millis(self.config.election_timeout_ms * 2);
+        let members = self.members_here().members;
+        let metrics = self.metrics();
+        let answering = |id: u64| {
+            metrics
+                .heartbeat
+                .as_ref()
+                .and_then(|acked| acked.get(&id).copied().flatten())
+                .is_some_and(|acked| acked.elapsed() <= lease)
+        };
+        let healthy = |id: u64| {
+            id == me
+                || (answering(id)
+                    && members.iter().any(|m| {
+                        parse_node_id(&m.id) == Some(id) && caught_up(m.matched_index, m.lag)
+                    }))
+        };
+        let voters: BTreeSet<u64> = metrics.membership_config.membership().voter_ids().collect();
+        remaining_voters_healthy(&voters, removed, healthy)
     }
 
     /// Moves leadership to `to` (or the most up-to-date other voter) and waits until it moved.
@@ -485,5 +530,84 @@ fn change_refused(e: ChangeMembershipError<CommittedLeaderIdOf<TypeConfig>, u64>
         ChangeMembershipError::NodeMetadataChanged(_) => Error::Membership(
             "a member's addresses cannot change; remove it and add it again".into(),
         ),
+    }
+}
+
+/// Whether the voters left after removing `removed` include a healthy majority, `healthy`
+/// telling which are; a refusal naming the ones that are not otherwise. A change that leaves a
+/// configuration without a healthy majority commits (the old configuration still has one) and
+/// then the cluster cannot commit anything more until enough voters come back.
+fn remaining_voters_healthy(
+    voters: &BTreeSet<u64>,
+    removed: u64,
+    healthy: impl Fn(u64) -> bool,
+) -> Result<()> {
+    let remaining: Vec<u64> = voters.iter().copied().filter(|v| *v != removed).collect();
+    let (up, down): (Vec<u64>, Vec<u64>) = remaining.iter().partition(|v| healthy(**v));
+    if up.len() > remaining.len() / 2 {
+        return Ok(());
+    }
+    let names = |ids: &[u64]| {
+        ids.iter()
+            .map(|id| node_id_string(*id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(Error::Membership(format!(
+        "removing {} would leave {} voters of which only {} are healthy (answering the leader and \
+         caught up), not a majority: the cluster could not commit; healthy: [{}]; \
+         down or lagging: [{}]; bring them back first, or force the removal",
+        node_id_string(removed),
+        remaining.len(),
+        up.len(),
+        names(&up),
+        names(&down),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_voter_is_removed_only_if_the_rest_have_a_healthy_majority() {
+        let voters = BTreeSet::from([1, 2, 3]);
+        let three_down = |id: u64| id != 3;
+        assert!(
+            matches!(
+                remaining_voters_healthy(&voters, 2, three_down),
+                Err(Error::Membership(_))
+            ),
+            "{{1, 3}} with 3 down cannot commit"
+        );
+        assert!(
+            remaining_voters_healthy(&voters, 3, three_down).is_ok(),
+            "removing the dead voter leaves {{1, 2}}, both up"
+        );
+        assert!(remaining_voters_healthy(&voters, 2, |_| true).is_ok());
+
+        let five = BTreeSet::from([1, 2, 3, 4, 5]);
+        let four_five_down = |id: u64| id <= 3;
+        assert!(
+            remaining_voters_healthy(&five, 5, four_five_down).is_ok(),
+            "3 of 4 up"
+        );
+        assert!(
+            remaining_voters_healthy(&five, 3, four_five_down).is_err(),
+            "2 of 4 up is no majority"
+        );
+    }
+
+    #[test]
+    fn the_refusal_names_the_voters_that_are_down() {
+        let voters = BTreeSet::from([1, 2, 3]);
+        let Err(Error::Membership(message)) = remaining_voters_healthy(&voters, 2, |id| id != 3)
+        else {
+            panic!("refused");
+        };
+        assert!(
+            message.contains(&format!("down or lagging: [{}]", node_id_string(3))),
+            "{message}"
+        );
     }
 }

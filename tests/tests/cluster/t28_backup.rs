@@ -9,6 +9,7 @@ use kvs_client::{Client, ClientOptions};
 use kvs_tests::Cluster;
 use kvs_tests::ClusterOptions;
 use kvs_tests::exit;
+use kvs_tests::wait_until;
 
 use crate::other_than;
 
@@ -142,4 +143,54 @@ async fn a_backup_restores_into_a_new_cluster_with_the_same_checksum() {
         "the restored cluster holds exactly the saved keys, values and expiries"
     );
     assert_ne!(resaved["cluster_id"], saved["cluster_id"]);
+}
+
+/// `restore` decides that the cluster is empty from a linearizable count: a follower that has
+/// not yet received the latest write still answers that the cluster holds it, and the restore
+/// through that follower is refused before it writes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_through_a_lagging_follower_into_a_non_empty_cluster_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("backup.kvs");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let options = ClusterOptions {
+        fault_control: true,
+        request_timeout: Duration::from_secs(20),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(3, options).await;
+    cluster.kvsctl(["put", "saved", "v"]).await.ok();
+    cluster.kvsctl(["snapshot", "save", file_arg]).await.ok();
+    cluster.kvsctl(["del", "saved"]).await.ok();
+    let leader = cluster.leader().await;
+    let follower = other_than(&cluster, leader);
+    wait_until(
+        Duration::from_secs(30),
+        "the follower holds no key",
+        || async {
+            cluster
+                .status(follower)
+                .await
+                .is_ok_and(|status| status.keys == 0)
+        },
+    )
+    .await;
+
+    // Everything the follower sends or receives over peer links now takes seconds: the write
+    // below commits without it, and it holds no key for a while.
+    cluster.slow_down(&[follower], Duration::from_secs(3), Duration::ZERO);
+    cluster.faults_in_force().await;
+    cluster.cli_at(leader).run(["put", "live", "v"]).await.ok();
+    let lagging = cluster.status(follower).await.expect("follower status");
+    assert_eq!(lagging.keys, 0, "the follower lags: the test needs it to");
+
+    let refused = cluster
+        .cli_at(follower)
+        .run(["--timeout", "30s", "snapshot", "restore", file_arg])
+        .await;
+    assert_eq!(refused.code, Some(exit::NOT_APPLIED), "{refused}");
+    assert!(refused.text().contains("empty cluster"), "{refused}");
+    cluster.heal();
+    let saved = cluster.get(leader, "saved").await;
+    assert!(matches!(saved, Ok(None)), "nothing was restored: {saved:?}");
 }

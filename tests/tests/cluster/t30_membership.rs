@@ -84,3 +84,53 @@ async fn membership_grows_to_five_and_shrinks_to_three_under_writes() {
     );
     cluster.assert_writes_durable(new_leader, &log).await;
 }
+
+/// With one voter of three down, removing another would leave two voters of which one is down:
+/// a configuration that cannot commit. `member remove` refuses it (exit 3, nothing changed) and
+/// writes go on; `--force` attempts the change anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_voter_that_would_leave_no_healthy_majority_is_refused() {
+    let mut cluster = Cluster::start(3, ClusterOptions::default()).await;
+    let leader = cluster.leader().await;
+    let mut followers = (0..3).filter(|&i| i != leader);
+    let (kept, stopped) = (
+        followers.next().expect("a follower"),
+        followers.next().expect("another follower"),
+    );
+    cluster.kill(stopped);
+    let alive = cluster.cli_at(leader);
+    let kept_id = cluster.node(kept).id().to_string();
+
+    // A voter counts as answering while it acknowledged the leader within the leader's lease
+    // (two election timeouts): let that pass for the stopped one.
+    tokio::time::sleep(cluster.options().election_timeout * 2 + Duration::from_secs(1)).await;
+    let refused = alive.run(["member", "remove", kept_id.as_str()]).await;
+    assert_eq!(
+        refused.code,
+        Some(kvs_tests::exit::NOT_APPLIED),
+        "{refused}"
+    );
+    assert!(refused.text().contains("not a majority"), "{refused}");
+    assert_members(&cluster, &[0, 1, 2]).await;
+    let put = alive.run(["put", "after-refusal", "v"]).await;
+    assert!(put.success(), "writes go on after the refusal: {put}");
+
+    // The forced change cannot complete while the stopped voter is down (the new configuration
+    // needs it), so the command ends outcome-unknown or applied, never refused.
+    let forced = alive
+        .run([
+            "--timeout",
+            "3s",
+            "member",
+            "remove",
+            kept_id.as_str(),
+            "--force",
+        ])
+        .await;
+    assert_ne!(
+        forced.code,
+        Some(kvs_tests::exit::NOT_APPLIED),
+        "--force skips the check: {forced}"
+    );
+    assert!(!forced.text().contains("not a majority"), "{forced}");
+}

@@ -175,10 +175,16 @@ pub(crate) enum MemberCommand {
         /// The member's node ID.
         id: String,
     },
-    /// Remove a member (leadership moves away first if it leads).
+    /// Remove a member (leadership moves away first if it leads). Removing a voter is refused
+    /// (exit 3, not applied) unless the voters that remain include a healthy majority: answering
+    /// the leader and caught up.
     Remove {
         /// The member's node ID.
         id: String,
+        /// Remove it even if the remaining voters do not include a healthy majority; writes then
+        /// hang until enough of them come back.
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -160,8 +160,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             client.promote(&id).await?;
             output::ok(format)
         }
-        Command::Member(MemberCommand::Remove { id }) => {
-            client.remove(&id).await?;
+        Command::Member(MemberCommand::Remove { id, force }) => {
+            if force {
+                client.force_remove(&id).await?;
+            } else {
+                client.remove(&id).await?;
+            }
             output::ok(format)
         }
         Command::Status => output::status(format, &client.status().await?),

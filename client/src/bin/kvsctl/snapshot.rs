@@ -45,12 +45,25 @@ pub(crate) async fn save(client: &Client, path: &Path) -> Result<BackupSummary, 
     let result = save_to(client, &part).await.and_then(|()| {
         let summary = check(&part, |_| Ok(()))?;
         std::fs::rename(&part, path).map_err(|e| io_error(path, "rename the backup to", e))?;
+        sync_parent(path)?;
         Ok(summary)
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&part);
     }
     Ok(result?)
+}
+
+/// Makes the rename of `path` durable: until its directory is fsynced, a power loss can undo
+/// the rename of a backup already reported saved.
+fn sync_parent(path: &Path) -> Result<(), Error> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, "sync the directory", e))
 }
 
 async fn save_to(client: &Client, part: &Path) -> Result<(), Error> {
@@ -84,7 +97,8 @@ pub(crate) async fn restore(client: &Client, path: &Path) -> Result<(BackupSumma
     })
     .await
     .expect("the check does not panic")?;
-    let status = client.status().await?;
+    // A linearizable count: any node's plain count may be a lagging replica's 0.
+    let status = client.linearizable_status().await?;
     if status.keys > 0 {
         return Err(Failure::NotEmpty { keys: status.keys });
     }
