@@ -136,6 +136,29 @@ pub struct NodeConfig {
     /// gRPC reply message.
     #[arg(long, env = "KVS_MAX_REPLY_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_reply_bytes: usize,
+    /// Most gRPC connections (client and peer ports each) open at once; more wait in the
+    /// listen backlog until one closes.
+    #[arg(long, env = "KVS_MAX_GRPC_CONNECTIONS", default_value_t = 1024)]
+    pub max_grpc_connections: usize,
+
+    /// Most concurrent gRPC calls (HTTP/2 streams) on one connection.
+    #[arg(long, env = "KVS_MAX_GRPC_STREAMS", default_value_t = 256)]
+    pub max_grpc_streams: u32,
+
+    /// HTTP/2 ping and TCP keepalive interval on gRPC connections; a connection whose ping goes
+    /// unanswered this long again is closed.
+    #[arg(long, env = "KVS_GRPC_KEEPALIVE_MS", default_value_t = 10_000)]
+    pub grpc_keepalive_ms: u64,
+
+    /// Most backups (`kvsctl snapshot save`) streamed at once; more are refused with
+    /// RESOURCE_EXHAUSTED. Each holds a copy of the state and a thread while it streams.
+    #[arg(long, env = "KVS_MAX_BACKUPS", default_value_t = 2)]
+    pub max_backups: usize,
+
+    /// A backup stream whose reader takes nothing for this long is dropped, releasing its state
+    /// copy and thread.
+    #[arg(long, env = "KVS_BACKUP_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub backup_idle_timeout_ms: u64,
 
     /// TESTING ONLY — never in production. Re-read this file every 20 ms and drop all peer
     /// traffic to and from the nodes it names (`block <node-id>` lines), to simulate network
@@ -187,6 +210,16 @@ impl NodeConfig {
         ] {
             if let Some(addr) = addr {
                 check_host_port(flag, addr)?;
+            }
+        }
+        for (flag, value) in [
+            ("--max-grpc-connections", self.max_grpc_connections as u64),
+            ("--max-grpc-streams", u64::from(self.max_grpc_streams)),
+            ("--grpc-keepalive-ms", self.grpc_keepalive_ms),
+            ("--backup-idle-timeout-ms", self.backup_idle_timeout_ms),
+        ] {
+            if value == 0 {
+                return bad(format!("{flag} must be more than 0"));
             }
         }
         if self.heartbeat_interval_ms == 0

@@ -88,6 +88,11 @@ pub enum Error {
         /// The quota (`--quota-bytes`).
         quota: u64,
     },
+    /// As many backups as `--max-backups` allows are streaming; nothing was started.
+    #[error(
+        "{0} backups are already streaming from this node (--max-backups); retry when one has finished"
+    )]
+    TooManyBackups(usize),
     /// A request is malformed.
     #[error("invalid request: {0}")]
     InvalidArgument(String),

@@ -119,8 +119,9 @@ pub fn client_request(data: &[u8]) {
     let _ = proto::RemoveMemberRequest::decode(data);
     let _ = proto::TransferLeaderRequest::decode(data);
     if let Ok(batch) = proto::BatchRequest::decode(data)
-        && let Ok(command) = command_of(batch, STAMP_MS, 1024 * 1024)
+        && let Ok(mut command) = command_of(batch, STAMP_MS)
     {
+        command.max_value_bytes = 1024 * 1024;
         apply(&command);
     }
 }

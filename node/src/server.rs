@@ -15,7 +15,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::announce::Serving;
 use crate::config::NodeConfig;
@@ -24,6 +23,7 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::fault;
 use crate::fault::Faults;
+use crate::grpc;
 use crate::grpc::cluster::ClusterService;
 use crate::grpc::health;
 use crate::grpc::kv::KvService;
@@ -222,7 +222,8 @@ impl Tasks {
         let peer_service = PeerServer::new(PeerService::new(replica.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
-        let client_router = Server::builder()
+        let incoming = |listener| grpc::incoming::accept(listener, config.max_grpc_connections);
+        let client_router = grpc_server(config)
             .add_service(health_service)
             .add_service(
                 KvServer::new(KvService::new(replica.clone()))
@@ -234,17 +235,17 @@ impl Tasks {
             None => set.spawn(serve(
                 client_router
                     .add_service(peer_service)
-                    .serve_with_incoming_shutdown(without_nagle(listeners.client), stopped()),
+                    .serve_with_incoming_shutdown(incoming(listeners.client), stopped()),
             )),
             Some(peer_listener) => {
                 set.spawn(serve(client_router.serve_with_incoming_shutdown(
-                    without_nagle(listeners.client),
+                    incoming(listeners.client),
                     stopped(),
                 )));
                 set.spawn(serve(
-                    Server::builder()
+                    grpc_server(config)
                         .add_service(peer_service)
-                        .serve_with_incoming_shutdown(without_nagle(peer_listener), stopped()),
+                        .serve_with_incoming_shutdown(incoming(peer_listener), stopped()),
                 ))
             }
         };
@@ -279,12 +280,15 @@ async fn serve(server: impl Future<Output = std::result::Result<(), tonic::trans
     }
 }
 
-/// Accepted connections with Nagle's algorithm off. A gRPC reply goes out as several small
-/// writes (headers, data, trailers); with Nagle on, each after the first waits for the peer's
-/// delayed ACK — 40 ms on Linux — whenever one request at a time is in flight on a connection,
-/// as with a follower's batched `ReadIndex` rounds. tonic sets this only on listeners it binds.
-fn without_nagle(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// A gRPC server with the node's limits (docs/configuration.md): streams per connection and
+/// HTTP/2 and TCP keepalives, so a dead peer's connection is noticed and dropped.
+fn grpc_server(config: &NodeConfig) -> Server {
+    let keepalive = Duration::from_millis(config.grpc_keepalive_ms);
+    Server::builder()
+        .max_concurrent_streams(Some(config.max_grpc_streams))
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
+        .tcp_keepalive(Some(keepalive))
 }
 
 /// While this node leads, deletes expired keys a few at a time until `stop` resolves.

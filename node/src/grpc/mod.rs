@@ -5,6 +5,7 @@
 
 pub(crate) mod cluster;
 pub(crate) mod health;
+pub(crate) mod incoming;
 pub(crate) mod kv;
 pub(crate) mod peer;
 pub(crate) mod status;

@@ -38,7 +38,7 @@ pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
         | Error::ReadTimeout(_)
         | Error::Busy(_) => Code::Unavailable,
         Error::WriteTimeout(_) => Code::DeadlineExceeded,
-        Error::QuotaExceeded { .. } => Code::ResourceExhausted,
+        Error::QuotaExceeded { .. } | Error::TooManyBackups(_) => Code::ResourceExhausted,
         Error::OutcomeUnknown(_) => Code::Unknown,
         // The outcome is lost for good: DATA_LOSS, which clients do not retry.
         Error::OutcomeLost(_) => Code::DataLoss,

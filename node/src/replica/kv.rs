@@ -345,7 +345,7 @@ pub(crate) fn command_of(req: proto::BatchRequest, stamp_ms: u64) -> Result<Comm
             else_ops: ops_from_proto(req.else_ops, stamp_ms)?,
             return_previous: req.return_previous,
         },
-        max_value_bytes,
+        max_value_bytes: 0,
     })
 }
 

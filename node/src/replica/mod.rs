@@ -61,6 +61,8 @@ pub(crate) struct Replica {
     proposals: tokio::sync::Semaphore,
     /// Serializes Initialize calls.
     init_lock: tokio::sync::Mutex<()>,
+    /// One permit per backup that may stream at once (`--max-backups`).
+    backups: Arc<tokio::sync::Semaphore>,
 }
 
 /// Writes a leader proposes at once; more wait (within their deadline) for a slot.
@@ -91,6 +93,7 @@ impl Replica {
     ) -> (Arc<Self>, ReadIndexRunners) {
         let (read_index, runners) = ReadIndexRounds::new();
         let replica = Replica {
+            backups: Arc::new(tokio::sync::Semaphore::new(config.max_backups)),
             identity,
             forwarder: Forwarder::new(config.max_message_bytes()),
             raft,

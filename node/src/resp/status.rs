@@ -48,6 +48,7 @@ pub(crate) fn error_reply(err: Error, leader: Option<String>) -> Frame {
         | Error::BatchTooLarge { .. }
         | Error::CompareFailed
         | Error::Membership(_)
+        | Error::TooManyBackups(_)
         | Error::PeerIdentity(_) => format!("ERR {err}"),
         Error::Config(_)
         | Error::Io { .. }
