@@ -98,8 +98,11 @@ pub(crate) struct PeerNetwork {
     /// The leader's peer address and the client every read-index round sends on: one
     /// connection for all rounds (a connection per round would use up local ports), replaced
     /// when the leader moves. A broken connection is re-established by the channel itself.
-    leader_link: Arc<std::sync::Mutex<Option<(String, PeerClient<Channel>)>>>,
+    leader_link: Arc<std::sync::Mutex<Option<LeaderLink>>>,
 }
+
+/// The leader's peer address and the client on the connection kept to it.
+type LeaderLink = (String, PeerClient<Channel>);
 
 impl PeerNetwork {
     pub(crate) fn new(
