@@ -176,9 +176,10 @@ async fn a_restore_through_a_lagging_follower_into_a_non_empty_cluster_is_refuse
     )
     .await;
 
-    // Everything the follower sends or receives over peer links now takes seconds: the write
-    // below commits without it, and it holds no key for a while.
-    cluster.slow_down(&[follower], Duration::from_secs(3), Duration::ZERO);
+    // Everything the follower sends or receives over peer links is now held a while: the write
+    // below commits without it, and it holds no key for that while. (Short enough that the
+    // follower's read-index round to the leader fits one attempt of the client.)
+    cluster.slow_down(&[follower], Duration::from_millis(250), Duration::ZERO);
     cluster.faults_in_force().await;
     cluster.cli_at(leader).run(["put", "live", "v"]).await.ok();
     let lagging = cluster.status(follower).await.expect("follower status");
