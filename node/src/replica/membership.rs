@@ -26,7 +26,6 @@ use crate::replica::Leadership;
 use crate::replica::Replica;
 use crate::store::entry::MemberAddr;
 use crate::store::entry::TypeConfig;
-use kvs_client::membership::caught_up;
 
 impl Replica {
     /// What this node is; answered by members and non-members alike.
@@ -326,25 +325,20 @@ impl Replica {
 
     /// Refuses removing the voter `removed` unless the voters left include a healthy majority,
     /// as this leader sees them: itself, and each follower that acknowledged it within the
-    /// leader lease and is caught up.
+    /// leader lease. A follower behind on the log still counts: under writes every follower
+    /// lags a little, and what a change must not do is leave a configuration whose majority
+    /// cannot answer at all.
     fn check_remaining_voters(&self, removed: u64) -> Result<()> {
         let me = self.identity.node_id();
         let lease = Duration::from_millis(self.config.election_timeout_ms * 2);
-        let members = self.members_here().members;
         let metrics = self.metrics();
-        let answering = |id: u64| {
-            metrics
-                .heartbeat
-                .as_ref()
-                .and_then(|acked| acked.get(&id).copied().flatten())
-                .is_some_and(|acked| acked.elapsed() <= lease)
-        };
         let healthy = |id: u64| {
             id == me
-                || (answering(id)
-                    && members.iter().any(|m| {
-                        parse_node_id(&m.id) == Some(id) && caught_up(m.matched_index, m.lag)
-                    }))
+                || metrics
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|acked| acked.get(&id).copied().flatten())
+                    .is_some_and(|acked| acked.elapsed() <= lease)
         };
         let voters: BTreeSet<u64> = metrics.membership_config.membership().voter_ids().collect();
         remaining_voters_healthy(&voters, removed, healthy)
@@ -554,8 +548,8 @@ fn remaining_voters_healthy(
             .join(", ")
     };
     Err(Error::Membership(format!(
-        "removing {} would leave {} voters of which only {} are healthy (answering the leader and \
-         caught up), not a majority: the cluster could not commit; healthy: [{}]; \
+        "removing {} would leave {} voters of which only {} are healthy (answering the leader), not \
+         a majority: the cluster could not commit; healthy: [{}]; \
          down or lagging: [{}]; bring them back first, or force the removal",
         node_id_string(removed),
         remaining.len(),
