@@ -6,6 +6,7 @@
 //! are serialized through a process-wide lock: tests are multi-process and timing-sensitive, so
 //! two clusters must never compete for the CPU of one test run.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
 use std::path::PathBuf;
@@ -98,6 +99,14 @@ pub struct ClusterOptions {
     /// Run every node with `--fault-control-file` (testing only), so that
     /// [`Cluster::partition`] can cut peer links.
     pub fault_control: bool,
+    /// Flags added to every node's command line after the harness's own.
+    pub extra_args: Vec<String>,
+    /// Environment variables added to the process of the node in seat `i`: e.g. libfaketime's,
+    /// to run one node with its wall clock off.
+    pub node_env: BTreeMap<usize, Vec<(String, String)>>,
+    /// Where the nodes' data directories (`data<i>`) are made when `durable`; the cluster's own
+    /// temporary directory when `None`. A test mounts small file systems there to fill a disk.
+    pub data_root: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -119,6 +128,9 @@ impl Default for ClusterOptions {
             quota_bytes: None,
             max_sessions: None,
             fault_control: false,
+            extra_args: Vec::new(),
+            node_env: BTreeMap::new(),
+            data_root: None,
         }
     }
 }
@@ -137,8 +149,16 @@ impl ClusterOptions {
         self.shutdown_grace.unwrap_or(Self::NODE_DEFAULT_GRACE)
     }
 
+    /// The data directory of seat `index` in a cluster whose own directory is `dir`.
+    fn data_dir(&self, dir: &Path, index: usize) -> PathBuf {
+        self.data_root
+            .as_deref()
+            .unwrap_or(dir)
+            .join(format!("data{index}"))
+    }
+
     fn node_args(&self, node: &Node, bootstrap: bool, dir: &Path, index: usize) -> Vec<OsString> {
-        let data_dir = dir.join(format!("data{index}"));
+        let data_dir = self.data_dir(dir, index);
         let mut args: Vec<String> = vec!["--listen".into(), node.address()];
         if node.peer_port.is_some() {
             args.extend(["--peer-listen".into(), node.peer_address()]);
@@ -194,6 +214,7 @@ impl ClusterOptions {
                 args.extend([flag.into(), value]);
             }
         }
+        args.extend(self.extra_args.iter().cloned());
         args.into_iter().map(OsString::from).collect()
     }
 }
@@ -293,7 +314,8 @@ impl Node {
         let log = log_path(dir, index, self.generation);
         self.logs.push(log.clone());
         let args = options.node_args(self, bootstrap, dir, index);
-        let process = spawn_node(&bins.node, &args, &log, ANNOUNCE_TIMEOUT)
+        let env = options.node_env.get(&index).map_or(&[][..], Vec::as_slice);
+        let process = spawn_node(&bins.node, &args, env, &log, ANNOUNCE_TIMEOUT)
             .await
             .unwrap_or_else(|msg| panic!("node {index}: {msg}"));
         assert_eq!(
@@ -396,7 +418,7 @@ impl Cluster {
 
     /// The data directory node `i` runs with when the cluster is `durable`.
     pub fn data_dir(&self, i: usize) -> PathBuf {
-        self.dir_path().join(format!("data{i}"))
+        self.options.data_dir(&self.dir_path(), i)
     }
 
     fn dir_path(&self) -> PathBuf {

@@ -119,11 +119,13 @@ pub(crate) struct NodeProcess {
     pub(crate) serving: Serving,
 }
 
-/// Spawns `bin args…` with stderr appended to `log` and waits up to `within` for its `serving`
-/// line. On failure the process is killed and the error carries the tail of its log.
+/// Spawns `bin args…` with `env` added to its environment and stderr appended to `log`, and
+/// waits up to `within` for its `serving` line. On failure the process is killed and the error
+/// carries the tail of its log.
 pub(crate) async fn spawn_node(
     bin: &Path,
     args: &[OsString],
+    env: &[(String, String)],
     log: &Path,
     within: Duration,
 ) -> Result<NodeProcess, String> {
@@ -135,6 +137,7 @@ pub(crate) async fn spawn_node(
     let mut child = ChildGuard::spawn(
         Command::new(bin)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -229,6 +232,7 @@ mod tests {
         let err = spawn_node(
             Path::new("sh"),
             &["-c".into(), "echo bind failed >&2; exit 3".into()],
+            &[],
             &log,
             Duration::from_secs(10),
         )
@@ -251,6 +255,7 @@ mod tests {
         let mut node = spawn_node(
             Path::new("sh"),
             &["-c".into(), script.into()],
+            &[],
             &log,
             Duration::from_secs(10),
         )
