@@ -9,11 +9,12 @@
 //! shipped and benchmarked carries none of this.
 //!
 //! A failpoint is armed through the fault control file (`crate::fault`): a line
-//! `failpoint <name> crash` or `failpoint <name> stall <ms>`, part of a
+//! `failpoint <name> crash`, `failpoint <name> error` or `failpoint <name> stall <ms>`, part of a
 //! [`FaultSet`](crate::fault::FaultSet), whose words after `failpoint` are read by `parse` here
 //! and written by [`Action`]'s `Display`. Crashing aborts the process (`std::process::abort`),
 //! never unwinds: a panic could be caught by the task running the storage call and the node would
-//! go on as if nothing happened. Stalling sleeps for a bounded time each time the point is
+//! go on as if nothing happened. Failing makes the step return an I/O error (EIO), as a dying disk
+//! would, so a test can show what the node does when its storage refuses. Stalling sleeps for a bounded time each time the point is
 //! passed, until the line is removed.
 
 use std::collections::BTreeMap;
@@ -35,12 +36,13 @@ const NAMES: [&str; 0] = [];
 /// The longest stall a control line may ask for, so a stalled node always comes back.
 const MAX_STALL_MS: u64 = 60_000;
 
-/// Marks a failpoint named by a string literal listed in `NAMES`. Compiles to nothing without
-/// the `failpoints` feature.
+/// Marks a failpoint named by a string literal listed in `NAMES`, in a function that returns
+/// `Result<_, E>` with `E: From<std::io::Error>`. Compiles to nothing without the `failpoints`
+/// feature.
 macro_rules! failpoint {
     ($name:literal) => {
         #[cfg(feature = "failpoints")]
-        fail::fail_point!($name, |_| $crate::failpoint::crash($name));
+        fail::fail_point!($name, |arg| Err($crate::failpoint::fire($name, arg).into()));
     };
 }
 pub(crate) use failpoint;
@@ -50,6 +52,8 @@ pub(crate) use failpoint;
 pub enum Action {
     /// Abort the process on the spot.
     Crash,
+    /// Return an I/O error (EIO) from the step, every time.
+    Fail,
     /// Sleep this many milliseconds, every time.
     Stall(u64),
 }
@@ -59,6 +63,7 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::Crash => f.write_str("crash"),
+            Action::Fail => f.write_str("error"),
             Action::Stall(ms) => write!(f, "stall {ms}"),
         }
     }
@@ -67,12 +72,14 @@ impl fmt::Display for Action {
 /// Armed failpoints by name.
 pub type Armed = BTreeMap<String, Action>;
 
-/// Parses the words after `failpoint` on a control line: `<name> crash` or `<name> stall <ms>`.
+/// Parses the words after `failpoint` on a control line: `<name> crash`, `<name> error` or
+/// `<name> stall <ms>`.
 /// `None` when the name is not a failpoint of this binary (none is, without the feature) or
 /// the action is malformed.
 pub(crate) fn parse(words: &[&str]) -> Option<(String, Action)> {
     let (name, action) = match *words {
         [name, "crash"] => (name, Action::Crash),
+        [name, "error"] => (name, Action::Fail),
         [name, "stall", ms] => (
             name,
             Action::Stall(ms.parse().ok().filter(|ms| *ms <= MAX_STALL_MS)?),
@@ -94,6 +101,7 @@ pub(crate) fn arm(before: &Armed, after: &Armed) {
             if before.get(name) != Some(action) {
                 let actions = match action {
                     Action::Crash => "return".to_string(),
+                    Action::Fail => "return(eio)".to_string(),
                     Action::Stall(ms) => format!("sleep({ms})"),
                 };
                 fail::cfg(name.as_str(), &actions).expect("the actions of a parsed line are valid");
@@ -112,6 +120,7 @@ pub(crate) fn any_armed() -> impl proptest::strategy::Strategy<Value = Armed> {
     use proptest::prelude::*;
     let action = prop_oneof![
         Just(Action::Crash),
+        Just(Action::Fail),
         (0..=MAX_STALL_MS).prop_map(Action::Stall)
     ];
     proptest::collection::vec(proptest::option::of(action), NAMES.len()).prop_map(|actions| {
@@ -123,10 +132,22 @@ pub(crate) fn any_armed() -> impl proptest::strategy::Strategy<Value = Armed> {
     })
 }
 
-/// Called by an armed `crash` failpoint: dies the way a power cut would, leaving whatever was
-/// not yet fsynced to the recovery code.
+/// Called by an armed failpoint: an `error` one (armed with an argument) gives the I/O error
+/// its step returns; a `crash` one never returns.
 #[cfg(feature = "failpoints")]
-pub(crate) fn crash(name: &str) -> ! {
+pub(crate) fn fire(name: &str, arg: Option<String>) -> std::io::Error {
+    match arg {
+        Some(_) => {
+            tracing::error!(failpoint = name, "failpoint: failing with an I/O error");
+            std::io::Error::from_raw_os_error(nix::errno::Errno::EIO as i32)
+        }
+        None => crash(name),
+    }
+}
+
+/// Dies the way a power cut would, leaving whatever was not yet fsynced to the recovery code.
+#[cfg(feature = "failpoints")]
+fn crash(name: &str) -> ! {
     tracing::error!(failpoint = name, "failpoint: crashing (abort)");
     std::process::abort()
 }
@@ -145,6 +166,10 @@ mod tests {
         assert_eq!(
             parse(&["apply", "stall", "250"]),
             Some(("apply".into(), Action::Stall(250)))
+        );
+        assert_eq!(
+            parse(&["snapshot-build", "error"]),
+            Some(("snapshot-build".into(), Action::Fail))
         );
         assert_eq!(parse(&["apply", "stall", "600000"]), None);
         assert_eq!(parse(&["apply", "panic"]), None);

@@ -129,7 +129,16 @@ pub async fn run(
     let tasks = Tasks::spawn(listeners, &replica, read_rounds);
     announce(replica.identity().node_id(), &advertised);
 
-    shutdown.await;
+    // A node whose Raft core died can serve nothing right: it stops at once and exits non-zero,
+    // so its supervisor restarts it (recovery from its data directory, or a clear refusal).
+    tokio::select! {
+        () = shutdown => {}
+        cause = replica.core_stopped() => {
+            tracing::error!(%cause, "the Raft core stopped; exiting");
+            tasks.stop(&Deadline::after(FATAL_GRACE)).await;
+            return Err(Error::Fatal(cause));
+        }
+    }
     tracing::info!("shutting down");
     let grace = Deadline::after(config.shutdown_grace());
     replica.drain_and_hand_off(&grace).await;
@@ -140,6 +149,9 @@ pub async fn run(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long the tasks of a node whose Raft core died get to stop before it exits.
+const FATAL_GRACE: Duration = Duration::from_secs(2);
 
 /// Starts Raft on the opened storage and builds the replica around it.
 async fn build_replica(

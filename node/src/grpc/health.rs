@@ -1,7 +1,8 @@
 //! The standard `grpc.health.v1` service, used as the Kubernetes readiness probe.
 //!
-//! A node reports SERVING only when it can actually serve: it is a member, it knows a leader, it
-//! is not shutting down, and it has applied everything it knows to be committed. Both the overall
+//! A node reports SERVING only when it can actually serve: its Raft core runs, it is a member, it
+//! knows a leader, it is not shutting down, and it has applied everything it knows to be
+//! committed. Both the overall
 //! status ("") and `kvs.v1.Kv` follow that rule.
 
 use std::sync::Arc;
@@ -23,7 +24,11 @@ fn serving(replica: &Replica) -> bool {
             metrics.last_applied.map(|l| l.index) >= metrics.local_committed.map(|l| l.index),
         )
     });
-    member && replica.leader_id().is_some() && caught_up && !replica.is_draining()
+    replica.core_running()
+        && member
+        && replica.leader_id().is_some()
+        && caught_up
+        && !replica.is_draining()
 }
 
 /// Keeps the reported status current until `stop` resolves.

@@ -65,6 +65,14 @@ pub(crate) struct Replica {
     backups: Arc<tokio::sync::Semaphore>,
 }
 
+/// Why the Raft core stopped, if it stopped for a reason other than a shutdown.
+fn core_failure(metrics: &RaftMetrics<TypeConfig>) -> Option<String> {
+    match &metrics.running_state {
+        Ok(()) | Err(openraft::errors::Fatal::Stopped) => None,
+        Err(fatal) => Some(fatal.to_string()),
+    }
+}
+
 /// Writes a leader proposes at once; more wait (within their deadline) for a slot.
 const MAX_PROPOSALS_IN_FLIGHT: usize = 4096;
 
@@ -168,6 +176,25 @@ impl Replica {
         let metrics = self.raft.metrics();
         let current = metrics.borrow_watched();
         f(&current)
+    }
+
+    /// Resolves when the Raft core has stopped other than by shutdown (a storage error, a
+    /// panic), with the cause: from then on this node can commit, apply and lead nothing.
+    pub(crate) async fn core_stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(cause) = core_failure(&metrics.borrow_watched()) {
+                return cause;
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core ended unexpectedly (panicked)".into();
+            }
+        }
+    }
+
+    /// Whether the Raft core still runs (it stops on a storage error or a panic).
+    pub(crate) fn core_running(&self) -> bool {
+        self.with_metrics(|metrics| metrics.running_state.is_ok())
     }
 
     pub(crate) fn membership(&self) -> Arc<StoredMembershipOf<TypeConfig>> {

@@ -15,6 +15,9 @@ use kvs_tests::jepsen::nemesis::Nemesis;
 use kvs_tests::jepsen::workload::WorkloadOptions;
 use kvs_tests::wait_until;
 use nix::sys::signal::Signal;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 async fn failpoint_build() -> &'static kvs_tests::Binaries {
     match tokio::task::spawn_blocking(kvs_tests::failpoint_binaries).await {
@@ -82,6 +85,79 @@ async fn a_leader_crashing_at_log_fsync_loses_no_acknowledged_write_and_comes_ba
     )
     .await;
     cluster.assert_writes_durable(leader, &log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_log_fsync_fails_reports_not_serving_and_exits_with_the_cause() {
+    let options = ClusterOptions {
+        durable: true,
+        fault_control: true,
+        ..ClusterOptions::default()
+    };
+    let mut cluster = Cluster::start_with(failpoint_build().await, 3, options).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        cluster.node(follower).address()
+    ))
+    .expect("a node address")
+    .connect()
+    .await
+    .expect("connect to the follower");
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
+    let first = watch.message().await.expect("a status").expect("a status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    cluster.arm_failpoint(follower, "log-fsync", Action::Fail);
+    // The next write makes the follower fsync what it appended.
+    let writes = async {
+        for i in 0..50 {
+            let _ = cluster.kvsctl(["put", &format!("k{i}"), "v"]).await;
+        }
+    };
+    let status_seen = async {
+        let mut last = ServingStatus::Serving;
+        while let Ok(Some(update)) = watch.message().await {
+            last = update.status();
+            if last != ServingStatus::Serving {
+                break;
+            }
+        }
+        last
+    };
+    let (_, seen) = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures::future::join(writes, status_seen),
+    )
+    .await
+    .expect("the follower's health changes within a minute");
+    assert_eq!(
+        seen,
+        ServingStatus::NotServing,
+        "a node whose Raft core died reports NOT_SERVING before it exits"
+    );
+    let status = cluster
+        .wait_exit(follower, Duration::from_secs(30))
+        .await
+        .expect("the node exits once its Raft core died");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "it exits non-zero on its own: {status}"
+    );
+    let log_text = std::fs::read_to_string(cluster.node(follower).log_path()).expect("node log");
+    let last_line = log_text.lines().last().unwrap_or_default();
+    assert!(
+        last_line.contains("raft stopped") && last_line.contains("Input/output error"),
+        "the last log line names the cause: {last_line:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
