@@ -102,6 +102,18 @@ pub struct NodeConfig {
     /// evicts alike.
     #[arg(long, env = "KVS_MAX_SESSIONS", default_value_t = 100_000)]
     pub max_sessions: u64,
+    /// Disk space kept free under --data-dir beyond what the next snapshot needs (about the size
+    /// of the stored data). When free space falls below both together the node raises the
+    /// NOSPACE alarm and refuses writes that add data (RESOURCE_EXHAUSTED) while reads and
+    /// deletes still work, until space returns.
+    #[arg(long, env = "KVS_DISK_RESERVE_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub disk_reserve_bytes: u64,
+
+    /// A leader whose wall clock differs by more than this from a majority of the voters (as
+    /// measured on peer traffic) refuses writes (UNAVAILABLE) instead of stamping them with its
+    /// clock, and raises the CLOCK_SKEW alarm.
+    #[arg(long, env = "KVS_MAX_CLOCK_SKEW_MS", default_value_t = 1000)]
+    pub max_clock_skew_ms: u64,
 
     /// Snapshot the state machine every N applied entries and purge the log behind it; a
     /// lagging or new member then catches up from the snapshot.
@@ -240,6 +252,9 @@ impl NodeConfig {
             return bad(format!(
                 "--max-key-bytes must be > 0 and --max-value-bytes at most {MAX_VALUE_LIMIT}"
             ));
+        }
+        if self.max_clock_skew_ms == 0 {
+            return bad("--max-clock-skew-ms must be > 0".into());
         }
         if self.snapshot_every < 10 {
             return bad(format!(

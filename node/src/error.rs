@@ -93,6 +93,31 @@ pub enum Error {
         "{0} backups are already streaming from this node (--max-backups); retry when one has finished"
     )]
     TooManyBackups(usize),
+    /// Free space under the data directory is short of what the next snapshot needs plus
+    /// `--disk-reserve-bytes`; writes that add data are refused until space returns.
+    #[error(
+        "NOSPACE: {free} bytes free in the data directory, fewer than the {needed} the next \
+         snapshot and the reserve need; delete keys or free disk space"
+    )]
+    DiskFull {
+        /// Bytes free for this node under its data directory.
+        free: u64,
+        /// What the next snapshot needs plus the reserve.
+        needed: u64,
+    },
+    /// This leader's wall clock differs from a majority of the voters' by more than
+    /// `--max-clock-skew-ms`, so it stamps no write until they agree; nothing was applied.
+    #[error(
+        "clock skew: this leader's clock differs from a majority of the voters by more than \
+         {max_ms} ms{}; writes are refused until the clocks agree",
+        offset_suffix(.offset_ms)
+    )]
+    ClockSkew {
+        /// The measured offset farthest from zero (a member's clock minus the leader's).
+        offset_ms: Option<i64>,
+        /// The bound (`--max-clock-skew-ms`).
+        max_ms: u64,
+    },
     /// A request is malformed.
     #[error("invalid request: {0}")]
     InvalidArgument(String),
@@ -258,6 +283,13 @@ fn leader_suffix(leader: &Option<String>) -> String {
     match leader {
         Some(l) => format!("; leader is at {l}"),
         None => "; no leader is known".to_string(),
+    }
+}
+
+fn offset_suffix(offset_ms: &Option<i64>) -> String {
+    match offset_ms {
+        Some(ms) => format!(" (a member's clock is {ms:+} ms from it)"),
+        None => " (no member's clock measured recently)".to_string(),
     }
 }
 

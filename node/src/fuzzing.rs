@@ -408,6 +408,7 @@ mod tests {
                         format: crate::PEER_FORMAT,
                     }),
                     payload: append_entries(commands),
+                    sent_at_ms: 1,
                 }
                 .encode_to_vec()
             })),

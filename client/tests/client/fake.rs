@@ -449,6 +449,7 @@ impl Cluster for Service {
                 node_id: state.node_id.clone(),
                 alarms: Vec::new(),
                 keys: 0,
+                clock_skew_ms: 0,
             })
         })
         .await

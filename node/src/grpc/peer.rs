@@ -34,6 +34,8 @@ use crate::fault::Faults;
 use crate::grpc::status::to_status;
 use crate::identity::Identity;
 use crate::identity::Mismatch;
+use crate::raft::clock::ClockOffsets;
+use crate::raft::clock::wall_clock_ms;
 use crate::raft::network::PEER_FORMAT;
 use crate::raft::network::decode;
 use crate::raft::network::encode;
@@ -187,10 +189,16 @@ impl PeerService {
         let resp = f(req)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(PeerMessage {
-            envelope: None,
-            payload: encode(&resp),
-        }))
+        Ok(Response::new(reply(encode(&resp))))
+    }
+}
+
+/// A reply to a peer, stamped with this node's wall clock.
+fn reply(payload: bytes::Bytes) -> PeerMessage {
+    PeerMessage {
+        envelope: None,
+        payload,
+        sent_at_ms: wall_clock_ms(),
     }
 }
 
@@ -199,6 +207,7 @@ impl PeerService {
 struct Judge<'r> {
     identity: &'r Identity,
     faults: &'r Faults,
+    clocks: &'r ClockOffsets,
     membership: Arc<StoredMembershipOf<TypeConfig>>,
     current_term: u64,
 }
@@ -210,6 +219,7 @@ impl<'r> Judge<'r> {
         Judge {
             identity: replica.identity(),
             faults: replica.faults(),
+            clocks: replica.clocks(),
             membership,
             current_term,
         }
@@ -251,6 +261,8 @@ impl<'r> Judge<'r> {
         if self.faults.blocks(envelope.from) {
             return Err(Status::unavailable("link cut by fault injection"));
         }
+        self.clocks
+            .request(envelope.from, msg.sent_at_ms, wall_clock_ms());
         self.identity
             .check(
                 &envelope.cluster_id,
@@ -383,10 +395,7 @@ impl Peer for PeerService {
             .raft()
             .stream_append(requests)
             .map(|result| match result {
-                Ok(result) => Ok(PeerMessage {
-                    envelope: None,
-                    payload: encode(&result),
-                }),
+                Ok(result) => Ok(reply(encode(&result))),
                 Err(fatal) => Err(Status::unavailable(fatal.to_string())),
             });
         let refused = futures::stream::once(refused)
@@ -449,10 +458,7 @@ impl Peer for PeerService {
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(PeerMessage {
-            envelope: None,
-            payload: encode(&resp),
-        }))
+        Ok(Response::new(reply(encode(&resp))))
     }
 
     async fn read_index(
@@ -465,12 +471,15 @@ impl Peer for PeerService {
         let envelope = judge.check_envelope(&msg, Adopt::Never)?;
         judge.admit_sender(envelope, remote, None, Adopt::Never)?;
         let (_guard, deadline) = self.replica.admit().map_err(|e| to_status(e, None))?;
-        let index = self
+        let point = self
             .replica
-            .leader_read_index(&deadline)
+            .leader_read_point(&deadline)
             .await
             .map_err(|e| to_status(e, self.replica.leader_hint()))?;
-        Ok(Response::new(ReadIndexResponse { index }))
+        Ok(Response::new(ReadIndexResponse {
+            index: point.index,
+            cluster_time_ms: point.cluster_time_ms,
+        }))
     }
 }
 

@@ -36,9 +36,12 @@ pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
         | Error::NotMember
         | Error::ShuttingDown
         | Error::ReadTimeout(_)
+        | Error::ClockSkew { .. }
         | Error::Busy(_) => Code::Unavailable,
         Error::WriteTimeout(_) => Code::DeadlineExceeded,
-        Error::QuotaExceeded { .. } | Error::TooManyBackups(_) => Code::ResourceExhausted,
+        Error::QuotaExceeded { .. } | Error::TooManyBackups(_) | Error::DiskFull { .. } => {
+            Code::ResourceExhausted
+        }
         Error::OutcomeUnknown(_) => Code::Unknown,
         // The outcome is lost for good: DATA_LOSS, which clients do not retry.
         Error::OutcomeLost(_) => Code::DataLoss,

@@ -51,6 +51,8 @@ use tonic::transport::Endpoint;
 
 use crate::fault::Faults;
 use crate::identity::Identity;
+use crate::raft::clock::ClockOffsets;
+use crate::raft::clock::wall_clock_ms;
 use crate::raft::peer_proto::Envelope;
 use crate::raft::peer_proto::PeerMessage;
 use crate::raft::peer_proto::SnapshotItem;
@@ -99,6 +101,8 @@ pub(crate) struct PeerNetwork {
     /// connection for all rounds (a connection per round would use up local ports), replaced
     /// when the leader moves. A broken connection is re-established by the channel itself.
     leader_link: Arc<std::sync::Mutex<Option<LeaderLink>>>,
+    /// Measured from the wall clocks on replies (and, by the peer service, on requests).
+    clocks: Arc<ClockOffsets>,
 }
 
 /// The leader's peer address and the client on the connection kept to it.
@@ -117,7 +121,13 @@ impl PeerNetwork {
             connect_timeout,
             faults,
             leader_link: Arc::default(),
+            clocks: Arc::default(),
         }
+    }
+
+    /// How far the members' clocks are from this node's.
+    pub(crate) fn clocks(&self) -> &ClockOffsets {
+        &self.clocks
     }
 
     /// The client for the leader at `addr`, on the connection kept for it.
@@ -143,7 +153,8 @@ impl PeerNetwork {
         )
     }
 
-    /// Wraps a payload in this node's identity envelope, addressed to `to`.
+    /// Wraps a payload in this node's identity envelope, addressed to `to`, stamped with this
+    /// node's wall clock.
     pub(crate) fn message(&self, to: u64, payload: Bytes) -> PeerMessage {
         PeerMessage {
             envelope: Some(Envelope {
@@ -153,6 +164,7 @@ impl PeerNetwork {
                 format: PEER_FORMAT,
             }),
             payload,
+            sent_at_ms: wall_clock_ms(),
         }
     }
 }
@@ -228,14 +240,16 @@ impl PeerConnection {
         let ttl = option.hard_ttl();
         let call = f(self.client()?, self.request(body, ttl));
         let held = self.network.faults.hold(self.target);
-        let reply = tokio::time::timeout(ttl, async move {
+        let (sent_ms, reply) = tokio::time::timeout(ttl, async move {
             held.await;
-            call.await
+            (wall_clock_ms(), call.await)
         })
         .await
-        .map_err(|_| unreachable(format!("no reply from {} within {ttl:?}", self.addr)))?
-        .map_err(status_error)?;
-        decode_reply(&reply.into_inner().payload, &self.addr)
+        .map_err(|_| unreachable(format!("no reply from {} within {ttl:?}", self.addr)))?;
+        let reply = reply.map_err(status_error)?.into_inner();
+        let clocks = &self.network.clocks;
+        clocks.reply(self.target, sent_ms, reply.sent_at_ms, wall_clock_ms());
+        decode_reply(&reply.payload, &self.addr)
     }
 }
 
@@ -385,6 +399,7 @@ impl PeerConnection {
                     PeerMessage {
                         envelope: envelope.clone(),
                         payload: encode(&piece),
+                        sent_at_ms: wall_clock_ms(),
                     }
                 })
         };

@@ -11,8 +11,18 @@ use crate::raft::read_batch::ReadRounds;
 use crate::raft::read_batch::RoundRunner;
 use crate::raft::read_batch::read_rounds;
 
-/// What one round answers: the index its reads must observe.
-pub(crate) type RoundOutcome = Result<u64, Error>;
+/// Where a linearizable read stands once its round is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadPoint {
+    /// The log index the read must observe.
+    pub(crate) index: u64,
+    /// The leader's cluster time at the read point, which the read judges expiry by; 0 when the
+    /// leader did not tell it.
+    pub(crate) cluster_time_ms: u64,
+}
+
+/// What one round answers.
+pub(crate) type RoundOutcome = Result<ReadPoint, Error>;
 
 /// The read-index rounds of one node: confirmed here while it leads, asked of the leader while
 /// it follows. Two queues, so a node that has just lost leadership never asks itself.
@@ -45,15 +55,15 @@ impl ReadIndexRounds {
         )
     }
 
-    /// The index a linearizable read arriving now must observe, confirmed by this node as
-    /// leader. What the peer `ReadIndex` RPC answers.
-    pub(crate) async fn leader_index(&self, deadline: &Deadline) -> Result<u64, Error> {
+    /// Where a linearizable read arriving now stands, confirmed by this node as leader. What the
+    /// peer `ReadIndex` RPC answers.
+    pub(crate) async fn leader_point(&self, deadline: &Deadline) -> RoundOutcome {
         join(&self.as_leader, deadline).await
     }
 
-    /// The index a linearizable read arriving now must observe, asked of the leader in a round
-    /// shared with this follower's concurrent reads.
-    pub(crate) async fn index_via_leader(&self, deadline: &Deadline) -> Result<u64, Error> {
+    /// Where a linearizable read arriving now stands, asked of the leader in a round shared with
+    /// this follower's concurrent reads.
+    pub(crate) async fn point_via_leader(&self, deadline: &Deadline) -> RoundOutcome {
         join(&self.via_leader, deadline).await
     }
 }
@@ -80,7 +90,7 @@ impl ReadIndexRunners {
     }
 }
 
-async fn join(rounds: &ReadRounds<RoundOutcome>, deadline: &Deadline) -> Result<u64, Error> {
+async fn join(rounds: &ReadRounds<RoundOutcome>, deadline: &Deadline) -> RoundOutcome {
     match deadline.run(rounds.next_round()).await {
         Ok(Some(outcome)) => outcome,
         Ok(None) => Err(Error::ShuttingDown),

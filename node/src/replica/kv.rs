@@ -1,12 +1,9 @@
 //! Key-value operations of a replica: limits, routing and the translation between the public
 //! request shapes and the replicated command.
 //!
-//! Every write becomes one conditional batch. The leader stamps it with cluster time (never below
-//! the last applied stamp) and turns relative TTLs into absolute deadlines against that stamp, so
-//! a write forwarded by a follower is stamped only where it is proposed.
-
-use std::time::SystemTime;
-use std::time::UNIX_EPOCH;
+//! Every write becomes one conditional batch. The leader stamps it with cluster time
+//! (`cluster_time`) and turns relative TTLs into absolute deadlines against that stamp, so a write
+//! forwarded by a follower is stamped only where it is proposed.
 
 use bytes::Bytes;
 use kvs_client::proto;
@@ -33,19 +30,10 @@ use crate::store::command::SessionStamp;
 use crate::store::command::WriteId;
 use crate::store::data::StateData;
 
-/// Wall-clock milliseconds since the Unix epoch.
-pub(crate) fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+/// The faces check relative expiries against the wall clock as Redis does.
+pub(crate) use crate::raft::clock::wall_clock_ms;
 
 impl Replica {
-    /// Cluster time for reads and new stamps: never behind what has been applied.
-    pub(crate) fn cluster_now_ms(&self) -> u64 {
-        wall_clock_ms().max(self.state.last_stamp_ms())
-    }
-
     /// Reads one key, linearizably unless `serializable`.
     pub(crate) async fn get(&self, req: proto::GetRequest) -> Result<proto::GetResponse> {
         self.check_key(&req.key)?;
@@ -67,7 +55,8 @@ impl Replica {
     }
 
     /// Runs `f` on the state as of now — linearizably unless `serializable` — with the applied
-    /// log index and the cluster time to judge expiry by. Every read of every face goes here.
+    /// log index and the cluster time to judge expiry by (`cluster_time`): never below the time
+    /// of the last entry applied. Every read of every face goes here.
     pub(crate) async fn read<T>(
         &self,
         serializable: bool,
@@ -75,15 +64,17 @@ impl Replica {
     ) -> Result<T> {
         let (_guard, deadline) = self.admit()?;
         self.lose_if_dropped(&deadline, Error::ReadTimeout).await?;
-        if serializable {
+        let read_time_ms = if serializable {
             if !self.is_member() {
                 return Err(Error::NotMember);
             }
+            self.serializable_read_time_ms()
         } else {
-            await_linearizable(self, &deadline).await?;
-        }
-        let now = self.cluster_now_ms();
-        Ok(self.state.read(|data, index| f(data, index, now)))
+            await_linearizable(self, &deadline).await?.cluster_time_ms
+        };
+        Ok(self
+            .state
+            .read(|data, index| f(data, index, read_time_ms.max(data.last_stamp_ms()))))
     }
 
     /// Applies one conditional batch through the leader. A batch the state machine refused is
@@ -149,20 +140,45 @@ impl Replica {
         self.state.read(|data, _| data.memory_used())
     }
 
-    /// Refuses a batch that would add data once the quota is used up; deletes, expiries and
-    /// compare-only batches still pass, so space can always be freed. A write with a `WriteId`
-    /// is checked when applied instead, after duplicate detection, so that a retry of a write
-    /// already applied gets its outcome rather than a refusal (`store::data`).
+    /// Refuses a batch that would add data once the quota is used up or the disk is short of
+    /// space; deletes, expiries and compare-only batches still pass, so space can always be
+    /// freed. The quota of a write with a `WriteId` is checked when applied instead, after
+    /// duplicate detection, so that a retry of a write already applied gets its outcome rather
+    /// than a refusal (`store::data`).
     fn check_quota(&self, cmd: &Command) -> Result<()> {
+        if !cmd.batch.adds_data() {
+            return Ok(());
+        }
         let (used, quota) = (self.memory_used(), self.config.quota_bytes());
-        if cmd.write_id.is_none() && cmd.batch.adds_data() && used >= quota {
+        if cmd.write_id.is_none() && used >= quota {
             return Err(Error::QuotaExceeded { used, quota });
         }
-        Ok(())
+        self.check_disk_space()
+    }
+
+    /// [`Error::DiskFull`] when free space under the data directory is short of what the next
+    /// snapshot needs (the stored data, as the quota counts it) plus `--disk-reserve-bytes`: a
+    /// snapshot that cannot be written stops the Raft core, and equal disks fill together on
+    /// every replica. A node in memory has no disk to fill.
+    pub(crate) fn check_disk_space(&self) -> Result<()> {
+        if self.config.in_memory {
+            return Ok(());
+        }
+        let needed = self
+            .memory_used()
+            .saturating_add(self.config.disk_reserve_bytes);
+        match crate::store::data_dir::free_bytes(&self.config.data_dir) {
+            Ok(free) if free < needed => Err(Error::DiskFull { free, needed }),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the free space of the data directory");
+                Ok(())
+            }
+        }
     }
 
     async fn propose(&self, req: proto::BatchRequest, deadline: &Deadline) -> Result<BatchOutcome> {
-        let mut cmd = command_of(req, self.cluster_now_ms())?;
+        let mut cmd = command_of(req, self.stamp_ms()?)?;
         cmd.session.max_sessions = self.config.max_sessions;
         cmd.session.quota_bytes = self.config.quota_bytes();
         cmd.max_value_bytes = self.config.max_value_bytes as u64;
@@ -201,7 +217,7 @@ impl Replica {
         if !matches!(self.leadership(), Leadership::Here) {
             return Ok(0);
         }
-        let stamp_ms = self.cluster_now_ms();
+        let stamp_ms = self.stamp_ms()?;
         let expired = self
             .state
             .read(|data, _| data.expired_keys(stamp_ms, limit));

@@ -65,6 +65,7 @@ impl Replica {
             node_id: node_id_string(self.identity.node_id()),
             alarms: self.alarms(),
             keys: self.state.read(|data, _| data.len() as u64),
+            clock_skew_ms: self.largest_clock_offset_ms().unwrap_or(0),
         }
     }
 
@@ -79,8 +80,11 @@ impl Replica {
     /// The alarms this node raises (see `StatusResponse.alarms`).
     fn alarms(&self) -> Vec<String> {
         let mut alarms = Vec::new();
-        if self.memory_used() >= self.config.quota_bytes() {
+        if self.memory_used() >= self.config.quota_bytes() || self.check_disk_space().is_err() {
             alarms.push("NOSPACE".to_string());
+        }
+        if matches!(self.leadership(), Leadership::Here) && !self.clock_agrees() {
+            alarms.push("CLOCK_SKEW".to_string());
         }
         alarms
     }

@@ -4,9 +4,11 @@
 //! leader — and holds every request to the node's deadline, so a face only decodes, calls and
 //! encodes. `Replica` is built by [`Replica::new`] and its fields are private: everything that
 //! needs them `impl`s it in this folder — `kv` (writes and reads), `read` (linearizable reads),
-//! `membership`, `backup`, `drain` (graceful stop) — and faces use its methods.
+//! `cluster_time` (the time expiry is judged by), `membership`, `backup`, `drain` (graceful
+//! stop) — and faces use its methods.
 
 pub(crate) mod backup;
+pub(crate) mod cluster_time;
 pub(crate) mod drain;
 pub(crate) mod kv;
 pub(crate) mod membership;
@@ -29,6 +31,7 @@ use crate::error::Result;
 use crate::fault::Faults;
 use crate::identity::Identity;
 use crate::raft::Raft;
+use crate::raft::clock::ClusterClock;
 use crate::raft::forward::Forwarder;
 use crate::raft::network::PeerNetwork;
 use crate::raft::read_index::ReadIndexRounds;
@@ -63,6 +66,8 @@ pub(crate) struct Replica {
     init_lock: tokio::sync::Mutex<()>,
     /// One permit per backup that may stream at once (`--max-backups`).
     backups: Arc<tokio::sync::Semaphore>,
+    /// The cluster time this node hands out (`cluster_time`).
+    cluster_clock: ClusterClock,
 }
 
 /// Why the Raft core stopped, if it stopped for a reason other than a shutdown.
@@ -114,6 +119,7 @@ impl Replica {
             drain: Drain::default(),
             proposals: tokio::sync::Semaphore::new(MAX_PROPOSALS_IN_FLIGHT),
             init_lock: tokio::sync::Mutex::new(()),
+            cluster_clock: ClusterClock::default(),
         };
         (Arc::new(replica), runners)
     }

@@ -1,7 +1,8 @@
 //! Linearizable reads: the leader confirms that it still leads (ReadIndex: a quorum
 //! acknowledges a heartbeat sent after the read arrived; LeaseRead: a quorum acknowledged one
-//! within the leader lease) and names the log index a read must see; any member that has applied
-//! up to that index may then serve the read from its own state. Followers ask the leader for the
+//! within the leader lease) and names the log index a read must see and the cluster time it
+//! judges expiry by; any member that has applied up to that index may then serve the read from
+//! its own state, whatever its own clock says. Followers ask the leader for the
 //! index over the peer API, so a read never moves key-value data across the network twice.
 //!
 //! Confirmations are batched per node (`raft::read_index`): concurrent reads on the leader, its
@@ -20,6 +21,7 @@ use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::raft::peer_proto::ReadIndexResponse;
 use crate::raft::read_index::ReadIndexRunners;
+use crate::raft::read_index::ReadPoint;
 use crate::raft::read_index::RoundOutcome;
 use crate::replica::Leadership;
 use crate::replica::Replica;
@@ -45,25 +47,26 @@ pub(crate) async fn run_rounds(
 }
 
 impl Replica {
-    /// The index a linearizable read arriving now must observe, confirmed by this node as
-    /// leader: what the peer `ReadIndex` RPC answers a follower.
-    pub(crate) async fn leader_read_index(&self, deadline: &Deadline) -> Result<u64, Error> {
-        self.read_index.leader_index(deadline).await
+    /// Where a linearizable read arriving now stands (index and cluster time), confirmed by this
+    /// node as leader: what the peer `ReadIndex` RPC answers a follower.
+    pub(crate) async fn leader_read_point(&self, deadline: &Deadline) -> Result<ReadPoint, Error> {
+        self.read_index.leader_point(deadline).await
     }
 }
 
-/// Waits until this node has applied everything a linearizable read started now must see.
+/// Waits until this node has applied everything a linearizable read started now must see; where
+/// the read stands.
 pub(crate) async fn await_linearizable(
     replica: &Replica,
     deadline: &Deadline,
-) -> Result<(), Error> {
-    let index = match replica.leadership() {
-        Leadership::Here => replica.read_index.leader_index(deadline).await?,
-        Leadership::There { .. } => replica.read_index.index_via_leader(deadline).await?,
+) -> Result<ReadPoint, Error> {
+    let point = match replica.leadership() {
+        Leadership::Here => replica.read_index.leader_point(deadline).await?,
+        Leadership::There { .. } => replica.read_index.point_via_leader(deadline).await?,
         Leadership::Unknown => return Err(replica.not_leader()),
     };
-    match deadline.run(applied_at_least(replica, index)).await {
-        Ok(true) => Ok(()),
+    match deadline.run(applied_at_least(replica, point.index)).await {
+        Ok(true) => Ok(point),
         Ok(false) => Err(Error::ShuttingDown),
         Err(()) => Err(Error::ReadTimeout(deadline.total_ms())),
     }
@@ -112,7 +115,10 @@ async fn confirm_leadership(replica: &Replica, deadline: &Deadline) -> RoundOutc
         outcome = read(ReadPolicy::ReadIndex).await?;
     }
     match outcome {
-        Ok((read_log_id, _applied)) => Ok(read_log_id.index()),
+        Ok((read_log_id, _applied)) => Ok(ReadPoint {
+            index: read_log_id.index(),
+            cluster_time_ms: replica.leader_read_time_ms(),
+        }),
         Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
             Err(replica.not_leader())
         }
@@ -154,8 +160,14 @@ async fn ask_leader(replica: &Replica) -> RoundOutcome {
     };
     match deadline.run(call).await {
         Ok(Ok(resp)) => {
-            let ReadIndexResponse { index } = resp.into_inner();
-            Ok(index)
+            let ReadIndexResponse {
+                index,
+                cluster_time_ms,
+            } = resp.into_inner();
+            Ok(ReadPoint {
+                index,
+                cluster_time_ms,
+            })
         }
         Ok(Err(status)) => {
             tracing::debug!(%status, "leader refused read index");

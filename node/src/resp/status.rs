@@ -28,6 +28,7 @@ pub(crate) fn error_reply(err: Error, leader: Option<String>) -> Frame {
         | Error::NotMember
         | Error::ShuttingDown
         | Error::ReadTimeout(_)
+        | Error::ClockSkew { .. }
         | Error::Busy(_) => format!("TRYAGAIN {err}{}", hint()),
         Error::WriteTimeout(_) | Error::OutcomeUnknown(_) | Error::OutcomeLost(_) => {
             format!("UNCERTAIN {err}")
@@ -42,6 +43,7 @@ pub(crate) fn error_reply(err: Error, leader: Option<String>) -> Frame {
         },
         // Redis answers writes past maxmemory with -OOM.
         Error::QuotaExceeded { .. } => format!("OOM {err}"),
+        Error::DiskFull { .. } => format!("NOSPACE {err}"),
         Error::KeyTooLarge { .. }
         | Error::ValueTooLarge { .. }
         | Error::TooManyOps { .. }

@@ -18,6 +18,12 @@ use crate::error::Error;
 use crate::identity::SaveIdentity;
 use crate::identity::StoredIdentity;
 
+/// Bytes an unprivileged process may still write on the file system holding `path`.
+pub(crate) fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    Ok(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
+}
+
 /// The data directory format this binary writes and reads.
 pub(crate) const DATA_DIR_FORMAT: u32 = 1;
 

@@ -107,6 +107,7 @@ async fn a_peer_message_for_the_former_node_id_is_rejected() {
             format: kvs_node::PEER_FORMAT,
         }),
         payload: Bytes::new(),
+        sent_at_ms: 0,
     };
     let call = tokio::time::timeout(Duration::from_secs(10), peer.append_entries(message)).await;
     let status = call

@@ -91,6 +91,10 @@ pub(crate) fn status(format: Format, status: &proto::StatusResponse) -> Vec<u8> 
                 vec!["answered by:".into(), or_dash(&status.node_id)],
                 vec!["alarms:".into(), or_dash(&status.alarms.join(","))],
                 vec!["keys:".into(), status.keys.to_string()],
+                vec![
+                    "clock skew:".into(),
+                    format!("{:+} ms", status.clock_skew_ms),
+                ],
             ],
         ),
         Format::Json => json_line(&json!({
@@ -101,6 +105,7 @@ pub(crate) fn status(format: Format, status: &proto::StatusResponse) -> Vec<u8> 
             "applied_index": status.applied_index,
             "alarms": status.alarms,
             "keys": status.keys,
+            "clock_skew_ms": status.clock_skew_ms,
         })),
     }
 }
