@@ -2,10 +2,11 @@
 //!
 //! Expiry is judged by cluster time, which the leader stamps from its wall clock, so a leader
 //! whose clock runs far ahead would push cluster time forward for good. Every peer message
-//! carries its sender's wall clock (`PeerMessage.sent_at_ms`); this module turns them into the
-//! offset of each member's clock from this node's: from a reply, against the midpoint of the
-//! request's round trip (off by at most half of it), and from a request, against its arrival
-//! (off by the message's transit). [`ClusterClock`] keeps the time a node hands out monotonic.
+//! carries its sender's wall clock (`PeerMessage.sent_at_ms`, taken as it is sent); this module
+//! turns them into the offset of each member's clock from this node's, against the message's
+//! arrival: off by the message's transit only, never by how long the peer took to answer (an
+//! fsync), as a round trip's midpoint would be. Replies count before requests: a request may be
+//! held after it was stamped (fault injection), a reply never is. [`ClusterClock`] keeps the time a node hands out monotonic.
 //! [`clock_agrees`] decides, without I/O, whether this node's
 //! clock agrees with a majority of the voters, which it must before it stamps.
 
@@ -57,41 +58,39 @@ struct Sample {
     /// The member's clock minus this node's, in milliseconds.
     offset_ms: i64,
     taken: Instant,
-    /// Measured over a round trip: bounded by the round trip, so a one-way measure (which a
-    /// slow or held message skews) does not replace it while it is recent.
-    round_trip: bool,
+    /// Measured on a reply: a measure on a request (which a held message skews) does not replace
+    /// it while it is recent.
+    from_reply: bool,
 }
 
 impl ClockOffsets {
-    /// A reply from `peer` stamped `peer_ms`, to a request this node sent at `sent_ms` and whose
-    /// reply arrived at `received_ms` (this node's clock). A stamp of 0 is a peer that does not
-    /// tell its clock.
-    pub(crate) fn reply(&self, peer: u64, sent_ms: u64, peer_ms: u64, received_ms: u64) {
-        let midpoint = sent_ms / 2 + received_ms / 2;
-        self.record(peer, peer_ms, midpoint, true);
+    /// A reply from `peer` stamped `peer_ms` that arrived at `received_ms` (this node's clock). A
+    /// stamp of 0 is a peer that does not tell its clock.
+    pub(crate) fn reply(&self, peer: u64, peer_ms: u64, received_ms: u64) {
+        self.record(peer, peer_ms, received_ms, true);
     }
 
-    /// A request from `peer` stamped `peer_ms`, arrived at `received_ms` (this node's clock).
+    /// A request from `peer` stamped `peer_ms` that arrived at `received_ms` (this node's clock).
     pub(crate) fn request(&self, peer: u64, peer_ms: u64, received_ms: u64) {
         self.record(peer, peer_ms, received_ms, false);
     }
 
-    fn record(&self, peer: u64, peer_ms: u64, local_ms: u64, round_trip: bool) {
+    fn record(&self, peer: u64, peer_ms: u64, local_ms: u64, from_reply: bool) {
         if peer_ms == 0 {
             return;
         }
         let mut samples = lock::lock(&self.samples);
-        if !round_trip
+        if !from_reply
             && samples
                 .get(&peer)
-                .is_some_and(|s| s.round_trip && s.taken.elapsed() <= SAMPLE_TTL)
+                .is_some_and(|s| s.from_reply && s.taken.elapsed() <= SAMPLE_TTL)
         {
             return;
         }
         let sample = Sample {
             offset_ms: peer_ms as i64 - local_ms as i64,
             taken: Instant::now(),
-            round_trip,
+            from_reply,
         };
         samples.insert(peer, sample);
     }
@@ -164,9 +163,9 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_is_judged_against_the_middle_of_its_round_trip_and_outranks_a_request() {
+    fn a_reply_outranks_a_request_and_an_unstamped_message_says_nothing() {
         let clocks = ClockOffsets::default();
-        clocks.reply(2, 1_000, 6_050, 1_100);
+        clocks.reply(2, 6_050, 1_050);
         clocks.request(3, 900, 1_000);
         clocks.request(4, 0, 1_000);
         clocks.request(2, 1_000, 9_000);

@@ -240,15 +240,16 @@ impl PeerConnection {
         let ttl = option.hard_ttl();
         let call = f(self.client()?, self.request(body, ttl));
         let held = self.network.faults.hold(self.target);
-        let (sent_ms, reply) = tokio::time::timeout(ttl, async move {
+        let reply = tokio::time::timeout(ttl, async move {
             held.await;
-            (wall_clock_ms(), call.await)
+            call.await
         })
         .await
-        .map_err(|_| unreachable(format!("no reply from {} within {ttl:?}", self.addr)))?;
-        let reply = reply.map_err(status_error)?.into_inner();
+        .map_err(|_| unreachable(format!("no reply from {} within {ttl:?}", self.addr)))?
+        .map_err(status_error)?
+        .into_inner();
         let clocks = &self.network.clocks;
-        clocks.reply(self.target, sent_ms, reply.sent_at_ms, wall_clock_ms());
+        clocks.reply(self.target, reply.sent_at_ms, wall_clock_ms());
         decode_reply(&reply.payload, &self.addr)
     }
 }
@@ -308,6 +309,9 @@ type AppendReplies<'s> = BoxStream<'s, Rpc<StreamAppendResult<TypeConfig>>>;
 struct Replies {
     replies: Streaming<PeerMessage>,
     addr: String,
+    /// The follower, whose clock its replies tell.
+    target: u64,
+    clocks: Arc<ClockOffsets>,
     ttl: Duration,
     /// Requests handed to the call so far, and replies read.
     sent: Arc<AtomicU64>,
@@ -331,6 +335,7 @@ impl Replies {
                 reply = self.replies.next() => break match reply {
                     Some(Ok(msg)) => {
                         self.received += 1;
+                        self.clocks.reply(self.target, msg.sent_at_ms, wall_clock_ms());
                         match decode_reply(&msg.payload, &self.addr) {
                             Ok(result) => return Some((Ok(result), self)),
                             Err(e) => Err(e),
@@ -419,6 +424,8 @@ impl PeerConnection {
         let replies = Replies {
             replies,
             addr: self.addr.clone(),
+            target,
+            clocks: self.network.clocks.clone(),
             ttl,
             sent,
             received: 0,
