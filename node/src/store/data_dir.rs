@@ -21,7 +21,7 @@ use crate::identity::StoredIdentity;
 /// Bytes an unprivileged process may still write on the file system holding `path`.
 pub(crate) fn free_bytes(path: &Path) -> std::io::Result<u64> {
     let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
-    Ok(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
+    Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
 }
 
 /// The data directory format this binary writes and reads.
