@@ -9,6 +9,7 @@ use clap::Args;
 
 use crate::error::Error;
 use crate::error::Result;
+use crate::store::compaction::SnapshotRule;
 
 /// How one kvs node runs. `docs/configuration.md` lists every flag.
 #[derive(Debug, Clone, Args)]
@@ -115,10 +116,17 @@ pub struct NodeConfig {
     #[arg(long, env = "KVS_MAX_CLOCK_SKEW_MS", default_value_t = 1000)]
     pub max_clock_skew_ms: u64,
 
-    /// Snapshot the state machine every N applied entries and purge the log behind it; a
+    /// While the state is smaller than half of --log-disk-bytes, also snapshot it every N
+    /// applied entries and purge the log behind it (docs/storage.md gives the whole rule); a
     /// lagging or new member then catches up from the snapshot.
     #[arg(long, env = "KVS_SNAPSHOT_EVERY", default_value_t = 20_000)]
     pub snapshot_every: u64,
+
+    /// Disk budget of the Raft log's journals: past it the log flushes and releases the oldest
+    /// journal. A snapshot is also taken once the log since the last one reaches half of this
+    /// (or half the state's size, if larger). At least 64 MiB.
+    #[arg(long, env = "KVS_LOG_DISK_BYTES", default_value_t = 128 << 20)]
+    pub log_disk_bytes: u64,
 
     /// Address to serve the Redis protocol (RESP2) on; no RESP listener without it.
     #[arg(long, env = "KVS_RESP_LISTEN")]
@@ -195,6 +203,9 @@ pub enum ReadPolicy {
 /// The most a value may be configured to: replication messages must stay bounded.
 const MAX_VALUE_LIMIT: usize = 64 * 1024 * 1024;
 
+/// The smallest journal budget the log's storage engine (fjall) accepts.
+const MIN_LOG_DISK_BYTES: u64 = 64 << 20;
+
 impl NodeConfig {
     /// Checks every flag and the flags against each other.
     pub fn validate(&self) -> Result<()> {
@@ -262,6 +273,12 @@ impl NodeConfig {
                 self.snapshot_every
             ));
         }
+        if self.log_disk_bytes < MIN_LOG_DISK_BYTES {
+            return bad(format!(
+                "--log-disk-bytes ({}) must be at least {MIN_LOG_DISK_BYTES} (64 MiB)",
+                self.log_disk_bytes
+            ));
+        }
         if self.max_batch_ops == 0 {
             return bad("--max-batch-ops must be > 0".into());
         }
@@ -311,6 +328,11 @@ impl NodeConfig {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
+    /// When the log is folded into a snapshot.
+    pub(crate) fn snapshot_rule(&self) -> SnapshotRule {
+        SnapshotRule::new(self.snapshot_every, self.log_disk_bytes)
+    }
+
     /// The largest gRPC message this node must accept: a full batch plus framing.
     pub(crate) fn max_message_bytes(&self) -> usize {
         self.max_batch_bytes + 64 * 1024 + self.max_batch_ops * 64
@@ -325,10 +347,11 @@ impl NodeConfig {
             heartbeat_interval: self.heartbeat_interval_ms,
             install_snapshot_timeout: self.request_timeout_ms.max(2000),
             max_payload_entries: 256,
-            // Keep the log bounded while the log is in memory: snapshot and purge behind it.
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            // Snapshots are asked for by the node's own rule (`store::compaction`), which looks at
+            // bytes as well as entries.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             // Keep a short tail behind the snapshot so briefly lagging followers need no snapshot.
-            max_in_snapshot_log_to_keep: (self.snapshot_every / 10).min(1_000),
+            max_in_snapshot_log_to_keep: self.snapshot_rule().tail_entries,
             enable_pre_vote: Some(true),
             ..Default::default()
         }

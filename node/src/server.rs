@@ -38,6 +38,7 @@ use crate::raft::peer_proto::peer_server::PeerServer;
 use crate::raft::read_index::ReadIndexRunners;
 use crate::replica::Replica;
 use crate::replica::read;
+use crate::store::compaction::Request;
 use crate::store::data_dir::DataDir;
 use crate::store::disk_log::DiskLog;
 use crate::store::entry::MemberAddr;
@@ -198,7 +199,7 @@ async fn build_replica(
 }
 
 /// Every task a node runs besides Raft's own: the gRPC servers, the RESP face, health
-/// reporting, expiry purges, read-index rounds and the fault-control watcher. All of them stop
+/// reporting, expiry purges, log compaction, read-index rounds and the fault-control watcher. All of them stop
 /// when `stop` is sent, and none outlives [`Tasks::stop`].
 struct Tasks {
     set: JoinSet<()>,
@@ -219,6 +220,7 @@ impl Tasks {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         set.spawn(health::report(replica.clone(), reporter, stopped()));
         set.spawn(purge_expired(replica.clone(), stopped()));
+        set.spawn(compact_log(replica.clone(), stopped()));
         set.spawn(read::run_rounds(read_rounds, replica.clone(), stopped()));
         if let Some(path) = config.fault_control_file.clone() {
             set.spawn(fault::watch(replica.faults().clone(), path, stopped()));
@@ -320,6 +322,29 @@ async fn purge_expired(replica: Arc<Replica>, stop: impl Future<Output = ()>) {
     }
 }
 
+/// Asks Raft for the snapshots and purges the state machine's compaction rule calls for
+/// (`store::compaction`), until `stop` resolves.
+async fn compact_log(replica: Arc<Replica>, stop: impl Future<Output = ()>) {
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let requests = tokio::select! {
+            _ = &mut stop => return,
+            requests = replica.compaction_requests() => requests,
+        };
+        for request in requests {
+            // While a snapshot is being built a request for another is ignored; entries applied
+            // meanwhile ask again, so nothing is lost by not waiting for the outcome here.
+            let asked = match request {
+                Request::Snapshot => replica.raft().trigger().snapshot().await,
+                Request::PurgeUpto(upto) => replica.raft().trigger().purge_log(upto).await,
+            };
+            if let Err(e) = asked {
+                tracing::debug!(error = %e, ?request, "asking Raft to compact the log");
+            }
+        }
+    }
+}
+
 /// A node's state and where it lives.
 struct Storage {
     identity: Identity,
@@ -340,7 +365,7 @@ impl Storage {
         if config.in_memory {
             let storage = Storage {
                 identity: Identity::new(new_node_id()),
-                state: StateMachine::default(),
+                state: StateMachine::in_memory(config.snapshot_rule()),
                 log: Log::Memory(MemLog::default()),
             };
             return Ok((storage, None));
@@ -362,9 +387,14 @@ impl Storage {
         };
         let files = SnapshotFiles::new(dir.snapshot_dir())
             .map_err(|e| fail("cannot open the snapshots", e))?;
-        let state = StateMachine::open(files).map_err(|e| fail("cannot load the snapshot", e))?;
-        let log = DiskLog::open(&dir.raft_dir(), &dir.path().join("log-watermark"))
-            .map_err(|e| fail("cannot open the Raft log", e))?;
+        let state = StateMachine::open(files, config.snapshot_rule())
+            .map_err(|e| fail("cannot load the snapshot", e))?;
+        let log = DiskLog::open(
+            &dir.raft_dir(),
+            &dir.path().join("log-watermark"),
+            config.log_disk_bytes,
+        )
+        .map_err(|e| fail("cannot open the Raft log", e))?;
         tracing::info!(data_dir = %dir.path().display(), node_id = node_id_string(stored.node_id), "opened data directory");
         let storage = Storage {
             identity: Identity::stored(stored, dir.save_identity()),

@@ -96,6 +96,8 @@ pub struct ClusterOptions {
     pub quota_bytes: Option<u64>,
     /// `--max-sessions`; the node's default when `None`.
     pub max_sessions: Option<u64>,
+    /// `--log-disk-bytes`; the node's default when `None`.
+    pub log_disk_bytes: Option<u64>,
     /// Run every node with `--fault-control-file` (testing only), so that
     /// [`Cluster::partition`] can cut peer links.
     pub fault_control: bool,
@@ -127,6 +129,7 @@ impl Default for ClusterOptions {
             snapshot_every: None,
             quota_bytes: None,
             max_sessions: None,
+            log_disk_bytes: None,
             fault_control: false,
             extra_args: Vec::new(),
             node_env: BTreeMap::new(),
@@ -203,6 +206,10 @@ impl ClusterOptions {
             ),
             ("--quota-bytes", self.quota_bytes.map(|n| n.to_string())),
             ("--max-sessions", self.max_sessions.map(|n| n.to_string())),
+            (
+                "--log-disk-bytes",
+                self.log_disk_bytes.map(|n| n.to_string()),
+            ),
             ("--shutdown-grace-ms", self.shutdown_grace.map(ms)),
             (
                 "--resp-request-timeout-ms",

@@ -24,6 +24,7 @@ use crate::identity::node_id_string;
 use crate::identity::parse_node_id;
 use crate::replica::Leadership;
 use crate::replica::Replica;
+use crate::store::data_dir::disk_usage;
 use crate::store::entry::MemberAddr;
 use crate::store::entry::TypeConfig;
 
@@ -56,6 +57,15 @@ impl Replica {
     /// This node's view of the cluster.
     pub(crate) fn status(&self) -> proto::StatusResponse {
         let metrics = self.metrics();
+        let disk = (!self.config.in_memory)
+            .then(|| disk_usage(&self.config.data_dir))
+            .and_then(|usage| {
+                usage
+                    .inspect_err(
+                        |e| tracing::warn!(error = %e, "cannot measure the data directory"),
+                    )
+                    .ok()
+            });
         proto::StatusResponse {
             cluster_id: self.identity.cluster_id().unwrap_or_default(),
             leader: self.leader_id().map(node_id_string).unwrap_or_default(),
@@ -66,6 +76,8 @@ impl Replica {
             alarms: self.alarms(),
             keys: self.state.read(|data, _| data.len() as u64),
             clock_skew_ms: self.largest_clock_offset_ms().unwrap_or(0),
+            data_dir_bytes: disk.map(|d| d.used_bytes),
+            data_dir_free_bytes: disk.map(|d| d.free_bytes),
         }
     }
 

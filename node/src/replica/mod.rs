@@ -38,6 +38,7 @@ use crate::raft::read_index::ReadIndexRounds;
 use crate::raft::read_index::ReadIndexRunners;
 use crate::replica::drain::Drain;
 use crate::replica::drain::RequestGuard;
+use crate::store::compaction;
 use crate::store::entry::MemberAddr;
 use crate::store::entry::TypeConfig;
 use crate::store::snapshot::SnapshotReceiver;
@@ -152,6 +153,11 @@ impl Replica {
     /// How many keys this replica holds, expired ones not yet purged included.
     pub(crate) fn key_count(&self) -> usize {
         self.state.read(|data, _| data.len())
+    }
+
+    /// Resolves with what Raft should do next to keep the log compact: a snapshot, a purge.
+    pub(crate) async fn compaction_requests(&self) -> Vec<compaction::Request> {
+        self.state.compaction().next().await
     }
 
     /// Starts receiving a snapshot the leader sends; what it wrote is removed if it is dropped

@@ -178,6 +178,39 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), Error
     write().map_err(|e| io_error(path, "cannot write", e))
 }
 
+/// What a data directory takes on disk and the room left on its filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DiskUsage {
+    /// Space allocated to the directory's files, as `du` counts it.
+    pub(crate) used_bytes: u64,
+    /// Space an unprivileged writer may still take on the directory's filesystem.
+    pub(crate) free_bytes: u64,
+}
+
+/// Measures `dir` (the data directory: a few dozen files, so walking it is cheap).
+pub(crate) fn disk_usage(dir: &Path) -> std::io::Result<DiskUsage> {
+    fn allocated(path: &Path) -> std::io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path)?;
+        let mut bytes = meta.blocks() * 512;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                // A file removed while it is walked (a purged journal) is simply not counted.
+                match allocated(&entry?.path()) {
+                    Ok(n) => bytes += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(bytes)
+    }
+    Ok(DiskUsage {
+        used_bytes: allocated(dir)?,
+        free_bytes: free_bytes(dir)?,
+    })
+}
+
 /// Makes a rename or a new file in `dir` durable.
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
@@ -186,6 +219,21 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_usage_counts_the_files_under_the_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = disk_usage(dir.path()).expect("usage");
+        assert!(empty.free_bytes > 0);
+        std::fs::create_dir(dir.path().join("raft")).expect("mkdir");
+        std::fs::write(dir.path().join("raft/0.jnl"), vec![7u8; 1 << 20]).expect("write");
+        let used = disk_usage(dir.path()).expect("usage").used_bytes;
+        assert!(
+            used >= empty.used_bytes + (1 << 20),
+            "a 1 MiB file two levels down must be counted: {} then {used}",
+            empty.used_bytes
+        );
+    }
 
     #[test]
     fn a_second_open_of_the_same_directory_is_refused() {

@@ -30,7 +30,10 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 
+use fjall::AbstractTree;
 use fjall::Database;
 use fjall::Keyspace;
 use fjall::KeyspaceCreateOptions;
@@ -80,6 +83,8 @@ pub(crate) struct DiskLog {
     watermark: Watermark,
     syncer: Syncer,
     recent: Arc<Mutex<RecentEntries>>,
+    /// Set while [`DiskLog::reclaim`] frees the disk behind a purge.
+    reclaiming: Arc<AtomicBool>,
 }
 
 /// The newest entries of the log, decoded: always a contiguous run ending at the last entry
@@ -366,11 +371,13 @@ fn storage_error(path: &Path, e: fjall::Error) -> io::Error {
 }
 
 impl DiskLog {
-    /// Opens (or creates) the log in `path`; recovery of a torn tail happens here, and a log
-    /// that recovered shorter than `watermark` says it was is refused.
-    pub(crate) fn open(path: &Path, watermark: &Path) -> io::Result<Self> {
+    /// Opens (or creates) the log in `path`, its journals kept within `journal_bytes` (at least
+    /// 64 MiB); recovery of a torn tail happens here, and a log that recovered shorter than
+    /// `watermark` says it was is refused.
+    pub(crate) fn open(path: &Path, watermark: &Path, journal_bytes: u64) -> io::Result<Self> {
         let db = Database::builder(path)
             .cache_size(BLOCK_CACHE_BYTES)
+            .max_journaling_size(journal_bytes)
             .open()
             .map_err(|e| storage_error(path, e))?;
         let entries = db
@@ -391,6 +398,7 @@ impl DiskLog {
             watermark,
             syncer,
             recent: Arc::default(),
+            reclaiming: Arc::default(),
         };
         log.check_watermark()?;
         Ok(log)
@@ -603,7 +611,41 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
         for guard in self.entries.range::<[u8; 8], _>(..=key(log_id.index())) {
             batch.remove(&self.entries, guard.key().map_err(|e| self.err(e))?);
         }
-        self.commit(batch)
+        self.commit(batch)?;
+        self.reclaim(log_id.index());
+        Ok(())
+    }
+}
+
+impl DiskLog {
+    /// Gives back the disk of everything up to `index`, which was just purged, on a thread of
+    /// its own so that Raft does not wait for it.
+    ///
+    /// Tombstones alone free no disk: the tables under them wait for a compaction that a log
+    /// written in key order rarely needs. Entries are keyed by index, so every table that holds
+    /// only purged entries is dropped whole (RocksDB's DeleteFilesInRange) once the memtable is
+    /// flushed; a major compaction then rewrites what is left, which right after a snapshot is
+    /// only the short tail kept behind it and the entries since. A journal is released only once every keyspace has flushed what it holds: `meta`
+    /// takes a few small writes and would otherwise keep every journal alive until the budget
+    /// forces it out, so it is flushed too.
+    /// One reclaim runs at a time; a purge that finds one running leaves its range to the next.
+    fn reclaim(&self, index: u64) {
+        if self.reclaiming.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let busy = self.reclaiming.clone();
+        let (entries, meta, path) = (self.entries.clone(), self.meta.clone(), self.path.clone());
+        std::thread::spawn(move || {
+            let reclaimed = entries
+                .rotate_memtable_and_wait()
+                .and_then(|()| Ok(entries.tree.drop_range::<[u8; 8], _>(..=key(index))?))
+                .and_then(|()| entries.major_compact())
+                .and_then(|()| meta.rotate_memtable().map(drop));
+            if let Err(e) = reclaimed {
+                tracing::warn!(error = %storage_error(&path, e), "cannot free the disk behind a purge");
+            }
+            busy.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -623,8 +665,12 @@ mod tests {
             &self,
         ) -> Result<(tempfile::TempDir, DiskLog, StateMachine), StorageError<TypeConfig>> {
             let dir = tempfile::tempdir().expect("tempdir");
-            let log = DiskLog::open(&dir.path().join("raft"), &dir.path().join("watermark"))
-                .expect("open log");
+            let log = DiskLog::open(
+                &dir.path().join("raft"),
+                &dir.path().join("watermark"),
+                64 << 20,
+            )
+            .expect("open log");
             Ok((dir, log, StateMachine::default()))
         }
     }
@@ -642,6 +688,85 @@ mod tests {
             LeaderId::new(1, 1).to_committed(),
             index,
         ))
+    }
+
+    /// An entry carrying one put of `value_bytes`.
+    fn put(index: u64, value_bytes: usize) -> EntryOf<TypeConfig> {
+        use crate::store::command::Batch;
+        use crate::store::command::COMMAND_FORMAT;
+        use crate::store::command::Command;
+        use crate::store::command::Op;
+        use crate::store::command::PutExpiry;
+        let cmd = Command {
+            format: COMMAND_FORMAT,
+            stamp_ms: 0,
+            write_id: None,
+            batch: Batch {
+                ops: vec![Op::Put {
+                    key: bytes::Bytes::from(format!("k{}", index % 16)),
+                    value: bytes::Bytes::from(
+                        (0..value_bytes)
+                            .map(|_| rand::random::<u8>())
+                            .collect::<Vec<_>>(),
+                    ),
+                    expiry: PutExpiry::Clear,
+                }],
+                ..Batch::default()
+            },
+        };
+        EntryOf::<TypeConfig>::new_normal(blank(index).log_id(), cmd)
+    }
+
+    /// A purge behind a snapshot gives back the disk the purged entries' tables took, not only
+    /// their place in the log: with tombstones alone, 48 MiB of purged entries stayed on disk
+    /// until a compaction that never came. (Journals are released by their own budget.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purging_frees_the_disk_the_purged_entries_took() {
+        const ENTRY_BYTES: usize = 64 * 1024;
+        const ENTRIES: u64 = 768;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let raft_dir = dir.path().join("raft");
+        let mut log =
+            DiskLog::open(&raft_dir, &dir.path().join("watermark"), 64 << 20).expect("open log");
+        for first in (1..=ENTRIES).step_by(64) {
+            let batch: Vec<_> = (first..first + 64).map(|i| put(i, ENTRY_BYTES)).collect();
+            log.append(batch, IOFlushed::noop()).await.expect("append");
+        }
+        log.entries.rotate_memtable_and_wait().expect("flush");
+        let tables = raft_dir.join("keyspaces");
+        let used = || {
+            crate::store::data_dir::disk_usage(&tables)
+                .expect("usage")
+                .used_bytes
+        };
+        let before = used();
+        assert!(
+            before >= ENTRIES * ENTRY_BYTES as u64 / 2,
+            "{before} bytes in tables"
+        );
+
+        // Two purges, as two snapshots would make: the first may find a table busy in a
+        // compaction; the second's range covers it again.
+        log.purge(put(ENTRIES / 2, 0).log_id())
+            .await
+            .expect("purge");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while log.reclaiming.load(Ordering::Acquire) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reclaim never ended"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        log.purge(put(ENTRIES, 0).log_id()).await.expect("purge");
+        while used() > before / 4 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {before} bytes still in tables 30 s after purging every entry",
+                used()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     fn indexes(got: Option<Vec<EntryOf<TypeConfig>>>) -> Option<Vec<u64>> {

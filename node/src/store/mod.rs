@@ -5,6 +5,7 @@
 //! storage can be read, tested and fuzzed without a network (docs/architecture.md).
 
 pub(crate) mod command;
+pub(crate) mod compaction;
 pub(crate) mod data;
 pub(crate) mod data_dir;
 pub(crate) mod disk_log;

@@ -27,8 +27,12 @@ use crate::failpoint::failpoint;
 use crate::lock;
 use crate::store::command::COMMAND_FORMAT;
 use crate::store::command::OLDEST_COMMAND_FORMAT;
+use crate::store::compaction::Compaction;
+use crate::store::compaction::LogSince;
+use crate::store::compaction::SnapshotRule;
 use crate::store::data::StateData;
 use crate::store::entry::TypeConfig;
+use crate::store::entry::entry_bytes;
 use crate::store::record::invalid_data;
 use crate::store::snapshot::SnapshotData;
 use crate::store::snapshot::SnapshotReceiver;
@@ -40,6 +44,8 @@ struct Applied {
     data: StateData,
     last_applied: Option<LogIdOf<TypeConfig>>,
     last_membership: StoredMembershipOf<TypeConfig>,
+    /// The log applied since the state was last snapshotted (or installed, or loaded).
+    since_snapshot: LogSince,
     /// The newest snapshot of an in-memory node. A durable node keeps it only in its file and
     /// reads it when a follower needs it, so the encoded copy does not double the node's memory.
     snapshot: Option<(SnapshotMetaOf<TypeConfig>, Bytes)>,
@@ -51,11 +57,21 @@ pub(crate) struct StateMachine {
     inner: Arc<RwLock<Applied>>,
     /// Where snapshots are kept on a durable node; `None` in memory.
     files: Option<SnapshotFiles>,
+    /// Says when the log has grown enough to be folded into a snapshot.
+    compaction: Arc<Compaction>,
 }
 
 impl StateMachine {
+    /// An empty state machine that keeps its snapshots in memory.
+    pub(crate) fn in_memory(rule: SnapshotRule) -> Self {
+        Self {
+            compaction: Arc::new(Compaction::new(rule)),
+            ..Self::default()
+        }
+    }
+
     /// A state machine that keeps its snapshots in `files`, starting from the newest one there.
-    pub(crate) fn open(files: SnapshotFiles) -> io::Result<Self> {
+    pub(crate) fn open(files: SnapshotFiles, rule: SnapshotRule) -> io::Result<Self> {
         let mut applied = Applied::default();
         if let Some((meta, file)) = files.latest()? {
             applied.data = StateData::decode(&mut file.state_reader()?).map_err(|e| {
@@ -68,6 +84,7 @@ impl StateMachine {
         Ok(Self {
             inner: Arc::new(RwLock::new(applied)),
             files: Some(files),
+            compaction: Arc::new(Compaction::new(rule)),
         })
     }
 
@@ -125,6 +142,11 @@ impl StateMachine {
         (applied.data.clone(), applied.last_applied)
     }
 
+    /// When a snapshot is due (see [`Compaction`]).
+    pub(crate) fn compaction(&self) -> &Compaction {
+        &self.compaction
+    }
+
     /// Cluster time as the last applied entry stamped it.
     pub(crate) fn last_stamp_ms(&self) -> u64 {
         self.read(|data, _| data.last_stamp_ms())
@@ -135,13 +157,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
-        let (data, meta) = {
-            let applied = lock::read(&self.inner);
+        let (data, meta, folded) = {
+            let mut applied = lock::write(&self.inner);
+            let folded = std::mem::take(&mut applied.since_snapshot);
             let meta = SnapshotMetaOf::<TypeConfig> {
                 last_log_id: applied.last_applied,
                 last_membership: applied.last_membership.clone(),
             };
-            (applied.data.clone(), meta)
+            (applied.data.clone(), meta, folded)
         };
         let files = self.files.clone();
         let encode_meta = meta.clone();
@@ -162,6 +185,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         failpoint!("snapshot-build");
         let snapshot = self.keep(&meta, encoded).await?;
         tracing::info!(last_log_id = ?meta.last_log_id, "built snapshot");
+        if let Some(last) = meta.last_log_id {
+            self.compaction.snapshot_built(last.index(), folded);
+        }
         Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot })
     }
 }
@@ -184,10 +210,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         while let Some((entry, responder)) = entries.try_next().await? {
             failpoint!("apply");
             let log_id = entry.log_id();
-            let outcome = {
+            let (outcome, since, state_bytes) = {
                 let mut applied = lock::write(&self.inner);
                 applied.last_applied = Some(log_id);
-                match &entry.payload {
+                applied.since_snapshot.add(entry_bytes(&entry.payload));
+                let outcome = match &entry.payload {
                     EntryPayload::Blank => None,
                     EntryPayload::Normal(cmd) => {
                         if !(OLDEST_COMMAND_FORMAT..=COMMAND_FORMAT).contains(&cmd.format) {
@@ -204,8 +231,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             StoredMembershipOf::<TypeConfig>::new(Some(log_id), m.clone());
                         None
                     }
-                }
+                };
+                let state_bytes = applied.data.bytes_used() as u64;
+                (outcome, applied.since_snapshot, state_bytes)
             };
+            self.compaction.check(since, state_bytes);
             if let Some(responder) = responder {
                 responder.send(
                     outcome.unwrap_or(crate::store::command::Outcome::Applied(Default::default())),
@@ -239,6 +269,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         applied.data = data;
         applied.last_applied = meta.last_log_id;
         applied.last_membership = meta.last_membership.clone();
+        applied.since_snapshot = LogSince::default();
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
@@ -284,8 +315,11 @@ mod tests {
     }
 
     fn durable(dir: &Path) -> StateMachine {
-        StateMachine::open(SnapshotFiles::new(dir.to_path_buf()).expect("snapshot dir"))
-            .expect("open")
+        StateMachine::open(
+            SnapshotFiles::new(dir.to_path_buf()).expect("snapshot dir"),
+            SnapshotRule::default(),
+        )
+        .expect("open")
     }
 
     /// Writes `keys` keys named `{prefix}{i}` as if entries up to `index` had been applied.

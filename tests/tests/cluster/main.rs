@@ -5,6 +5,7 @@
 mod t05_contracts;
 mod t10_replication;
 mod t20_failover;
+mod t23_footprint;
 mod t25_durability;
 mod t26_clock;
 mod t27_quota;

@@ -95,6 +95,7 @@ pub(crate) fn status(format: Format, status: &proto::StatusResponse) -> Vec<u8> 
                     "clock skew:".into(),
                     format!("{:+} ms", status.clock_skew_ms),
                 ],
+                vec!["data dir:".into(), data_dir(status)],
             ],
         ),
         Format::Json => json_line(&json!({
@@ -106,7 +107,35 @@ pub(crate) fn status(format: Format, status: &proto::StatusResponse) -> Vec<u8> 
             "alarms": status.alarms,
             "keys": status.keys,
             "clock_skew_ms": status.clock_skew_ms,
+            "data_dir_bytes": status.data_dir_bytes,
+            "data_dir_free_bytes": status.data_dir_free_bytes,
         })),
+    }
+}
+
+/// `412.3 MiB used, 3.1 GiB free`, or `-` for an in-memory node.
+fn data_dir(status: &proto::StatusResponse) -> String {
+    match (status.data_dir_bytes, status.data_dir_free_bytes) {
+        (Some(used), Some(free)) => {
+            format!("{} used, {} free", binary_size(used), binary_size(free))
+        }
+        _ => "-".into(),
+    }
+}
+
+/// A byte count in the largest binary unit that keeps it at least 1, to one decimal.
+fn binary_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -371,6 +400,32 @@ mod tests {
         let mut lines = text.lines();
         assert!(lines.next().unwrap().starts_with("ID "));
         assert!(lines.next().unwrap().contains("learner"));
+    }
+
+    #[test]
+    fn status_shows_the_data_directory_or_a_dash_in_memory() {
+        let mut status = proto::StatusResponse {
+            data_dir_bytes: Some(412 << 20),
+            data_dir_free_bytes: Some(3 << 30),
+            ..Default::default()
+        };
+        let text = String::from_utf8(super::status(Format::Simple, &status)).unwrap();
+        assert!(
+            text.contains("412.0 MiB used, 3.0 GiB free"),
+            "status text: {text}"
+        );
+        let json = parsed(super::status(Format::Json, &status));
+        assert_eq!(json["data_dir_bytes"], 412 << 20);
+        assert_eq!(json["data_dir_free_bytes"], 3u64 << 30);
+        status.data_dir_bytes = None;
+        status.data_dir_free_bytes = None;
+        let text = String::from_utf8(super::status(Format::Simple, &status)).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("data dir:") && l.ends_with('-')),
+            "status text: {text}"
+        );
+        assert_eq!(binary_size(1000), "1000 B");
     }
 
     #[test]
