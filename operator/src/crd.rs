@@ -86,13 +86,16 @@ pub struct KvsClusterSpec {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.inMemory || has(self.size)", "message": "storage.size is required unless storage.inMemory is set"},
     {"rule": "!self.inMemory || !has(self.size)", "message": "storage.size cannot be set for an in-memory cluster"},
+    {"rule": "!has(self.size) || (isQuantity(string(self.size)) && quantity(string(self.size)).compareTo(quantity('512Mi')) >= 0)", "message": "storage.size must be a quantity of at least 512Mi: the Raft log's smallest disk budget (64Mi) with room for its journals and two snapshots (docs/storage.md)"},
 ]))]
 pub struct StorageSpec {
     /// Keep state in memory only: a restarted pod is a new member, and losing a majority of
     /// members at once loses the data.
     #[serde(default)]
     pub in_memory: bool,
-    /// Size of each member's volume, e.g. `1Gi`.
+    /// Size of each member's volume, e.g. `1Gi`; at least `512Mi`. The node's log gets an eighth
+    /// of it as its disk budget (`--log-disk-bytes`, 64Mi to 1Gi); docs/storage.md says what
+    /// state a volume holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Quantity>,
     /// Storage class of the volumes; the cluster default when empty.
@@ -315,7 +318,11 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use cel::extractors::This;
     use serde_json::Value;
+    use serde_json::json;
 
     use super::*;
 
@@ -327,6 +334,82 @@ mod tests {
             checked_in == crd_yaml(),
             "crds/kvscluster.yaml is stale: run `cargo run -p kvs-operator --bin crdgen > crds/kvscluster.yaml`"
         );
+    }
+
+    /// The messages of the CEL rules the generated CRD puts on `spec.storage` that refuse
+    /// `storage`, evaluated as the API server would, with Kubernetes' quantity functions.
+    fn storage_refusals(storage: Value) -> Vec<String> {
+        let crd = serde_json::to_value(KvsCluster::crd()).expect("the CRD serializes");
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["storage"];
+        let rules = schema["x-kubernetes-validations"]
+            .as_array()
+            .expect("storage has CEL rules");
+        let mut context = cel::Context::default();
+        let parse = |text: &str| crate::quantity::bytes(&Quantity(text.into()));
+        context
+            .add_function("isQuantity", move |text: Arc<String>| {
+                parse(&text).is_some()
+            })
+            .expect("isQuantity");
+        context
+            .add_function("quantity", move |text: Arc<String>| {
+                parse(&text).map(|n| n as i64).ok_or_else(|| {
+                    cel::ExecutionError::function_error(
+                        "quantity",
+                        format!("not a quantity: {text}"),
+                    )
+                })
+            })
+            .expect("quantity");
+        context
+            .add_function("compareTo", |This(a): This<i64>, b: i64| a.cmp(&b) as i64)
+            .expect("compareTo");
+        context
+            .add_variable("self", storage)
+            .expect("storage as a CEL value");
+        rules
+            .iter()
+            .filter(|rule| {
+                let program = cel::Program::compile(rule["rule"].as_str().expect("a rule"))
+                    .expect("the rule compiles");
+                let verdict = program.execute(&context);
+                verdict != Ok(cel::Value::Bool(true))
+            })
+            .map(|rule| rule["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn storage_rules_refuse_a_volume_too_small_for_the_log_and_its_snapshots() {
+        for accepted in [
+            json!({"inMemory": false, "size": "512Mi"}),
+            json!({"inMemory": false, "size": "1Gi"}),
+            json!({"inMemory": false, "size": 1_073_741_824u64}),
+            json!({"inMemory": true}),
+        ] {
+            assert_eq!(
+                storage_refusals(accepted.clone()),
+                Vec::<String>::new(),
+                "{accepted}"
+            );
+        }
+        for (refused, says) in [
+            (
+                json!({"inMemory": false, "size": "256Mi"}),
+                "at least 512Mi",
+            ),
+            (json!({"inMemory": false, "size": "500M"}), "at least 512Mi"),
+            (json!({"inMemory": false, "size": "lots"}), "at least 512Mi"),
+            (json!({"inMemory": false}), "storage.size is required"),
+            (json!({"inMemory": true, "size": "1Gi"}), "cannot be set"),
+        ] {
+            let refusals = storage_refusals(refused.clone());
+            assert!(
+                refusals.iter().any(|m| m.contains(says)),
+                "{refused} must be refused with {says:?}: {refusals:?}"
+            );
+        }
     }
 
     #[test]

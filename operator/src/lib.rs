@@ -11,6 +11,7 @@ mod error;
 pub mod metrics;
 pub mod observe;
 mod plan;
+pub mod quantity;
 pub mod resources;
 
 pub use error::{Error, Result};

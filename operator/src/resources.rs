@@ -34,6 +34,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{KvsCluster, KvsClusterSpec};
+use crate::quantity;
 
 /// The client gRPC port of every node.
 pub const CLIENT_PORT: i32 = 7379;
@@ -456,6 +457,13 @@ pub fn node_container(spec: &KvsClusterSpec, names: &Names, default_image: &str)
     }
 }
 
+/// The Raft log's disk budget on a volume of `volume` bytes: an eighth of it, within what the
+/// node accepts (64 MiB) and what a log needs (1 GiB). docs/storage.md's sizing rule leaves the
+/// rest to snapshots.
+pub fn log_disk_bytes(volume: u64) -> u64 {
+    (volume / 8).clamp(64 << 20, 1 << 30)
+}
+
 /// The node's command line: addresses from the pod's stable name, storage, tuning.
 fn node_args(spec: &KvsClusterSpec, names: &Names) -> Vec<String> {
     // `$(POD_NAME)` is expanded by the kubelet from the env var of that name.
@@ -474,6 +482,9 @@ fn node_args(spec: &KvsClusterSpec, names: &Names) -> Vec<String> {
         args.push("--in-memory".into());
     } else {
         args.push(format!("--data-dir={DATA_DIR}"));
+        if let Some(volume) = spec.storage.size.as_ref().and_then(quantity::bytes) {
+            args.push(format!("--log-disk-bytes={}", log_disk_bytes(volume)));
+        }
     }
     if spec.resp.enabled {
         args.push(format!("--resp-listen=0.0.0.0:{}", spec.resp.port));

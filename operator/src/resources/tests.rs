@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::Serialize;
 
 use super::*;
@@ -98,4 +99,36 @@ fn names_round_trip_ordinals_as_numbers() {
     assert_eq!(names.ordinal_of("orders-extra-1"), None);
     assert_eq!(names.claim_ordinal(&names.claim(7)), Some(7));
     assert_eq!(names.pod_host(2), "orders-2.orders-peers.shop.svc");
+}
+
+#[test]
+fn the_log_gets_an_eighth_of_the_volume_within_the_nodes_bounds() {
+    let names = Names::new("orders", "shop");
+    let budget_for = |size: &str| {
+        let mut spec = spec(3, true);
+        spec.storage.size = Some(Quantity(size.into()));
+        let args = node_container(&spec, &names, "kvs:test")
+            .args
+            .unwrap_or_default();
+        args.iter()
+            .find_map(|arg| arg.strip_prefix("--log-disk-bytes="))
+            .map(|n| n.parse::<u64>().expect("a byte count"))
+    };
+    assert_eq!(budget_for("1Gi"), Some(128 << 20));
+    assert_eq!(
+        budget_for("512Mi"),
+        Some(64 << 20),
+        "never below the node's minimum"
+    );
+    assert_eq!(budget_for("100Gi"), Some(1 << 30), "at most 1 GiB");
+    assert_eq!(budget_for("2G"), Some(250_000_000));
+    let in_memory = node_container(&spec(3, false), &names, "kvs:test")
+        .args
+        .unwrap_or_default();
+    assert!(
+        in_memory
+            .iter()
+            .all(|arg| !arg.starts_with("--log-disk-bytes")),
+        "{in_memory:?}"
+    );
 }
