@@ -450,6 +450,8 @@ impl Cluster for Service {
                 alarms: Vec::new(),
                 keys: 0,
                 clock_skew_ms: 0,
+                data_dir_bytes: None,
+                data_dir_free_bytes: None,
             })
         })
         .await

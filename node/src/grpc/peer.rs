@@ -675,13 +675,16 @@ mod tests {
     fn a_fresh_node_adopts_no_cluster_id_from_a_message_that_does_not_decode() {
         let identity = Identity::new(FOLLOWER);
         let faults = Faults::inert();
+        let clocks = ClockOffsets::default();
         let judge = Judge {
             identity: &identity,
             faults: &faults,
+            clocks: &clocks,
             membership: Arc::new(StoredMembership::default()),
             current_term: 0,
         };
         let garbage = PeerMessage {
+            sent_at_ms: 0,
             envelope: envelope(FOLLOWER),
             payload: bytes::Bytes::from_static(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"),
         };
@@ -692,6 +695,7 @@ mod tests {
         assert_eq!(identity.cluster_id(), None);
 
         let forged = PeerMessage {
+            sent_at_ms: 0,
             envelope: envelope(FOLLOWER),
             payload: encode(&VoteRequest::<TypeConfig>::new(
                 vote(u64::MAX, LEADER),
@@ -710,6 +714,7 @@ mod tests {
             leader_commit: None,
         };
         let replication = PeerMessage {
+            sent_at_ms: 0,
             envelope: envelope(FOLLOWER),
             payload: encode(&append),
         };
@@ -730,13 +735,16 @@ mod tests {
         identity.create_cluster();
         let cluster_id = identity.cluster_id().expect("created");
         let faults = Faults::inert();
+        let clocks = ClockOffsets::default();
         let judge = Judge {
             identity: &identity,
             faults: &faults,
+            clocks: &clocks,
             membership: Arc::new(StoredMembership::new(None, membership)),
             current_term: 3,
         };
         let message = |from: u64| PeerMessage {
+            sent_at_ms: 0,
             envelope: Some(Envelope {
                 cluster_id: cluster_id.clone(),
                 from,

@@ -701,6 +701,8 @@ mod tests {
             format: COMMAND_FORMAT,
             stamp_ms: 0,
             write_id: None,
+            session: Default::default(),
+            max_value_bytes: 0,
             batch: Batch {
                 ops: vec![Op::Put {
                     key: bytes::Bytes::from(format!("k{}", index % 16)),
@@ -779,8 +781,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_truncation_makes_the_lowered_watermark_durable_before_removing_entries() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut log = DiskLog::open(&dir.path().join("raft"), &dir.path().join("watermark"))
-            .expect("open log");
+        let mut log = DiskLog::open(
+            &dir.path().join("raft"),
+            &dir.path().join("watermark"),
+            64 << 20,
+        )
+        .expect("open log");
         use openraft::type_config::TypeConfigExt;
         let (done, flushed) = TypeConfig::oneshot();
         let callback = IOFlushed::<TypeConfig>::signal(done);

@@ -88,7 +88,7 @@ fn entry() -> EntryOf<TypeConfig> {
 
 fn state() -> StateData {
     let mut data = StateData::default();
-    data.apply(9, &command(COMMAND_FORMAT));
+    data.apply(9, &command());
     data
 }
 
@@ -179,7 +179,7 @@ fn check_snapshot(stored: &[u8]) {
 
 #[test]
 fn a_newer_log_record_format_is_refused_by_name() {
-    let mut record = seal(&entry(COMMAND_FORMAT));
+    let mut record = seal(&entry());
     record[0] = 2;
     let body_len = record.len() - 4;
     let crc = crc32fast::hash(&record[..body_len]);
