@@ -356,7 +356,10 @@ async fn status_json_shape() {
             "commit_index",
             "applied_index",
             "alarms",
-            "keys"
+            "keys",
+            "clock_skew_ms",
+            "data_dir_bytes",
+            "data_dir_free_bytes"
         ])
     );
     assert_eq!(status["leader"], node.node_id());
