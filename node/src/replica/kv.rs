@@ -29,6 +29,7 @@ use crate::store::command::PutExpiry;
 use crate::store::command::SessionStamp;
 use crate::store::command::WriteId;
 use crate::store::data::StateData;
+use crate::store::sessions::Dedup;
 
 /// The faces check relative expiries against the wall clock as Redis does.
 pub(crate) use crate::raft::clock::wall_clock_ms;
@@ -144,7 +145,8 @@ impl Replica {
     /// space; deletes, expiries and compare-only batches still pass, so space can always be
     /// freed. The quota of a write with a `WriteId` is checked when applied instead, after
     /// duplicate detection, so that a retry of a write already applied gets its outcome rather
-    /// than a refusal (`store::data`).
+    /// than a refusal (`store::data`); one refused for a full disk is looked up in the sessions
+    /// first ([`Replica::answer_refused_write`]).
     fn check_quota(&self, cmd: &Command) -> Result<()> {
         if !cmd.batch.adds_data() {
             return Ok(());
@@ -182,7 +184,9 @@ impl Replica {
         cmd.session.max_sessions = self.config.max_sessions;
         cmd.session.quota_bytes = self.config.quota_bytes();
         cmd.max_value_bytes = self.config.max_value_bytes as u64;
-        self.check_quota(&cmd)?;
+        if let Err(refused) = self.check_quota(&cmd) {
+            return self.answer_refused_write(&cmd, refused, deadline).await;
+        }
         let _slot = deadline
             .run(self.proposals.acquire())
             .await
@@ -207,6 +211,27 @@ impl Replica {
             }
             Err(RaftError::Fatal(e)) => Err(Error::Fatal(e.to_string())),
         }
+    }
+
+    /// The answer to a write the leader refuses before proposing it (`refused`). A write with a
+    /// `WriteId` refused for a full disk may be a retry of one already applied: once this leader
+    /// has applied everything committed, the sessions tell, and a retry gets its remembered
+    /// outcome (or that it is lost) rather than a "surely not applied" refusal.
+    async fn answer_refused_write(
+        &self,
+        cmd: &Command,
+        refused: Error,
+        deadline: &Deadline,
+    ) -> Result<BatchOutcome> {
+        let Some(id) = cmd.write_id else {
+            return Err(refused);
+        };
+        if !matches!(refused, Error::DiskFull { .. }) {
+            return Err(refused);
+        }
+        let point = await_linearizable(self, deadline).await?;
+        let remembered = self.state.read(|data, _| data.dedup(id, &cmd.session));
+        refused_unless_remembered(refused, remembered, point.index)
     }
 
     /// On the leader: proposes deletes of up to `limit` keys whose expiry has passed, each
@@ -432,6 +457,23 @@ fn ops_from_proto(ops: Vec<proto::Op>, stamp_ms: u64) -> Result<Vec<Op>> {
         .collect()
 }
 
+/// The answer to a write refused before it was proposed (`refused`), given what the sessions
+/// remember of it as of log index `index`: a duplicate gets its first outcome, a write whose
+/// outcome is lost is told so, and only a write that was never applied gets the refusal.
+fn refused_unless_remembered(
+    refused: Error,
+    remembered: Dedup,
+    index: u64,
+) -> Result<BatchOutcome> {
+    match remembered {
+        Dedup::Duplicate(outcome) => applied(index, outcome),
+        Dedup::Refuse(refusal) if refusal.is_outcome_lost() => {
+            applied(index, Outcome::Refused(refusal))
+        }
+        Dedup::New | Dedup::Refuse(_) => Err(refused),
+    }
+}
+
 /// What the state machine's outcome of the entry at `entry_index` means for the client.
 fn applied(entry_index: u64, outcome: Outcome) -> Result<BatchOutcome> {
     match outcome {
@@ -537,6 +579,55 @@ pub(crate) fn refusal_to_proto(refusal: &Refusal) -> proto::Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_refused_for_a_full_disk_gets_its_remembered_outcome_if_applied() {
+        let full = || Error::DiskFull { free: 1, needed: 2 };
+        let first = BatchOutcome {
+            index: 4,
+            succeeded: true,
+            results: vec![],
+        };
+        let outcome =
+            refused_unless_remembered(full(), Dedup::Duplicate(Outcome::Applied(first)), 9)
+                .expect("a retry of an applied write gets its outcome");
+        assert_eq!(outcome.index, 4);
+        assert!(matches!(
+            refused_unless_remembered(
+                full(),
+                Dedup::Refuse(Refusal::SessionExpired { sequence: 3 }),
+                9
+            ),
+            Err(Error::OutcomeLost(_))
+        ));
+        assert!(matches!(
+            refused_unless_remembered(
+                full(),
+                Dedup::Duplicate(Outcome::Refused(Refusal::NotAnInteger { op: 0 })),
+                9
+            ),
+            Err(Error::Refused {
+                refusal: Refusal::NotAnInteger { op: 0 },
+                index: 9
+            })
+        ));
+        assert!(matches!(
+            refused_unless_remembered(full(), Dedup::New, 9),
+            Err(Error::DiskFull { .. })
+        ));
+        assert!(matches!(
+            refused_unless_remembered(
+                full(),
+                Dedup::Refuse(Refusal::TooManyInFlight {
+                    sequence: 2000,
+                    acked_below: 1,
+                    limit: 1024
+                }),
+                9
+            ),
+            Err(Error::DiskFull { .. })
+        ));
+    }
 
     #[test]
     fn a_leaders_typed_refusal_is_read_back_as_the_refusal() {

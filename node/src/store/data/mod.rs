@@ -16,6 +16,8 @@ use bytes::Bytes;
 use crate::error::Refusal;
 use crate::store::command::Command;
 use crate::store::command::Outcome;
+use crate::store::command::SessionStamp;
+use crate::store::command::WriteId;
 use crate::store::keyspace::EntryRef;
 use crate::store::keyspace::Keyspace;
 use crate::store::sessions::Dedup;
@@ -71,6 +73,13 @@ impl StateData {
                 .record(id, &cmd.session, log_index, outcome.clone());
         }
         outcome
+    }
+
+    /// What the sessions say of write `id`, carrying `stamp`, if it were applied now; changes
+    /// nothing. The leader asks before it refuses a write for a reason of its own (a full disk),
+    /// so that a retry of a write already applied gets its outcome rather than the refusal.
+    pub(crate) fn dedup(&self, id: WriteId, stamp: &SessionStamp) -> Dedup {
+        self.sessions.check(id, stamp)
     }
 
     /// The value and expiry (0 = none) of `key`, unless absent or expired at `now_ms`. Pass
@@ -166,8 +175,6 @@ mod tests {
     use super::*;
     use crate::store::command::Op;
     use crate::store::command::PutExpiry;
-    use crate::store::command::SessionStamp;
-    use crate::store::command::WriteId;
     use crate::store::data::harness::Replica;
     use crate::store::data::harness::incr;
     use crate::store::data::harness::key;
@@ -277,6 +284,28 @@ mod tests {
             matches!(delete, Outcome::Applied(_)),
             "a refused write is not remembered, and deletes pass a full quota: {delete}"
         );
+    }
+
+    #[test]
+    fn a_dedup_lookup_answers_as_apply_would_and_changes_nothing() {
+        let mut r = Replica::new();
+        let stamp = SessionStamp {
+            acked_below: 1,
+            ..SessionStamp::default()
+        };
+        let id = WriteId {
+            client_id: 6,
+            sequence: 1,
+        };
+        let first = r.apply_stamped(1, Some(id), stamp, ops(vec![incr("n", 1)]));
+        assert_eq!(r.data.dedup(id, &stamp), Dedup::Duplicate(first));
+        let next = WriteId {
+            client_id: 6,
+            sequence: 2,
+        };
+        assert_eq!(r.data.dedup(next, &stamp), Dedup::New);
+        assert_eq!(r.data.dedup(next, &stamp), Dedup::New, "nothing recorded");
+        assert_eq!(r.value("n", 2), Some(("1".to_owned(), 0)));
     }
 
     #[test]
