@@ -135,7 +135,7 @@ impl Client {
             ttl_ms: ttl.map(kv::ttl_ms),
             return_previous: false,
         };
-        self.call(Route::Failover, CallKind::Write, request, async |ch, r| {
+        self.write(&ticket, request, async |ch, r| {
             KvClient::new(ch).put(r).await
         })
         .await?;
@@ -151,7 +151,7 @@ impl Client {
             return_previous: false,
         };
         let response = self
-            .call(Route::Failover, CallKind::Write, request, async |ch, r| {
+            .write(&ticket, request, async |ch, r| {
                 KvClient::new(ch).delete(r).await
             })
             .await?;
@@ -174,7 +174,7 @@ impl Client {
             write_id: Some(ticket.write_id()),
         };
         match self
-            .call(Route::Failover, CallKind::Write, request, async |ch, r| {
+            .write(&ticket, request, async |ch, r| {
                 KvClient::new(ch).compare_and_swap(r).await
             })
             .await
@@ -194,7 +194,7 @@ impl Client {
         let ticket = self.begin_write().await?;
         batch.write_id = Some(ticket.write_id());
         let response = self
-            .call(Route::Failover, CallKind::Write, batch, async |ch, r| {
+            .write(&ticket, batch, async |ch, r| {
                 KvClient::new(ch).batch(r).await
             })
             .await?;
@@ -388,6 +388,34 @@ impl Client {
                 ),
                 leader: None,
             })
+    }
+
+    /// Makes the attempts of the write holding `ticket`, and tells its session what the
+    /// cluster said of it (`session`): an answer from the state machine makes the client id
+    /// known, a "session expired" one moves the session to a fresh id.
+    async fn write<Req: Clone, Resp>(
+        &self,
+        ticket: &WriteTicket,
+        request: Req,
+        rpc: impl AsyncFn(Channel, tonic::Request<Req>) -> Result<Response<Resp>, Status>,
+    ) -> Result<Resp> {
+        let result = self
+            .call(Route::Failover, CallKind::Write, request, rpc)
+            .await;
+        match &result {
+            Ok(_)
+            | Err(Error::Refused {
+                code: Code::FailedPrecondition,
+                ..
+            }) => ticket.answered(),
+            Err(Error::OutcomeUnknown { message, .. })
+                if message.contains(crate::SESSION_EXPIRED) =>
+            {
+                ticket.session_expired();
+            }
+            Err(_) => {}
+        }
+        result
     }
 
     /// Makes attempts until one succeeds, the retry rules say stop, or the deadline passes.

@@ -21,7 +21,7 @@ mod session;
 pub use client::{Client, ClientOptions, EndpointStatus, Snapshot};
 pub use error::{Error, Result};
 pub use kv::{Action, Expect, KeyValue};
-pub use session::{MAX_IN_FLIGHT, WriteSession, WriteTicket};
+pub use session::{MAX_IN_FLIGHT, SESSION_EXPIRED, WriteSession, WriteTicket};
 
 /// The wire contract of `proto/kvs.proto`: the generated protobuf and gRPC types of the `kvs.v1`
 /// package, and the response metadata that travels beside them.

@@ -7,6 +7,16 @@
 //! (kvs.proto, `WriteId.acked_below`). A session never holds more than [`MAX_IN_FLIGHT`]
 //! sequences past its watermark, which is what the cluster accepts: a new write waits for an old
 //! one to end instead.
+//!
+//! The cluster takes a write from a client id it does not know whose watermark is above 1 as a
+//! retry from a session it has forgotten, and refuses it ("session expired, outcome unknown"),
+//! so the watermark of a client id must not rise above 1 before the cluster knows the id. A
+//! session therefore counts its id as *known* once a write of it is answered by the state machine
+//! ([`WriteTicket::answered`]); a write that begins while the id is not known and its first
+//! sequence has ended unanswered (refused before it reached the log, or given up) takes a fresh
+//! id instead, sequences from 1. A write answered session-expired
+//! ([`WriteTicket::session_expired`]) also moves the session to a fresh id, so later writes are
+//! not refused in turn; writes still in flight keep the id they were sent with.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,16 +29,22 @@ use crate::proto;
 /// limit (kvs.proto, `WriteId`).
 pub const MAX_IN_FLIGHT: u64 = 1024;
 
+/// How the cluster's answer to a write from a forgotten session begins (kvs.proto, `WriteId`).
+pub const SESSION_EXPIRED: &str = "session expired, outcome unknown";
+
 /// The write identity of one client; cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct WriteSession {
-    client_id: u64,
     state: Mutex<Held>,
     released: Notify,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Held {
+    /// The client id writes begun now take.
+    client_id: u64,
+    /// Whether a write of `client_id` was answered by the state machine.
+    known: bool,
     /// The last sequence handed out.
     last: u64,
     /// Sequences handed out whose write has not ended.
@@ -36,6 +52,15 @@ struct Held {
 }
 
 impl Held {
+    fn fresh() -> Self {
+        Held {
+            client_id: rand::random(),
+            known: false,
+            last: 0,
+            unanswered: BTreeSet::new(),
+        }
+    }
+
     fn watermark(&self) -> u64 {
         self.unanswered.first().copied().unwrap_or(self.last + 1)
     }
@@ -52,8 +77,7 @@ impl WriteSession {
     /// A session with a random client id.
     pub fn new() -> Arc<Self> {
         Arc::new(WriteSession {
-            client_id: rand::random(),
-            state: Mutex::default(),
+            state: Mutex::new(Held::fresh()),
             released: Notify::new(),
         })
     }
@@ -75,6 +99,9 @@ impl WriteSession {
 
     fn try_begin(&self) -> Option<proto::WriteId> {
         let mut held = self.lock();
+        if !held.known && held.watermark() > 1 {
+            *held = Held::fresh();
+        }
         let acked_below = held.watermark();
         let sequence = held.last + 1;
         if sequence - acked_below >= MAX_IN_FLIGHT {
@@ -83,7 +110,7 @@ impl WriteSession {
         held.last = sequence;
         held.unanswered.insert(sequence);
         Some(proto::WriteId {
-            client_id: self.client_id,
+            client_id: held.client_id,
             sequence,
             acked_below,
         })
@@ -100,14 +127,35 @@ impl WriteTicket {
     pub fn write_id(&self) -> proto::WriteId {
         self.write_id
     }
+
+    /// The state machine answered this write (applied it, or refused it as it applies): the
+    /// cluster knows the client id.
+    pub fn answered(&self) {
+        let mut held = self.session.lock();
+        if held.client_id == self.write_id.client_id {
+            held.known = true;
+        }
+    }
+
+    /// The cluster answered this write "session expired": it has forgotten the client id, so
+    /// later writes take a fresh one.
+    pub fn session_expired(&self) {
+        let mut held = self.session.lock();
+        if held.client_id == self.write_id.client_id {
+            *held = Held::fresh();
+        }
+        drop(held);
+        self.session.released.notify_waiters();
+    }
 }
 
 impl Drop for WriteTicket {
     fn drop(&mut self) {
-        self.session
-            .lock()
-            .unanswered
-            .remove(&self.write_id.sequence);
+        let mut held = self.session.lock();
+        if held.client_id == self.write_id.client_id {
+            held.unanswered.remove(&self.write_id.sequence);
+        }
+        drop(held);
         self.session.released.notify_waiters();
     }
 }
@@ -122,6 +170,7 @@ mod tests {
     async fn the_watermark_is_the_oldest_write_not_ended() {
         let session = WriteSession::new();
         let first = session.begin().await;
+        first.answered();
         let second = session.begin().await;
         assert_eq!(
             (first.write_id().sequence, first.write_id().acked_below),
@@ -143,9 +192,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn after_a_session_expired_answer_the_next_write_takes_a_fresh_id() {
+        let session = WriteSession::new();
+        let first = session.begin().await;
+        first.answered();
+        let expired = session.begin().await;
+        let in_flight = session.begin().await;
+        let old_id = expired.write_id().client_id;
+        expired.session_expired();
+        drop(expired);
+        let next_ticket = session.begin().await;
+        let next = next_ticket.write_id();
+        assert_ne!(next.client_id, old_id);
+        assert_eq!((next.sequence, next.acked_below), (1, 1));
+        assert_eq!(
+            in_flight.write_id().client_id,
+            old_id,
+            "a write in flight keeps its id"
+        );
+        drop(first);
+        drop(in_flight);
+        let after = session.begin().await.write_id();
+        assert_eq!(
+            (after.client_id, after.sequence, after.acked_below),
+            (next.client_id, 2, 1),
+            "the old id's writes ending do not touch the new id"
+        );
+    }
+
+    /// The cluster refuses an unknown id whose watermark is above 1, so an id is not used past a
+    /// first write that ended unanswered (refused before the log, say).
+    #[tokio::test]
+    async fn an_id_the_cluster_never_answered_is_not_used_past_its_first_write() {
+        let session = WriteSession::new();
+        let refused = session.begin().await;
+        let concurrent = session.begin().await;
+        let id = refused.write_id().client_id;
+        drop(refused);
+        let next = session.begin().await.write_id();
+        assert_ne!(next.client_id, id);
+        assert_eq!((next.sequence, next.acked_below), (1, 1));
+        assert_eq!(concurrent.write_id().acked_below, 1);
+
+        let answered = session.begin().await;
+        answered.answered();
+        let known = answered.write_id().client_id;
+        drop(answered);
+        let after = session.begin().await.write_id();
+        assert_eq!(after.client_id, known, "a known id is kept");
+        assert!(after.acked_below > 1);
+    }
+
+    #[tokio::test]
     async fn a_write_past_the_in_flight_limit_waits_for_the_oldest_to_end() {
         let session = WriteSession::new();
         let oldest = session.begin().await;
+        oldest.answered();
         let mut held = Vec::new();
         for _ in 1..MAX_IN_FLIGHT {
             held.push(session.begin().await);

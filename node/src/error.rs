@@ -195,8 +195,9 @@ pub enum Refusal {
         oldest_remembered: u64,
     },
     /// The client's session was evicted (more clients than `--max-sessions`) and this write is
-    /// not newer than what the session had seen, so it may have been applied before the
-    /// eviction: it is not applied again, and its outcome cannot be told.
+    /// not newer than what the session had seen, or the session is forgotten altogether and the
+    /// client's watermark says it had one, so it may have been applied before: it is not
+    /// applied again, and its outcome cannot be told (`store::sessions`).
     SessionExpired {
         /// The write's sequence.
         sequence: u64,
@@ -254,8 +255,9 @@ impl fmt::Display for Refusal {
             ),
             Refusal::SessionExpired { sequence } => write!(
                 f,
-                "session expired, outcome unknown: the cluster evicted this client's session, so \
-                 whether write sequence {sequence} was applied cannot be told"
+                "{}: the cluster evicted this client's session, so whether write sequence \
+                 {sequence} was applied cannot be told",
+                kvs_client::SESSION_EXPIRED
             ),
             Refusal::TooManyInFlight {
                 sequence,

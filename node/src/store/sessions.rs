@@ -28,9 +28,14 @@
 //!   is below that floor may have been applied before the eviction, so it is never applied: it is
 //!   answered [`Refusal::SessionExpired`]. A write at or above it was never applied (nothing of
 //!   the client was applied since the eviction), so it is new and opens a session again with
-//!   that floor. Tombstones are kept for the last `max_sessions` evictions; a retry that arrives
-//!   after that many more sessions were evicted is taken as new — the one horizon of this scheme,
-//!   documented in `docs/correctness.md`.
+//!   that floor. Tombstones are kept for the last `max_sessions` evictions.
+//! - **Forgotten clients.** A write of a client with neither a session nor a tombstone whose
+//!   watermark is above 1 comes from a client that has seen answers before (a new client's
+//!   writes carry 1 until its first write is answered by the state machine: `kvs_client`'s
+//!   `WriteSession`), so its session existed and was forgotten past the tombstone horizon: it is
+//!   never applied, and is answered [`Refusal::SessionExpired`]. The client then continues under
+//!   a fresh client id. An old client (watermark 0) forgotten that long ago is taken as new —
+//!   the one horizon left, documented in `docs/correctness.md`.
 //! - **Limits travel in the log.** `max_sessions` is what the leader that stamped the entry was
 //!   configured with (`--max-sessions`), carried in the entry, so every replica evicts the same
 //!   session at the same index whatever its own flag says.
@@ -151,6 +156,10 @@ impl Sessions {
                     return Dedup::Refuse(Refusal::SessionExpired { sequence });
                 }
                 Some(&(_, floor)) => floor,
+                // Its watermark says it has seen answers, so it had a session, now forgotten.
+                None if stamp.acked_below > 1 => {
+                    return Dedup::Refuse(Refusal::SessionExpired { sequence });
+                }
                 None => 0,
             },
         };
@@ -652,6 +661,45 @@ mod tests {
             sessions.tombstones().len(),
             1,
             "client 2's, evicted by client 1"
+        );
+    }
+
+    /// Past the tombstone horizon: a client the table does not know whose watermark says it has
+    /// seen answers before had a session that was forgotten, so its write is never applied.
+    #[test]
+    fn a_client_forgotten_past_its_tombstone_is_never_applied() {
+        let mut sessions = Sessions::default();
+        let limit = limited(2, 1);
+        sessions.record(id(1, 1), &limited(1, 1), 1, outcome(1));
+        // Clients 2 and 3 evict client 1, then client 2, so client 1's tombstone is dropped.
+        sessions.record(id(2, 1), &limited(1, 1), 2, outcome(1));
+        sessions.record(id(3, 1), &limited(1, 1), 3, outcome(1));
+        assert_eq!(
+            sessions.tombstones().map(|(c, _, _)| c).collect::<Vec<_>>(),
+            [2]
+        );
+        for sequence in [1, 2] {
+            assert_eq!(
+                sessions.check(id(1, sequence), &limit),
+                Dedup::Refuse(Refusal::SessionExpired { sequence }),
+                "sequence {sequence}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_client_with_a_watermark_of_one_is_new() {
+        let sessions = Sessions::default();
+        for (sequence, watermark) in [(1, 1), (5, 1), (1, 0), (9, 0)] {
+            assert_eq!(
+                sessions.check(id(4, sequence), &acked_below(watermark)),
+                Dedup::New,
+                "sequence {sequence}, watermark {watermark}"
+            );
+        }
+        assert_eq!(
+            sessions.check(id(4, 2), &acked_below(2)),
+            Dedup::Refuse(Refusal::SessionExpired { sequence: 2 })
         );
     }
 

@@ -171,7 +171,13 @@ impl Session {
             .await
             .map_err(|_| Error::Busy("too many RESP writes in flight on this node".into()))?;
         batch.write_id = Some(ticket.write_id());
-        self.replica.write(batch).await
+        let result = self.replica.write(batch).await;
+        match &result {
+            Ok(_) | Err(Error::Refused { .. }) => ticket.answered(),
+            Err(e) if is_session_expired(e) => ticket.session_expired(),
+            Err(_) => {}
+        }
+        result
     }
 
     /// Reads the state, linearizably unless this connection reads serializably; `f` gets the
@@ -180,6 +186,19 @@ impl Session {
         self.replica
             .read(self.serializable, |data, _, now| f(data, now))
             .await
+    }
+}
+
+/// Whether the cluster answered a write "session expired" (`kvs_client::WriteSession`), here or
+/// relayed from the leader.
+fn is_session_expired(e: &Error) -> bool {
+    match e {
+        Error::OutcomeLost(message) => message.contains(kvs_client::SESSION_EXPIRED),
+        Error::Forwarded(status) => {
+            status.code() == tonic::Code::DataLoss
+                && status.message().contains(kvs_client::SESSION_EXPIRED)
+        }
+        _ => false,
     }
 }
 
