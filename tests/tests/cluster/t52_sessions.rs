@@ -195,3 +195,68 @@ async fn a_retry_from_an_evicted_session_is_answered_session_expired() {
         .into_inner();
     assert_eq!(next.results.first().map(|r| r.integer), Some(2), "{next:?}");
 }
+
+/// Past the tombstones (kept for the last `--max-sessions` evictions) a client the cluster has
+/// forgotten altogether is still never applied again when its watermark says it had a session,
+/// and a `Client` answered "session expired" goes on under a fresh id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_from_a_session_forgotten_past_its_tombstone_is_never_applied() {
+    const MAX_SESSIONS: u64 = 2;
+    let options = ClusterOptions {
+        max_sessions: Some(MAX_SESSIONS),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(3, options).await;
+    let leader = cluster.leader().await;
+    let forgotten = rand::random::<u64>();
+    cluster
+        .kv(leader)
+        .batch(increment(forgotten, 1))
+        .await
+        .expect("the first increment");
+    let evicted = Client::connect(cluster.endpoints(), ClientOptions::default()).expect("client");
+    evicted
+        .put("mine", "1", None)
+        .await
+        .expect("the evicted client's first write");
+    // Enough newer clients to evict both and then drop both tombstones.
+    for _ in 0..3 * MAX_SESSIONS {
+        let other = Client::connect(cluster.endpoints(), ClientOptions::default()).expect("client");
+        other
+            .put("other", "x", None)
+            .await
+            .expect("another client's write");
+    }
+
+    let next = cluster
+        .kv(leader)
+        .batch(increment(forgotten, 2))
+        .await
+        .expect_err("a write of a forgotten session is not applied");
+    assert_eq!(next.code(), tonic::Code::DataLoss, "{next:?}");
+    assert!(
+        next.message().contains("session expired, outcome unknown"),
+        "{next:?}"
+    );
+    let value = cluster.get(leader, "evicted").await.expect("read");
+    assert_eq!(
+        value.as_deref(),
+        Some(&b"1"[..]),
+        "the forgotten client's write was applied"
+    );
+
+    let expired = evicted
+        .put("mine", "2", None)
+        .await
+        .expect_err("the evicted client's session is forgotten");
+    assert!(
+        matches!(expired, kvs_client::Error::OutcomeUnknown { .. }),
+        "{expired:?}"
+    );
+    evicted
+        .put("mine", "3", None)
+        .await
+        .expect("the client goes on under a fresh id");
+    let value = cluster.get(leader, "mine").await.expect("read");
+    assert_eq!(value.as_deref(), Some(&b"3"[..]));
+}
