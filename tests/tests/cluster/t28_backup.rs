@@ -195,3 +195,50 @@ async fn a_restore_through_a_lagging_follower_into_a_non_empty_cluster_is_refuse
     let saved = cluster.get(leader, "saved").await;
     assert!(matches!(saved, Ok(None)), "nothing was restored: {saved:?}");
 }
+
+/// A node streams at most `--max-backups` backups at once: while one stream is held open
+/// unread, `snapshot save` is refused (exit 3, surely nothing started) naming the flag, and once
+/// the held stream is dropped a backup works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_past_max_backups_is_refused_until_one_finishes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("backup.kvs");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let options = ClusterOptions {
+        extra_args: vec!["--max-backups".into(), "1".into()],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(1, options).await;
+    // Far more than the encoder's chunks ahead and the HTTP/2 windows hold: the held stream's
+    // encoder cannot finish while nobody reads.
+    let client = Client::connect(cluster.endpoints(), ClientOptions::default()).expect("client");
+    for i in 0..16 {
+        client
+            .batch(proto::BatchRequest {
+                ops: vec![put(format!("large-{i}"), vec![b'x'; 900_000], None)],
+                ..Default::default()
+            })
+            .await
+            .expect("the batch is applied");
+    }
+
+    let held = client.snapshot().await.expect("the first backup starts");
+    let refused = cluster.kvsctl(["snapshot", "save", file_arg]).await;
+    assert_eq!(refused.code, Some(exit::NOT_APPLIED), "{refused}");
+    assert!(refused.stderr.contains("--max-backups"), "{refused}");
+    assert!(!file.exists(), "a refused backup leaves no file");
+
+    drop(held);
+    drop(client);
+    wait_until(
+        Duration::from_secs(30),
+        "a backup is served once the held one is dropped",
+        || async { cluster.kvsctl(["snapshot", "save", file_arg]).await.code == Some(exit::OK) },
+    )
+    .await;
+    let status = cluster
+        .kvsctl(["-o", "json", "snapshot", "status", file_arg])
+        .await
+        .json();
+    assert_eq!(status["keys"], 16, "{status}");
+}
