@@ -114,7 +114,7 @@ impl Client {
         };
         let response = self
             .call(Route::Failover, CallKind::Read, request, async |ch, r| {
-                KvClient::new(ch).get(r).await
+                kv_client(ch).get(r).await
             })
             .await?;
         Ok(KeyValue::from_response(key, response))
@@ -136,7 +136,7 @@ impl Client {
             return_previous: false,
         };
         self.write(&ticket, request, async |ch, r| {
-            KvClient::new(ch).put(r).await
+            kv_client(ch).put(r).await
         })
         .await?;
         Ok(())
@@ -152,7 +152,7 @@ impl Client {
         };
         let response = self
             .write(&ticket, request, async |ch, r| {
-                KvClient::new(ch).delete(r).await
+                kv_client(ch).delete(r).await
             })
             .await?;
         Ok(response.deleted)
@@ -175,7 +175,7 @@ impl Client {
         };
         match self
             .write(&ticket, request, async |ch, r| {
-                KvClient::new(ch).compare_and_swap(r).await
+                kv_client(ch).compare_and_swap(r).await
             })
             .await
         {
@@ -195,7 +195,7 @@ impl Client {
         batch.write_id = Some(ticket.write_id());
         let response = self
             .write(&ticket, batch, async |ch, r| {
-                KvClient::new(ch).batch(r).await
+                kv_client(ch).batch(r).await
             })
             .await?;
         if response.error.is_empty() {
@@ -491,6 +491,13 @@ impl Snapshot {
             .map_err(broken_stream)?
             .map(|chunk| chunk.data))
     }
+}
+
+/// The key-value API over `channel`, taking replies of any size: a write's reply arrives after
+/// the write applied, so a reply refused for its size would turn an applied write into an error.
+/// The node bounds its replies (`--max-reply-bytes`).
+fn kv_client(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(usize::MAX)
 }
 
 /// A backup stream that broke: nothing was changed, the backup is just incomplete.

@@ -10,7 +10,8 @@
 //! they carry a `WriteId` the cluster deduplicates, but once one happened a write that then runs
 //! out of time ends as [`Error::OutcomeUnknown`]. DATA_LOSS says the cluster no longer remembers
 //! a write's outcome (its session expired, or it is older than the session keeps): that cannot
-//! change on a retry, so it ends the call at once as [`Error::OutcomeUnknown`]. Membership
+//! change on a retry, so it ends the call at once as [`Error::OutcomeUnknown`], and so does
+//! OUT_OF_RANGE (a message too large), which a reply can get after its write applied. Membership
 //! changes carry no `WriteId`, so they are only retried on UNAVAILABLE. Every other code is a
 //! refusal and is returned at once.
 
@@ -172,7 +173,8 @@ impl Failure {
 }
 
 /// Codes after which the request may have been applied: it was sent, and no answer says
-/// otherwise.
+/// otherwise. OUT_OF_RANGE is gRPC's "message too large", which a reply gets after its write
+/// applied as well as a request before it, so it says nothing about the write.
 fn may_have_applied(code: Code) -> bool {
     matches!(
         code,
@@ -182,6 +184,7 @@ fn may_have_applied(code: Code) -> bool {
             | Code::Aborted
             | Code::Internal
             | Code::DataLoss
+            | Code::OutOfRange
     )
 }
 
@@ -299,6 +302,17 @@ mod tests {
             let err = stops_with(Attempts::new(kind).record(status(Code::DataLoss)));
             assert!(err.is_outcome_unknown(), "{kind:?}: {err:?}");
         }
+    }
+
+    #[test]
+    fn a_message_too_large_leaves_a_write_unknown_and_a_read_refused() {
+        // OUT_OF_RANGE: a reply too large to send or take, which may follow an applied write.
+        for kind in [CallKind::Write, CallKind::Admin] {
+            let err = stops_with(Attempts::new(kind).record(status(Code::OutOfRange)));
+            assert!(err.is_outcome_unknown(), "{kind:?}: {err:?}");
+        }
+        let read = stops_with(Attempts::new(CallKind::Read).record(status(Code::OutOfRange)));
+        assert!(read.is_definitely_not_applied(), "{read:?}");
     }
 
     #[test]

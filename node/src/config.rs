@@ -153,7 +153,8 @@ pub struct NodeConfig {
 
     /// Most bytes of replies one RESP connection may have pending (Redis's client output
     /// buffer limit); a reply past it is refused and the connection closed. Also the largest
-    /// gRPC reply message.
+    /// gRPC reply message, so it must hold the largest reply a batch can get: at least
+    /// --max-batch-ops x (--max-key-bytes + --max-value-bytes + 64) + 64 KiB.
     #[arg(long, env = "KVS_MAX_REPLY_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_reply_bytes: usize,
     /// Most gRPC connections (client and peer ports each) open at once; more wait in the
@@ -202,6 +203,12 @@ pub enum ReadPolicy {
 
 /// The most a value may be configured to: replication messages must stay bounded.
 const MAX_VALUE_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Room in a reply for one op's result besides its previous value (field tags, lengths, the
+/// integer).
+const REPLY_BYTES_PER_OP: usize = 64;
+/// Room in a reply for everything besides the ops' results (index, flags, a refusal's words).
+const REPLY_FRAMING_BYTES: usize = 64 * 1024;
 
 /// The smallest journal budget the log's storage engine (fjall) accepts.
 const MIN_LOG_DISK_BYTES: u64 = 64 << 20;
@@ -304,11 +311,16 @@ impl NodeConfig {
                 self.resp_request_timeout_ms
             ));
         }
-        // A reply must be able to carry at least one largest value.
-        if self.max_reply_bytes < self.max_value_bytes + 1024 {
+        // Every gRPC reply is one message of at most --max-reply-bytes, and a write's reply is
+        // sent after the write applied: a limit some reply can pass would fail an applied write.
+        if self.max_reply_bytes < self.largest_reply_bytes() {
             return bad(format!(
-                "--max-reply-bytes ({}) must exceed --max-value-bytes ({}) by at least 1024",
-                self.max_reply_bytes, self.max_value_bytes
+                "--max-reply-bytes ({}) must hold the largest reply, a batch of --max-batch-ops ({}) \
+                 ops each returning a previous value: at least {} bytes (--max-batch-ops x \
+                 (--max-key-bytes + --max-value-bytes + {REPLY_BYTES_PER_OP}) + {REPLY_FRAMING_BYTES})",
+                self.max_reply_bytes,
+                self.max_batch_ops,
+                self.largest_reply_bytes()
             ));
         }
         Ok(())
@@ -331,6 +343,15 @@ impl NodeConfig {
     /// When the log is folded into a snapshot.
     pub(crate) fn snapshot_rule(&self) -> SnapshotRule {
         SnapshotRule::new(self.snapshot_every, self.log_disk_bytes)
+    }
+
+    /// The largest reply any request can get: a batch of `--max-batch-ops` ops, each
+    /// returning a previous value as large as a key and value together, plus framing.
+    /// Validation keeps `--max-reply-bytes` at least this.
+    pub(crate) fn largest_reply_bytes(&self) -> usize {
+        self.max_batch_ops
+            .saturating_mul(self.max_key_bytes + self.max_value_bytes + REPLY_BYTES_PER_OP)
+            .saturating_add(REPLY_FRAMING_BYTES)
     }
 
     /// The largest gRPC message this node must accept: a full batch plus framing.
@@ -380,5 +401,54 @@ fn check_host_port(flag: &str, addr: &str) -> Result<()> {
             Ok(())
         }
         _ => Err(Error::Config(format!("{flag} {addr:?} is not HOST:PORT"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        node: NodeConfig,
+    }
+
+    fn config(args: &[&str]) -> NodeConfig {
+        Flags::try_parse_from(std::iter::once("kvs-node").chain(args.iter().copied()))
+            .expect("the flags parse")
+            .node
+    }
+
+    /// A reply limit that a full batch returning previous values could pass is refused at
+    /// start, naming the bound; one that holds it, and the defaults, are accepted.
+    #[test]
+    fn a_reply_limit_below_the_largest_batch_reply_is_refused() {
+        let small = [
+            "--in-memory",
+            "--max-value-bytes",
+            "65536",
+            "--max-batch-ops",
+            "8",
+            "--max-reply-bytes",
+            "200000",
+        ];
+        let largest = 8 * (4096 + 65536 + 64) + 64 * 1024;
+        let refused = config(&small).validate().expect_err("refused");
+        let message = refused.to_string();
+        assert!(
+            message.contains("--max-reply-bytes (200000)")
+                && message.contains(&format!("at least {largest} bytes")),
+            "{message}"
+        );
+        let mut enough = small;
+        let largest = largest.to_string();
+        enough[6] = &largest;
+        config(&enough)
+            .validate()
+            .expect("a limit that holds the largest reply");
+        config(&["--in-memory"]).validate().expect("the defaults");
     }
 }

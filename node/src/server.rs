@@ -242,7 +242,7 @@ impl Tasks {
             .add_service(
                 KvServer::new(KvService::new(replica.clone()))
                     .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(max_message),
+                    .max_encoding_message_size(config.max_reply_bytes),
             )
             .add_service(ClusterServer::new(ClusterService::new(replica.clone())));
         match listeners.peer {

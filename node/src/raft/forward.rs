@@ -27,13 +27,17 @@ pub(crate) const ORIGIN_HEADER: &str = "kvs-node";
 pub(crate) struct Forwarder {
     channels: Mutex<HashMap<String, Channel>>,
     max_message_bytes: usize,
+    /// The leader's reply to a forwarded write comes after the write applied, so the limit on
+    /// it is the largest reply (`--max-reply-bytes`), not the request limit.
+    max_reply_bytes: usize,
 }
 
 impl Forwarder {
-    pub(crate) fn new(max_message_bytes: usize) -> Self {
+    pub(crate) fn new(max_message_bytes: usize, max_reply_bytes: usize) -> Self {
         Self {
             channels: Mutex::new(HashMap::new()),
             max_message_bytes,
+            max_reply_bytes,
         }
     }
 
@@ -64,7 +68,7 @@ impl Forwarder {
         deadline: &Deadline,
     ) -> Result<KvClient<Channel>, Error> {
         Ok(KvClient::new(self.channel(addr, deadline).await?)
-            .max_decoding_message_size(self.max_message_bytes)
+            .max_decoding_message_size(self.max_reply_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
 

@@ -109,7 +109,7 @@ impl Replica {
         let replica = Replica {
             backups: Arc::new(tokio::sync::Semaphore::new(config.max_backups)),
             identity,
-            forwarder: Forwarder::new(config.max_message_bytes()),
+            forwarder: Forwarder::new(config.max_message_bytes(), config.max_reply_bytes),
             raft,
             state,
             config,

@@ -172,3 +172,79 @@ async fn values_at_the_limit_replicate_under_load() {
     }
     cluster.assert_writes_durable(follower, &log).await;
 }
+
+/// A write's reply comes after the write applied, so every reply must fit: a batch of
+/// `--max-batch-ops` puts returning previous values of `--max-value-bytes` each is far past the
+/// request limit (`--max-batch-bytes` plus framing) and the client library's default message
+/// limit, yet comes back whole, also forwarded by a follower; and a `--max-reply-bytes` that
+/// could not hold it is refused at start (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_returning_the_largest_previous_values_gets_its_whole_reply() {
+    const OPS: usize = 8;
+    let options = ClusterOptions {
+        max_batch_ops: Some(OPS),
+        extra_args: vec![
+            "--max-batch-bytes".into(),
+            (2 * DEFAULT_MAX_VALUE).to_string(),
+        ],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(3, options).await;
+    let follower = other_than(&cluster, cluster.leader().await);
+    let client = kvs_client::Client::connect(
+        vec![cluster.node(follower).address()],
+        kvs_client::ClientOptions::default(),
+    )
+    .expect("client");
+    let put = |i: usize, value: Bytes| Op {
+        op: Some(op::Op::Put(PutOp {
+            key: Bytes::from(format!("big-{i}")),
+            value,
+            ..Default::default()
+        })),
+    };
+    for i in 0..OPS {
+        client
+            .batch(BatchRequest {
+                ops: vec![put(i, big_value(i))],
+                ..Default::default()
+            })
+            .await
+            .expect("a largest value is stored");
+    }
+    let reply = client
+        .batch(BatchRequest {
+            ops: (0..OPS).map(|i| put(i, Bytes::from_static(b"v"))).collect(),
+            return_previous: true,
+            ..Default::default()
+        })
+        .await
+        .expect("the applied batch's whole reply");
+    assert_eq!(reply.results.len(), OPS);
+    for (i, result) in reply.results.iter().enumerate() {
+        assert!(
+            result.previous.as_ref() == Some(&big_value(i)),
+            "op {i}: the previous value comes back whole"
+        );
+    }
+    drop(cluster);
+
+    let small_reply = 4 * DEFAULT_MAX_VALUE;
+    let refusing = tokio::process::Command::new(&kvs_tests::binaries().node)
+        .args(["--in-memory", "--listen"])
+        .arg(format!("127.0.0.1:{}", kvs_tests::free_port()))
+        .args(["--max-batch-ops", &OPS.to_string()])
+        .args(["--max-reply-bytes", &small_reply.to_string()])
+        .kill_on_drop(true)
+        .output();
+    let refused = tokio::time::timeout(Duration::from_secs(60), refusing)
+        .await
+        .expect("the node exits at once")
+        .expect("run kvs-node");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(exit::USAGE), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--max-reply-bytes ({small_reply})")),
+        "{stderr}"
+    );
+}
