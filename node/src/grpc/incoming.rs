@@ -130,6 +130,9 @@ impl AsyncWrite for Connection {
 #[cfg(test)]
 mod tests {
     use futures::StreamExt;
+    use nix::sys::resource::Resource;
+    use nix::sys::resource::getrlimit;
+    use nix::sys::resource::setrlimit;
 
     use super::*;
 
@@ -156,5 +159,108 @@ mod tests {
             .await
             .expect("taken once the first closed");
         assert!(matches!(second, Some(Ok(_))));
+    }
+
+    /// Set in the child process that [`an_accept_loop_out_of_descriptors_sleeps_instead_of_spinning`]
+    /// starts from this same test binary.
+    const CHILD_ENV: &str = "KVS_TEST_ACCEPT_CHILD";
+
+    /// While the process is out of file descriptors the listener stays readable and every accept
+    /// fails with EMFILE: the loop must wait between attempts instead of spinning a core. A
+    /// child (this test binary, run again) serves `accept` with a descriptor limit just above
+    /// what it has open; this process fills it with connections, then reads the CPU time the
+    /// child burns over a few seconds. Spinning takes a whole core (or whatever the scheduler
+    /// gives it); waiting takes next to none.
+    #[test]
+    fn an_accept_loop_out_of_descriptors_sleeps_instead_of_spinning() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            return serve_with_few_descriptors();
+        }
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "grpc::incoming::tests::an_accept_loop_out_of_descriptors_sleeps_instead_of_spinning",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the child");
+        let pid = child.id();
+        let stdout = child.stdout.take().expect("piped");
+        // The child exits on its own within a minute, so this read ends.
+        let (addr, limit) = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                // libtest's "test … " may come first on the same line.
+                let mut words = line.split_once("listening ")?.1.split(' ');
+                let addr: std::net::SocketAddr = words.next()?.parse().ok()?;
+                let limit: usize = words.next()?.parse().ok()?;
+                Some((addr, limit))
+            })
+            .expect("the child reports its address");
+        let _connections: Vec<std::net::TcpStream> = (0..64)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect (backlog)"))
+            .collect();
+        let open = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |fds| fds.count());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while open() < limit {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never ran out of descriptors ({} open, limit {limit})",
+                open()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let cpu = || {
+            // utime and stime, fields 14 and 15, in USER_HZ (100 a second on Linux).
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+            let after_name = &stat[stat.rfind(')').expect("(comm)") + 2..];
+            let fields: Vec<u64> = after_name
+                .split(' ')
+                .skip(11)
+                .take(2)
+                .map(|f| f.parse().expect("a number"))
+                .collect();
+            Duration::from_millis((fields[0] + fields[1]) * 10)
+        };
+        let (cpu_before, started) = (cpu(), std::time::Instant::now());
+        std::thread::sleep(Duration::from_secs(3));
+        let (used, elapsed) = (cpu() - cpu_before, started.elapsed());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            used < elapsed / 10,
+            "the accept loop used {used:?} of CPU in {elapsed:?} while out of descriptors"
+        );
+    }
+
+    /// The child's side: serve `accept` with room for only a few more descriptors, holding every
+    /// connection, for at most a minute.
+    fn serve_with_few_descriptors() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let open = std::fs::read_dir("/proc/self/fd").expect("fds").count() as u64;
+            let limit = open + 4;
+            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+            setrlimit(Resource::RLIMIT_NOFILE, limit, hard).expect("setrlimit");
+            println!("listening {addr} {limit}");
+            let mut held = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                let mut accepted = std::pin::pin!(accept(listener, 1024));
+                while let Some(Ok(connection)) = accepted.next().await {
+                    held.push(connection);
+                }
+            })
+            .await;
+        });
     }
 }
