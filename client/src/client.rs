@@ -135,10 +135,8 @@ impl Client {
             ttl_ms: ttl.map(kv::ttl_ms),
             return_previous: false,
         };
-        self.write(&ticket, request, async |ch, r| {
-            kv_client(ch).put(r).await
-        })
-        .await?;
+        self.write(&ticket, request, async |ch, r| kv_client(ch).put(r).await)
+            .await?;
         Ok(())
     }
 
@@ -194,9 +192,7 @@ impl Client {
         let ticket = self.begin_write().await?;
         batch.write_id = Some(ticket.write_id());
         let response = self
-            .write(&ticket, batch, async |ch, r| {
-                kv_client(ch).batch(r).await
-            })
+            .write(&ticket, batch, async |ch, r| kv_client(ch).batch(r).await)
             .await?;
         if response.error.is_empty() {
             Ok(response)
