@@ -286,6 +286,48 @@ mod tests {
         );
     }
 
+    /// Issue 15 item 5: sessions are memory every replica holds, so they count in the quota even
+    /// when no key is stored.
+    #[test]
+    fn remembered_outcomes_count_toward_the_quota() {
+        let mut r = Replica::new();
+        let roomy = SessionStamp {
+            acked_below: 1,
+            ..SessionStamp::default()
+        };
+        for client_id in 1..=64 {
+            let write = Some(WriteId {
+                client_id,
+                sequence: 1,
+            });
+            let deleted = r.apply_stamped(
+                client_id,
+                write,
+                roomy,
+                ops(vec![Op::Delete { key: key("absent") }]),
+            );
+            assert!(matches!(deleted, Outcome::Applied(_)), "{deleted}");
+        }
+        let held = r.data.sessions.bytes_used() as u64;
+        assert!(held > 0);
+        assert_eq!(r.data.memory_used(), held, "no key is stored");
+
+        let quota = held - 1;
+        let write = Some(WriteId {
+            client_id: 65,
+            sequence: 1,
+        });
+        let stamp = SessionStamp {
+            quota_bytes: quota,
+            ..roomy
+        };
+        let refused = r.apply_stamped(65, write, stamp, ops(vec![put("k", "v")]));
+        assert_eq!(
+            refused,
+            Outcome::Refused(Refusal::QuotaExceeded { used: held, quota })
+        );
+    }
+
     #[test]
     fn a_dedup_lookup_answers_as_apply_would_and_changes_nothing() {
         let mut r = Replica::new();
