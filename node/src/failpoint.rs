@@ -179,16 +179,22 @@ mod tests {
     #[cfg(feature = "failpoints")]
     #[test]
     fn an_armed_stall_holds_until_disarmed() {
+        fn step() -> std::io::Result<()> {
+            failpoint!("snapshot-install");
+            Ok(())
+        }
         fn passes() -> std::time::Duration {
             let start = std::time::Instant::now();
-            failpoint!("snapshot-install");
+            step().expect("a stall is not an error");
             start.elapsed()
         }
-        let stalled = Armed::from([("snapshot-install".into(), Action::Stall(50))]);
+        // Long enough that a loaded machine cannot make the disarmed pass look stalled.
+        let stall = std::time::Duration::from_millis(500);
+        let stalled = Armed::from([("snapshot-install".into(), Action::Stall(500))]);
         arm(&Armed::new(), &stalled);
-        assert!(passes() >= std::time::Duration::from_millis(50));
+        assert!(passes() >= stall);
         arm(&stalled, &Armed::new());
-        assert!(passes() < std::time::Duration::from_millis(50));
+        assert!(passes() < stall);
     }
 
     #[cfg(not(feature = "failpoints"))]

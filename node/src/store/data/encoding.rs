@@ -35,7 +35,7 @@ use crate::store::sessions::REMEMBERED_PER_CLIENT;
 
 const MAGIC: &[u8; 8] = b"KVSSNAP\0";
 /// Version of the snapshot format this binary writes and reads.
-const SNAPSHOT_FORMAT: u16 = 2;
+pub(crate) const SNAPSHOT_FORMAT: u16 = 2;
 /// The oldest snapshot format this binary still reads.
 const OLDEST_SNAPSHOT_FORMAT: u16 = 1;
 const TAG_END: u8 = 0;

@@ -26,6 +26,8 @@ use crate::store::sessions::Sessions;
 mod apply;
 mod encoding;
 #[cfg(test)]
+pub(crate) use encoding::SNAPSHOT_FORMAT;
+#[cfg(test)]
 mod harness;
 
 pub(crate) use encoding::EncodingCheck;
