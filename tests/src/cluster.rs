@@ -233,6 +233,9 @@ pub struct Node {
     peer_port: Option<u16>,
     resp_port: Option<u16>,
     process: Option<NodeProcess>,
+    /// Whether the test has seen the current process exit (see [`Cluster::exited`]): an exit the
+    /// test never looked at is a crash the teardown reports.
+    exit_seen: bool,
     /// ID of the current process, or of the last one after it stopped (0 before the first).
     node_id: u64,
     /// `node_id` as every interface shows it, for [`Node::id`].
@@ -260,6 +263,7 @@ impl Node {
             peer_port,
             resp_port,
             process: None,
+            exit_seen: false,
             node_id: 0,
             id: String::new(),
             generation: 0,
@@ -336,6 +340,26 @@ impl Node {
         self.node_id = process.serving.node_id;
         self.id = node_id_string(self.node_id);
         self.process = Some(process);
+        self.exit_seen = false;
+    }
+
+    /// What is wrong with this seat at the end of a test that passed: a process that exited
+    /// without the test asking or looking, or a log that shows a panic.
+    fn defects(&mut self) -> Vec<String> {
+        let mut defects = Vec::new();
+        if let Some(process) = self.process.as_mut()
+            && let Some(status) = process.child.try_wait()
+            && !self.exit_seen
+        {
+            defects.push(format!("exited on its own ({status})"));
+        }
+        for log in &self.logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|line| line.contains("panicked at")) {
+                defects.push(format!("{}: {line}", log.display()));
+            }
+        }
+        defects
     }
 }
 
@@ -638,13 +662,18 @@ impl Cluster {
     /// How node `i`'s process ended, if it died on its own (a crash failpoint, say); it is then
     /// reaped, and keeps its seat until [`Cluster::restart`].
     pub fn exited(&mut self, i: usize) -> Option<ExitStatus> {
-        self.nodes[i].process.as_mut()?.child.try_wait()
+        let node = &mut self.nodes[i];
+        let status = node.process.as_mut()?.child.try_wait();
+        node.exit_seen |= status.is_some();
+        status
     }
 
     /// Waits up to `within` for node `i`'s process to die on its own; how it ended, if it did.
     pub async fn wait_exit(&mut self, i: usize, within: Duration) -> Option<ExitStatus> {
-        let process = self.nodes[i].process.as_mut()?;
-        process.child.wait_exit(within).await
+        let node = &mut self.nodes[i];
+        let status = node.process.as_mut()?.child.wait_exit(within).await;
+        node.exit_seen |= status.is_some();
+        status
     }
 
     /// Waits (bounded) until node `i` has put the faults last asked for in force, or has died;
@@ -886,8 +915,26 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
+    /// A passing test still fails here if a node crashed or panicked during it: every seat is
+    /// checked (see [`Node::defects`]). On failure, the tail of every log is printed and the
+    /// directory holding them is kept.
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        let panicking = std::thread::panicking();
+        let defects: Vec<String> = if panicking {
+            Vec::new()
+        } else {
+            self.nodes
+                .iter_mut()
+                .enumerate()
+                .flat_map(|(i, node)| {
+                    let id = node.id.clone();
+                    node.defects()
+                        .into_iter()
+                        .map(move |defect| format!("node {i} ({id}): {defect}"))
+                })
+                .collect()
+        };
+        if !panicking && defects.is_empty() {
             return;
         }
         for (i, node) in self.nodes.iter().enumerate() {
@@ -902,6 +949,12 @@ impl Drop for Cluster {
         }
         if let Some(dir) = self.dir.take() {
             eprintln!("===== node logs kept in {} =====", dir.keep().display());
+        }
+        if !defects.is_empty() {
+            panic!(
+                "the test passed, but a node crashed or panicked:\n{}",
+                defects.join("\n")
+            );
         }
     }
 }

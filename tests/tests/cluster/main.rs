@@ -2,6 +2,7 @@
 //! one module per area. Clusters are multi-process and timing-sensitive, so the harness runs one
 //! at a time (and `tests/run.sh` runs this binary with `--test-threads=1`).
 
+mod t01_harness;
 mod t05_contracts;
 mod t10_replication;
 mod t20_failover;
