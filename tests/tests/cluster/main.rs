@@ -30,6 +30,14 @@ use std::time::Duration;
 /// Slack on top of a configured bound for process start-up, scheduling and retries.
 const MARGIN: Duration = Duration::from_secs(5);
 
+/// The failpoint build of the binaries (`kvs-node-failpoints` as the node), built on first use.
+async fn failpoint_build() -> &'static kvs_tests::Binaries {
+    match tokio::task::spawn_blocking(kvs_tests::failpoint_binaries).await {
+        Ok(bins) => bins,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// The index of some running node other than `than`.
 fn other_than(cluster: &kvs_tests::Cluster, than: usize) -> usize {
     cluster

@@ -19,12 +19,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-async fn failpoint_build() -> &'static kvs_tests::Binaries {
-    match tokio::task::spawn_blocking(kvs_tests::failpoint_binaries).await {
-        Ok(bins) => bins,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
+use crate::failpoint_build;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_crashing_at_log_fsync_loses_no_acknowledged_write_and_comes_back() {
