@@ -38,6 +38,15 @@ async fn failpoint_build() -> &'static kvs_tests::Binaries {
     }
 }
 
+/// The Raft term node `i` is in.
+async fn term(cluster: &kvs_tests::Cluster, i: usize) -> u64 {
+    cluster
+        .status(i)
+        .await
+        .unwrap_or_else(|status| panic!("status of node {i}: {status}"))
+        .term
+}
+
 /// The index of some running node other than `than`.
 fn other_than(cluster: &kvs_tests::Cluster, than: usize) -> usize {
     cluster

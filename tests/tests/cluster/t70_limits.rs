@@ -142,6 +142,8 @@ async fn values_at_the_limit_replicate_under_load() {
     let leader = cluster.leader().await;
     let follower = other_than(&cluster, leader);
     let writer = Writer::spawn(cluster.cli(), "small");
+    writer.wait_acked(1, Duration::from_secs(30)).await;
+    let before = writer.acked();
 
     for n in 0..BIG_VALUES {
         // Spread over every node: followers forward the full value to the leader.
@@ -153,7 +155,12 @@ async fn values_at_the_limit_replicate_under_load() {
         let put = cluster.kv(n % cluster.len()).put(request).await;
         put.unwrap_or_else(|status| panic!("put of 1 MiB value {n}: {status:?}"));
     }
-    writer.wait_acked(1, Duration::from_secs(30)).await;
+    // Small writes went on while the big ones replicated, not only before or after them.
+    let during = writer.acked() - before;
+    assert!(
+        during >= 5,
+        "only {during} small writes were acknowledged while {BIG_VALUES} big values replicated"
+    );
     let log = writer.stop().await;
     assert!(
         log.failures().is_empty(),
