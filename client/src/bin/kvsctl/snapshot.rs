@@ -129,6 +129,7 @@ pub(crate) async fn restore(client: &Client, path: &Path) -> Result<(BackupSumma
         if let Err(err) = client
             .batch(proto::BatchRequest {
                 ops,
+                restore: true,
                 ..Default::default()
             })
             .await
