@@ -255,15 +255,17 @@ impl Tasks {
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
         let incoming = |listener| grpc::incoming::accept(listener, config.max_grpc_connections);
+        let kv_service = || {
+            KvServer::new(KvService::new(replica.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(config.max_reply_bytes)
+        };
+        let cluster_service = || ClusterServer::new(ClusterService::new(replica.clone()));
         let client_router = grpc_server(config)
             .layer(AuthorizeLayer::new(gate))
             .add_service(health_service)
-            .add_service(
-                KvServer::new(KvService::new(replica.clone()))
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(config.max_reply_bytes),
-            )
-            .add_service(ClusterServer::new(ClusterService::new(replica.clone())));
+            .add_service(kv_service())
+            .add_service(cluster_service());
         match listeners.peer {
             None => set.spawn(serve(
                 client_router
@@ -275,9 +277,14 @@ impl Tasks {
                     incoming(listeners.client),
                     stopped(),
                 )));
+                // The client API here is for requests followers forward (`raft::forward`): they
+                // checked the caller already, so the peer port is open to the nodes alone.
                 set.spawn(serve(
                     grpc_server(config)
+                        .layer(AuthorizeLayer::new(Arc::new(Gate::open())))
                         .add_service(peer_service)
+                        .add_service(kv_service())
+                        .add_service(cluster_service())
                         .serve_with_incoming_shutdown(incoming(peer_listener), stopped()),
                 ))
             }

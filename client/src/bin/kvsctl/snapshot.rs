@@ -134,6 +134,10 @@ pub(crate) async fn restore(client: &Client, path: &Path) -> Result<(BackupSumma
             })
             .await
         {
+            // Refused before any key was written (credentials, a role too small): nothing to undo.
+            if written == 0 && err.is_definitely_not_applied() {
+                return Err(Failure::Client(err));
+            }
             return Err(Failure::PartlyRestored {
                 written,
                 total: summary.keys,
