@@ -131,6 +131,13 @@ fn options(secrets: &Secrets) -> ClusterOptions {
             secrets.auth_file().to_str().expect("UTF-8").into(),
         ],
         harness_user: Some((ADMIN.name.into(), ADMIN.password.into())),
+        // The node's own debug lines too, so the look for secrets in the logs sees them.
+        node_env: (0..3)
+            .map(|seat| {
+                let filter = "info,kvs_node=debug,openraft=warn";
+                (seat, vec![("RUST_LOG".to_owned(), filter.to_owned())])
+            })
+            .collect(),
         ..ClusterOptions::default()
     }
 }
@@ -478,6 +485,10 @@ async fn users_and_roles_are_enforced_on_grpc_resp_and_kvsctl() {
         String::from_utf8_lossy(&hello)
     );
     let info = String::from_utf8(admin.command(&["INFO"]).await).expect("UTF-8");
+    let cli = redis_cli_as(&resp, &WRITER, &["SET", "cli", "1"]).await;
+    assert_eq!(cli.trim(), "OK", "redis-cli --user --pass");
+    let cli = redis_cli_as(&resp, &READER, &["SET", "cli", "2"]).await;
+    assert!(cli.contains("NOPERM"), "redis-cli as readonly: {cli}");
     assert_eq!(admin.command(&["FLUSHALL"]).await, b"+OK\r\n");
     assert_eq!(admin.command(&["DBSIZE"]).await, b":0\r\n");
 
@@ -491,6 +502,7 @@ async fn users_and_roles_are_enforced_on_grpc_resp_and_kvsctl() {
         .collect();
     written.extend(runs.0.iter().map(|out| (format!("{out}"), out.text())));
     written.push(("INFO".into(), info));
+    written.push(("redis-cli".into(), cli));
     written.push(("CLIENT LIST".into(), listed));
     for user in USERS {
         for secret in [user.password.to_owned(), sha256_hex(user.password)] {
@@ -563,6 +575,23 @@ async fn a_plaintext_password_keeps_the_node_from_starting() {
             "a hash is echoed: {text}"
         );
     }
+}
+
+/// Runs one command with `redis-cli --user --pass` against `address`; its output.
+async fn redis_cli_as(address: &str, user: &User, command: &[&str]) -> String {
+    let (host, port) = address.rsplit_once(':').expect("host:port");
+    let run = tokio::process::Command::new("redis-cli")
+        .args(["-h", host, "-p", port, "--no-auth-warning"])
+        .args(["--user", user.name, "--pass", user.password])
+        .args(command)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("redis-cli finishes")
+        .expect("run redis-cli (apt-get install redis-tools)");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 /// Runs `kvs-node` with the auth file `file` until it exits (bounded).
