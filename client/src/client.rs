@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
+use crate::credentials::Credentials;
 use crate::error::{Error, Result};
 use crate::kv::{self, Action, Expect, KeyValue};
 use crate::proto;
@@ -31,6 +32,8 @@ pub struct ClientOptions {
     /// How long one attempt at one node may take (connecting included) before the next is
     /// tried; capped by what is left of `timeout`.
     pub attempt_timeout: Duration,
+    /// Who to call as, on a cluster with users; `None` sends no credentials.
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for ClientOptions {
@@ -38,6 +41,7 @@ impl Default for ClientOptions {
         ClientOptions {
             timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(3),
+            credentials: None,
         }
     }
 }
@@ -436,6 +440,9 @@ impl Client {
             let mut attempt = tonic::Request::new(request.clone());
             // Tell the node too, so it stops working on an answer nobody will wait for.
             attempt.set_timeout(budget);
+            if let Some(credentials) = &options.credentials {
+                credentials.authorize(attempt.metadata_mut());
+            }
             let failure = match tokio::time::timeout(budget, rpc(target.channel(), attempt)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => Failure::from_status(target.address(), &status),

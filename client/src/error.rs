@@ -22,6 +22,9 @@ pub enum Error {
     /// [`ClientOptions`](crate::ClientOptions) that cannot work, e.g. a zero timeout.
     #[error("invalid client options: {0}")]
     InvalidOptions(&'static str),
+    /// The credentials cannot be used (an unreadable password file, a bad user name).
+    #[error("invalid credentials: {0}")]
+    InvalidCredentials(String),
     /// A compare-and-swap compare did not hold; nothing was applied.
     #[error("compare failed: the key did not hold the expected value")]
     CompareFailed,
@@ -106,10 +109,15 @@ fn leader_suffix(message: &str, leader: Option<&str>) -> String {
 }
 
 fn refusal_text(code: tonic::Code, message: &str) -> String {
-    if message.is_empty() {
-        code.description().to_owned()
+    let message = if message.is_empty() {
+        code.description()
     } else {
-        message.to_owned()
+        message
+    };
+    match code {
+        tonic::Code::Unauthenticated => format!("not authenticated: {message}"),
+        tonic::Code::PermissionDenied => format!("permission denied: {message}"),
+        _ => message.to_owned(),
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod backup;
 mod client;
+mod credentials;
 mod endpoint;
 mod error;
 mod kv;
@@ -19,6 +20,7 @@ mod routing;
 mod session;
 
 pub use client::{Client, ClientOptions, EndpointStatus, Snapshot};
+pub use credentials::{Credentials, Password};
 pub use error::{Error, Result};
 pub use kv::{Action, Expect, KeyValue};
 pub use session::{MAX_IN_FLIGHT, SESSION_EXPIRED, WriteSession, WriteTicket};

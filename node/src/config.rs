@@ -136,6 +136,12 @@ pub struct NodeConfig {
     #[arg(long, env = "KVS_RESP_ALLOW_FLUSH")]
     pub resp_allow_flush: bool,
 
+    /// Users and roles: one user a line, `NAME ROLE sha256:HEX` (ROLE admin, readwrite or
+    /// readonly). Every client call must then carry a user's credentials; the file is re-read
+    /// when it changes. Needs --peer-listen, so the peer API is not reachable on the client port.
+    #[arg(long, env = "KVS_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+
     /// Serve RESP reads from this node's local state without ReadIndex (may be stale), as if
     /// every connection had sent READONLY.
     #[arg(long, env = "KVS_RESP_SERIALIZABLE_READS")]
@@ -233,6 +239,13 @@ impl NodeConfig {
             return bad(format!(
                 "--peer-listen {peer} is a wildcard address; pass --peer-advertise HOST:PORT"
             ));
+        }
+        if self.auth_file.is_some() && self.peer_listen.is_none() {
+            return bad(
+                "--auth-file needs --peer-listen: on the client port, the peer API would let \
+                 anyone write past the users"
+                    .into(),
+            );
         }
         for (flag, addr) in [
             ("--advertise", &self.advertise),

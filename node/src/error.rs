@@ -144,6 +144,12 @@ pub enum Error {
     /// Invalid configuration.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The caller may not make this request (users and roles, `--auth-file`).
+    #[error(transparent)]
+    Denied(#[from] crate::auth::Denied),
+    /// The `--auth-file` cannot be used.
+    #[error(transparent)]
+    AuthFile(#[from] crate::auth::AuthFileError),
     /// An I/O error (binding listeners and the like).
     #[error("{context}: {source}")]
     Io {

@@ -5,6 +5,7 @@
 //! supervises a local cluster of such processes.
 
 mod announce;
+mod auth;
 mod config;
 mod deadline;
 pub mod demo;
@@ -23,6 +24,9 @@ mod server;
 mod store;
 
 pub use announce::Serving;
+pub use auth::AuthFileError;
+pub use auth::Denied;
+pub use auth::Role;
 pub use config::NodeConfig;
 pub use config::ReadPolicy;
 pub use error::Error;

@@ -83,6 +83,11 @@ pub(crate) async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Like a bad flag: the node cannot start as configured.
+        Err(e @ kvs_node::Error::AuthFile(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

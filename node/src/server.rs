@@ -17,6 +17,8 @@ use tokio::task::JoinSet;
 use tonic::transport::Server;
 
 use crate::announce::Serving;
+use crate::auth;
+use crate::auth::Gate;
 use crate::config::NodeConfig;
 use crate::deadline::Deadline;
 use crate::error::Error;
@@ -24,6 +26,7 @@ use crate::error::Result;
 use crate::fault;
 use crate::fault::Faults;
 use crate::grpc;
+use crate::grpc::auth::AuthorizeLayer;
 use crate::grpc::cluster::ClusterService;
 use crate::grpc::health;
 use crate::grpc::kv::KvService;
@@ -115,6 +118,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     config.validate()?;
+    let gate = Arc::new(Gate::for_file(config.auth_file.as_deref())?);
     let advertised = listeners.advertised(&config)?;
     // The data directory stays locked until the node has stopped.
     let (storage, _data_dir) = Storage::open(&config)?;
@@ -127,7 +131,7 @@ pub async fn run(
             "bootstrap"
         );
     }
-    let tasks = Tasks::spawn(listeners, &replica, read_rounds);
+    let tasks = Tasks::spawn(listeners, &replica, read_rounds, gate);
     announce(replica.identity().node_id(), &advertised);
 
     // A node whose Raft core died can serve nothing right: it stops at once and exits non-zero,
@@ -199,15 +203,21 @@ async fn build_replica(
 }
 
 /// Every task a node runs besides Raft's own: the gRPC servers, the RESP face, health
-/// reporting, expiry purges, log compaction, read-index rounds and the fault-control watcher. All of them stop
-/// when `stop` is sent, and none outlives [`Tasks::stop`].
+/// reporting, expiry purges, log compaction, read-index rounds, the fault-control watcher and
+/// the auth-file watcher. All of them stop when `stop` is sent, and none outlives
+/// [`Tasks::stop`].
 struct Tasks {
     set: JoinSet<()>,
     stop: watch::Sender<bool>,
 }
 
 impl Tasks {
-    fn spawn(listeners: Listeners, replica: &Arc<Replica>, read_rounds: ReadIndexRunners) -> Self {
+    fn spawn(
+        listeners: Listeners,
+        replica: &Arc<Replica>,
+        read_rounds: ReadIndexRunners,
+        gate: Arc<Gate>,
+    ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let stopped = move || {
             let mut rx = stop_rx.clone();
@@ -225,11 +235,19 @@ impl Tasks {
         if let Some(path) = config.fault_control_file.clone() {
             set.spawn(fault::watch(replica.faults().clone(), path, stopped()));
         }
+        if let Some(path) = config.auth_file.clone() {
+            set.spawn(auth::watch(gate.clone(), path, stopped()));
+        }
         if let Some(listener) = listeners.resp {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "serving RESP");
             }
-            set.spawn(crate::resp::serve(listener, replica.clone(), stopped()));
+            set.spawn(crate::resp::serve(
+                listener,
+                replica.clone(),
+                gate.clone(),
+                stopped(),
+            ));
         }
 
         let max_message = config.max_message_bytes();
@@ -237,14 +255,17 @@ impl Tasks {
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
         let incoming = |listener| grpc::incoming::accept(listener, config.max_grpc_connections);
+        let kv_service = || {
+            KvServer::new(KvService::new(replica.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(config.max_reply_bytes)
+        };
+        let cluster_service = || ClusterServer::new(ClusterService::new(replica.clone()));
         let client_router = grpc_server(config)
+            .layer(AuthorizeLayer::new(gate))
             .add_service(health_service)
-            .add_service(
-                KvServer::new(KvService::new(replica.clone()))
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(config.max_reply_bytes),
-            )
-            .add_service(ClusterServer::new(ClusterService::new(replica.clone())));
+            .add_service(kv_service())
+            .add_service(cluster_service());
         match listeners.peer {
             None => set.spawn(serve(
                 client_router
@@ -256,9 +277,14 @@ impl Tasks {
                     incoming(listeners.client),
                     stopped(),
                 )));
+                // The client API here is for requests followers forward (`raft::forward`): they
+                // checked the caller already, so the peer port is open to the nodes alone.
                 set.spawn(serve(
                     grpc_server(config)
+                        .layer(AuthorizeLayer::new(Arc::new(Gate::open())))
                         .add_service(peer_service)
+                        .add_service(kv_service())
+                        .add_service(cluster_service())
                         .serve_with_incoming_shutdown(incoming(peer_listener), stopped()),
                 ))
             }

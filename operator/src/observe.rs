@@ -66,6 +66,7 @@ pub(crate) fn client_options() -> ClientOptions {
     ClientOptions {
         timeout: ASK_TIMEOUT,
         attempt_timeout: ASK_TIMEOUT,
+        ..ClientOptions::default()
     }
 }
 

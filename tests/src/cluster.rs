@@ -16,6 +16,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kvs_client::Credentials;
+use kvs_client::Password;
 use kvs_client::proto::GetRequest;
 use kvs_client::proto::ListMembersRequest;
 use kvs_client::proto::Member;
@@ -34,6 +36,8 @@ use nix::sys::signal::Signal;
 use tempfile::TempDir;
 use tokio::sync::Mutex;
 use tokio::sync::OwnedMutexGuard;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
@@ -58,6 +62,22 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Lines of each node's log printed when a test fails.
 const LOG_TAIL_LINES: usize = 60;
+
+/// The channel of the harness's raw clients: a node's, with the harness user's credentials.
+pub type NodeChannel = InterceptedService<Channel, HarnessUser>;
+
+/// Adds the harness user's credentials, if any, to every call of a raw client.
+#[derive(Debug, Clone)]
+pub struct HarnessUser(Option<Credentials>);
+
+impl Interceptor for HarnessUser {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        match &mut self.0 {
+            Some(credentials) => credentials.call(request),
+            None => Ok(request),
+        }
+    }
+}
 
 /// One cluster at a time per test process (see the module docs).
 static SERIAL: LazyLock<Arc<Mutex<()>>> = LazyLock::new(|| Arc::new(Mutex::new(())));
@@ -103,6 +123,9 @@ pub struct ClusterOptions {
     pub fault_control: bool,
     /// Flags added to every node's command line after the harness's own.
     pub extra_args: Vec<String>,
+    /// The user (name, password) the harness calls as — its probes and its `kvsctl` runs — on
+    /// a cluster whose nodes run with `--auth-file` (passed in `extra_args`).
+    pub harness_user: Option<(String, String)>,
     /// Environment variables added to the process of the node in seat `i`: e.g. libfaketime's,
     /// to run one node with its wall clock off.
     pub node_env: BTreeMap<usize, Vec<(String, String)>>,
@@ -132,6 +155,7 @@ impl Default for ClusterOptions {
             log_disk_bytes: None,
             fault_control: false,
             extra_args: Vec::new(),
+            harness_user: None,
             node_env: BTreeMap::new(),
             data_root: None,
         }
@@ -409,6 +433,10 @@ impl Cluster {
         };
         for _ in 0..n {
             cluster.nodes.push(cluster.new_seat());
+        }
+        if let Some((_, password)) = &cluster.options.harness_user {
+            std::fs::write(cluster.harness_password_file(), password)
+                .expect("write the harness user's password file");
         }
         let (bins, options, dir) = (cluster.bins, &cluster.options, cluster.dir_path());
         let launches = cluster
@@ -829,16 +857,29 @@ impl Cluster {
             .map(|r| r.members)
     }
 
-    /// A raw `kvs.v1.Kv` client for node `i`.
-    pub fn kv(&self, i: usize) -> KvClient<Channel> {
-        KvClient::new(self.nodes[i].channel.clone())
+    /// A raw `kvs.v1.Kv` client for node `i`, calling as the harness user if there is one.
+    pub fn kv(&self, i: usize) -> KvClient<NodeChannel> {
+        KvClient::new(self.node_channel(i))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// A raw `kvs.v1.Cluster` client for node `i`.
-    pub fn cluster_client(&self, i: usize) -> ClusterClient<Channel> {
-        ClusterClient::new(self.nodes[i].channel.clone())
+    /// A raw `kvs.v1.Cluster` client for node `i`, calling as the harness user if there is one.
+    pub fn cluster_client(&self, i: usize) -> ClusterClient<NodeChannel> {
+        ClusterClient::new(self.node_channel(i))
+    }
+
+    fn node_channel(&self, i: usize) -> NodeChannel {
+        let credentials = self.options.harness_user.as_ref().map(|(user, password)| {
+            Credentials::new(user.as_str(), Password::new(password.as_str()))
+                .expect("a valid harness user")
+        });
+        InterceptedService::new(self.nodes[i].channel.clone(), HarnessUser(credentials))
+    }
+
+    /// The file holding the harness user's password, for `kvsctl --password-file`.
+    fn harness_password_file(&self) -> PathBuf {
+        self.path.join("harness-password")
     }
 
     /// A linearizable get on node `i`: `None` when the key is absent.
@@ -885,14 +926,24 @@ impl Cluster {
 
     // ------------------------------------------------------------------ kvsctl
 
-    /// A `kvsctl` pointed at every running node.
+    /// A `kvsctl` pointed at every running node (as the harness user, if there is one).
     pub fn cli(&self) -> Kvsctl {
-        Kvsctl::new(self.bins.kvsctl.clone(), self.endpoints())
+        self.as_harness_user(Kvsctl::new(self.bins.kvsctl.clone(), self.endpoints()))
     }
 
-    /// A `kvsctl` pointed at node `i` only.
+    /// A `kvsctl` pointed at node `i` only (as the harness user, if there is one).
     pub fn cli_at(&self, i: usize) -> Kvsctl {
-        Kvsctl::new(self.bins.kvsctl.clone(), vec![self.nodes[i].address()])
+        self.as_harness_user(Kvsctl::new(
+            self.bins.kvsctl.clone(),
+            vec![self.nodes[i].address()],
+        ))
+    }
+
+    fn as_harness_user(&self, cli: Kvsctl) -> Kvsctl {
+        match &self.options.harness_user {
+            Some((user, _)) => cli.as_user(user, &self.harness_password_file()),
+            None => cli,
+        }
     }
 
     /// Runs `kvsctl --endpoints <every running node> args…`.

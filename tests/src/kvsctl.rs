@@ -30,6 +30,8 @@ const RUN_DEADLINE: Duration = Duration::from_secs(60);
 pub struct Kvsctl {
     bin: PathBuf,
     endpoints: Vec<String>,
+    /// `--user` and `--password-file`, on a cluster with users.
+    user: Option<(String, PathBuf)>,
 }
 
 /// What one `kvsctl` run did.
@@ -49,7 +51,19 @@ pub struct KvsctlOutput {
 
 impl Kvsctl {
     pub(crate) fn new(bin: PathBuf, endpoints: Vec<String>) -> Self {
-        Self { bin, endpoints }
+        Self {
+            bin,
+            endpoints,
+            user: None,
+        }
+    }
+
+    /// This `kvsctl` run as `user` with the password in `password_file`.
+    pub fn as_user(&self, user: &str, password_file: &std::path::Path) -> Self {
+        Self {
+            user: Some((user.to_owned(), password_file.to_owned())),
+            ..self.clone()
+        }
     }
 
     /// The endpoints passed as `--endpoints a,b,c`.
@@ -72,6 +86,14 @@ impl Kvsctl {
         let run = tokio::process::Command::new(&self.bin)
             .arg("--endpoints")
             .arg(self.endpoints.join(","))
+            .args(self.user.iter().flat_map(|(user, file)| {
+                [
+                    OsString::from("--user"),
+                    user.into(),
+                    "--password-file".into(),
+                    file.into(),
+                ]
+            }))
             .args(&args)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)

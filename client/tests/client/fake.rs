@@ -209,6 +209,7 @@ pub(crate) fn client_with(
         ClientOptions {
             timeout,
             attempt_timeout,
+            ..ClientOptions::default()
         },
     )
     .expect("valid endpoints")

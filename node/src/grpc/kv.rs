@@ -10,6 +10,7 @@ use tonic::Response;
 use tonic::Status;
 
 use crate::error::Error;
+use crate::grpc::auth;
 use crate::grpc::status::refusal_text;
 use crate::grpc::status::to_status;
 use crate::replica::Replica;
@@ -17,6 +18,9 @@ use crate::replica::kv::op;
 use crate::replica::kv::outcome_to_proto;
 use crate::replica::kv::refusal_to_proto;
 use crate::store::command::BatchOutcome;
+
+/// The method named when a `Batch` needs more than its method does.
+const BATCH: &str = "kvs.v1.Kv/Batch with a Clear op or as a restore";
 
 /// Serves the key-value API from a replica.
 pub(crate) struct KvService {
@@ -170,6 +174,7 @@ impl Kv for KvService {
         &self,
         request: Request<proto::BatchRequest>,
     ) -> Result<Response<proto::BatchResponse>, Status> {
+        auth::require(&request, auth::batch_needs(request.get_ref()), BATCH)?;
         match self.decide(request.into_inner()).await? {
             Ok(outcome) => Ok(Response::new(outcome_to_proto(outcome))),
             // The Batch call answers a refusal in its reply, not as a failed call.

@@ -3,6 +3,7 @@
 //!
 //! [`Replica`]: crate::replica::Replica
 
+pub(crate) mod auth;
 pub(crate) mod cluster;
 pub(crate) mod health;
 pub(crate) mod incoming;

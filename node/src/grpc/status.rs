@@ -10,6 +10,7 @@ use tonic::Code;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
+use crate::auth::Denied;
 use crate::error::Error;
 use crate::error::Refusal;
 use crate::raft::forward::ORIGIN_HEADER;
@@ -58,7 +59,10 @@ pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
             Code::FailedPrecondition
         }
         Error::PeerIdentity(_) => Code::FailedPrecondition,
+        Error::Denied(Denied::NotPermitted { .. }) => Code::PermissionDenied,
+        Error::Denied(_) => Code::Unauthenticated,
         Error::Config(_)
+        | Error::AuthFile(_)
         | Error::Io { .. }
         | Error::Fatal(_)
         | Error::Demo(_)
@@ -67,7 +71,11 @@ pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
     };
     let message = match &err {
         // Internal detail goes to the log, not to the client.
-        Error::Io { .. } | Error::Fatal(_) | Error::Config(_) | Error::Storage(_) => {
+        Error::Io { .. }
+        | Error::Fatal(_)
+        | Error::Config(_)
+        | Error::AuthFile(_)
+        | Error::Storage(_) => {
             tracing::error!(error = %err, "internal error");
             "internal error; see the node's log".to_string()
         }

@@ -1,5 +1,10 @@
-//! Leader forwarding: a follower sends a request it cannot serve to the leader's client API and
-//! relays the answer, so any member answers any request.
+//! Leader forwarding: a follower sends a request it cannot serve to the leader and relays the
+//! answer, so any member answers any request.
+//!
+//! The request goes to the leader's peer address, where every node serves the client API too,
+//! outside the users and roles of `--auth-file`: the follower has already checked the caller, and
+//! the leader must not need the caller's password (the peer port is the nodes' own, guarded by
+//! mTLS). Hints for clients still name the leader's client address.
 //!
 //! The one subtle part is what a failure means. A connection that could not be made means the
 //! request surely was not applied; a status the leader generated is relayed as it is (it already
@@ -18,12 +23,13 @@ use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::lock;
 use crate::raft::network::endpoint;
+use crate::store::entry::MemberAddr;
 
 /// Metadata a node puts on every status it generates itself, so a forwarding node can tell a
 /// leader's answer from a transport failure.
 pub(crate) const ORIGIN_HEADER: &str = "kvs-node";
 
-/// Cached connections to leaders' client APIs.
+/// Cached connections to leaders' peer ports.
 pub(crate) struct Forwarder {
     channels: Mutex<HashMap<String, Channel>>,
     max_message_bytes: usize,
@@ -41,14 +47,15 @@ impl Forwarder {
         }
     }
 
-    async fn channel(&self, addr: &str, deadline: &Deadline) -> Result<Channel, Error> {
+    async fn channel(&self, leader: &MemberAddr, deadline: &Deadline) -> Result<Channel, Error> {
+        let addr = leader.peer_addr.as_str();
         if let Some(ch) = lock::lock(&self.channels).get(addr) {
             return Ok(ch.clone());
         }
         let not_reached = |why: String| {
             tracing::debug!(addr, why, "cannot reach leader");
             Error::NotLeader {
-                leader: Some(addr.to_string()),
+                leader: Some(leader.addr.clone()),
             }
         };
         let ep = endpoint(addr, deadline.remaining().min(Duration::from_secs(2)))
@@ -58,33 +65,33 @@ impl Forwarder {
         Ok(ch)
     }
 
-    fn forget(&self, addr: &str) {
-        lock::lock(&self.channels).remove(addr);
+    fn forget(&self, leader: &MemberAddr) {
+        lock::lock(&self.channels).remove(&leader.peer_addr);
     }
 
     pub(crate) async fn kv(
         &self,
-        addr: &str,
+        leader: &MemberAddr,
         deadline: &Deadline,
     ) -> Result<KvClient<Channel>, Error> {
-        Ok(KvClient::new(self.channel(addr, deadline).await?)
+        Ok(KvClient::new(self.channel(leader, deadline).await?)
             .max_decoding_message_size(self.max_reply_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
 
     pub(crate) async fn cluster(
         &self,
-        addr: &str,
+        leader: &MemberAddr,
         deadline: &Deadline,
     ) -> Result<ClusterClient<Channel>, Error> {
-        Ok(ClusterClient::new(self.channel(addr, deadline).await?))
+        Ok(ClusterClient::new(self.channel(leader, deadline).await?))
     }
 
     /// Runs one forwarded call within the deadline and classifies its failure.
     /// `may_apply` tells whether the call changes state (a write) or not (reads, lookups).
     pub(crate) async fn relay<T, F>(
         &self,
-        addr: &str,
+        leader: &MemberAddr,
         deadline: &Deadline,
         may_apply: bool,
         call: F,
@@ -99,15 +106,16 @@ impl Forwarder {
                 Err(Error::Forwarded(status))
             }
             Ok(Err(status)) => {
-                self.forget(addr);
+                self.forget(leader);
                 if may_apply {
                     Err(Error::OutcomeUnknown(format!(
-                        "connection to the leader at {addr} failed: {}",
+                        "connection to the leader at {} failed: {}",
+                        leader.addr,
                         status.message()
                     )))
                 } else {
                     Err(Error::NotLeader {
-                        leader: Some(addr.to_string()),
+                        leader: Some(leader.addr.clone()),
                     })
                 }
             }

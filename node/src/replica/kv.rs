@@ -29,6 +29,7 @@ use crate::store::command::PutExpiry;
 use crate::store::command::SessionStamp;
 use crate::store::command::WriteId;
 use crate::store::data::StateData;
+use crate::store::entry::MemberAddr;
 use crate::store::sessions::Dedup;
 
 /// The faces check relative expiries against the wall clock as Redis does.
@@ -89,15 +90,13 @@ impl Replica {
                 // Leadership moved before the entry was appended: the new leader can still take it.
                 Err(Error::NotLeader { .. }) => match self.leadership() {
                     Leadership::There { id, addr } => {
-                        self.forward_write(id, &addr.addr, req, &deadline).await
+                        self.forward_write(id, &addr, req, &deadline).await
                     }
                     _ => Err(self.not_leader()),
                 },
                 other => other,
             },
-            Leadership::There { id, addr } => {
-                self.forward_write(id, &addr.addr, req, &deadline).await
-            }
+            Leadership::There { id, addr } => self.forward_write(id, &addr, req, &deadline).await,
             Leadership::Unknown => Err(self.not_leader()),
         }
     }
@@ -105,14 +104,14 @@ impl Replica {
     async fn forward_write(
         &self,
         leader_id: u64,
-        leader: &str,
+        leader: &MemberAddr,
         req: proto::BatchRequest,
         deadline: &Deadline,
     ) -> Result<BatchOutcome> {
         if self.faults().blocks(leader_id) {
             // As if the connection could not be made: surely not applied.
             return Err(Error::NotLeader {
-                leader: Some(leader.to_string()),
+                leader: Some(leader.addr.clone()),
             });
         }
         let mut client = self.forwarder.kv(leader, deadline).await?;

@@ -146,10 +146,10 @@ impl Replica {
         match self.leadership() {
             Leadership::Here => Ok(self.members_here()),
             Leadership::There { addr, .. } => {
-                let mut client = self.forwarder.cluster(&addr.addr, &deadline).await?;
+                let mut client = self.forwarder.cluster(&addr, &deadline).await?;
                 self.forwarder
                     .relay(
-                        &addr.addr,
+                        &addr,
                         &deadline,
                         false,
                         client.list_members(proto::ListMembersRequest {}),
@@ -439,11 +439,11 @@ impl Replica {
             .max_by_key(|id| replication.get(id).copied().flatten().map(|l| l.index))
     }
 
-    /// `Some(leader address)` when another node leads; `Err` when no leader is known.
-    fn leader_elsewhere(&self) -> Result<Option<String>> {
+    /// `Some(leader addresses)` when another node leads; `Err` when no leader is known.
+    fn leader_elsewhere(&self) -> Result<Option<MemberAddr>> {
         match self.leadership() {
             Leadership::Here => Ok(None),
-            Leadership::There { addr, .. } => Ok(Some(addr.addr)),
+            Leadership::There { addr, .. } => Ok(Some(addr)),
             Leadership::Unknown => Err(self.not_leader()),
         }
     }

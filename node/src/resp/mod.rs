@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::auth::Gate;
 use crate::config::NodeConfig;
 use crate::replica::Replica;
 use crate::resp::command::Session;
@@ -56,6 +57,7 @@ impl Limits {
 pub(crate) async fn serve(
     listener: TcpListener,
     replica: Arc<Replica>,
+    gate: Arc<Gate>,
     stop: impl Future<Output = ()>,
 ) {
     let config = replica.config();
@@ -89,8 +91,13 @@ pub(crate) async fn serve(
                 next_id += 1;
                 match slots.clone().try_acquire_owned() {
                     Ok(slot) => {
-                        let session =
-                            Session::new(replica.clone(), writes.clone(), next_id, peer);
+                        let session = Session::new(
+                            replica.clone(),
+                            gate.clone(),
+                            writes.clone(),
+                            next_id,
+                            peer,
+                        );
                         connections.spawn(async move {
                             connection::serve(stream, session, bounds).await;
                             drop(slot);

@@ -10,6 +10,7 @@
 
 use tonic::Code;
 
+use crate::auth::Denied;
 use crate::error::Error;
 use crate::resp::frame::Frame;
 
@@ -52,7 +53,16 @@ pub(crate) fn error_reply(err: Error, leader: Option<String>) -> Frame {
         | Error::Membership(_)
         | Error::TooManyBackups(_)
         | Error::PeerIdentity(_) => format!("ERR {err}"),
+        // Redis's own words, which clients match on.
+        Error::Denied(Denied::NoCredentials) => "NOAUTH Authentication required.".into(),
+        Error::Denied(Denied::WrongCredentials) => {
+            "WRONGPASS invalid username-password pair or user is disabled.".into()
+        }
+        Error::Denied(Denied::NotPermitted { user, action, .. }) => {
+            format!("NOPERM User {user} has no permissions to run the '{action}' command")
+        }
         Error::Config(_)
+        | Error::AuthFile(_)
         | Error::Io { .. }
         | Error::Fatal(_)
         | Error::Demo(_)

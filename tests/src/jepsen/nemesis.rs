@@ -289,6 +289,7 @@ fn admin(cluster: &Cluster) -> Client {
     let options = ClientOptions {
         timeout: Duration::from_secs(20),
         attempt_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
     };
     Client::connect(cluster.endpoints(), options).expect("valid endpoints and options")
 }

@@ -71,6 +71,7 @@ impl WorkloadOptions {
         ClientOptions {
             timeout: self.timeout,
             attempt_timeout: Duration::from_secs(2).min(self.timeout),
+            ..ClientOptions::default()
         }
     }
 }

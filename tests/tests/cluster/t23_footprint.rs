@@ -60,6 +60,7 @@ async fn data_directories_stay_within_the_sizing_rule_under_sustained_writes() {
     let client_options = ClientOptions {
         timeout: std::time::Duration::from_secs(60),
         attempt_timeout: std::time::Duration::from_secs(15),
+        ..ClientOptions::default()
     };
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {

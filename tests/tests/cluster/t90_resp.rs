@@ -148,6 +148,11 @@ const SCRIPT: &[&[&str]] = &[
     &["CLIENT"],
     &["CLIENT", "FOO"],
     &["CLIENT", "GETNAME", "x"],
+    // A node without --auth-file answers AUTH as a redis-server without a password does.
+    &["AUTH", "pw"],
+    &["AUTH", "default", "pw"],
+    &["AUTH", "a", "b", "c"],
+    &["AUTH"],
     &["ECHO"],
     &["PING", "a", "b"],
     &["SELECT", "x"],

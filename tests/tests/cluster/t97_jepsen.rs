@@ -77,6 +77,7 @@ async fn the_fault_layer_slows_links_and_loses_requests() {
     let client_options = kvs_client::ClientOptions {
         timeout: Duration::from_secs(1),
         attempt_timeout: Duration::from_secs(1),
+        ..kvs_client::ClientOptions::default()
     };
     let at_leader = Client::connect(vec![cluster.node(leader).address()], client_options.clone())
         .expect("a client");
@@ -187,6 +188,7 @@ async fn a_write_retried_after_its_reply_was_dropped_is_applied_once() {
     let client_options = kvs_client::ClientOptions {
         timeout: Duration::from_secs(3),
         attempt_timeout: Duration::from_secs(1),
+        ..kvs_client::ClientOptions::default()
     };
     let client = Client::connect(cluster.endpoints(), client_options).expect("a client");
 

@@ -33,6 +33,14 @@ pub(crate) struct Cli {
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     pub(crate) timeout: Duration,
 
+    /// The user to call as, on a cluster with users (kvs-node --auth-file).
+    #[arg(long, global = true, env = "KVSCTL_USER", requires = "password_file")]
+    pub(crate) user: Option<String>,
+
+    /// File holding the user's password (all of it but a final line break).
+    #[arg(long, global = true, env = "KVSCTL_PASSWORD_FILE", requires = "user")]
+    pub(crate) password_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub(crate) command: Command,
 }

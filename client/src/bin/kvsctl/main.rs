@@ -2,9 +2,9 @@
 //!
 //! `main` parses the command line, runs one command against the cluster, prints its result and
 //! turns the outcome into an exit code in exactly one place ([`exit_code`]), because scripts act
-//! on that code: 0 ok, 1 compare failed, 2 usage, 3 failed and definitely not applied, 4 outcome
-//! unknown. The errors are a small typed enum rather than `anyhow` so that this mapping is an
-//! exhaustive match the compiler checks.
+//! on that code: 0 ok, 1 compare failed, 2 usage, 3 failed and definitely not applied (refused
+//! credentials and roles among them), 4 outcome unknown. The errors are a small typed enum
+//! rather than `anyhow` so that this mapping is an exhaustive match the compiler checks.
 
 mod args;
 mod output;
@@ -17,7 +17,7 @@ use std::time::Duration;
 use clap::Parser;
 use kvs_client::membership::{self, MAX_CAUGHT_UP_LAG};
 use kvs_client::proto::{self, Role};
-use kvs_client::{Client, ClientOptions, Error};
+use kvs_client::{Client, ClientOptions, Credentials, Error};
 
 use crate::args::{Cli, Command, EndpointCommand, MemberCommand, SnapshotCommand};
 
@@ -96,7 +96,10 @@ fn exit_code(failure: &Failure) -> u8 {
     match failure {
         Failure::Client(Error::CompareFailed) => COMPARE_FAILED,
         Failure::Client(
-            Error::InvalidEndpoint { .. } | Error::NoEndpoints | Error::InvalidOptions(_),
+            Error::InvalidEndpoint { .. }
+            | Error::NoEndpoints
+            | Error::InvalidOptions(_)
+            | Error::InvalidCredentials(_),
         ) => USAGE,
         Failure::Client(err) if err.is_definitely_not_applied() => NOT_APPLIED,
         Failure::Client(_) => OUTCOME_UNKNOWN,
@@ -112,8 +115,13 @@ fn exit_code(failure: &Failure) -> u8 {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    let credentials = match (&cli.user, &cli.password_file) {
+        (Some(user), Some(path)) => Some(Credentials::from_password_file(user.as_str(), path)?),
+        _ => None,
+    };
     let options = ClientOptions {
         timeout: cli.timeout,
+        credentials,
         ..ClientOptions::default()
     };
     let client = Client::connect(cli.endpoints, options)?;

@@ -129,10 +129,15 @@ pub(crate) async fn restore(client: &Client, path: &Path) -> Result<(BackupSumma
         if let Err(err) = client
             .batch(proto::BatchRequest {
                 ops,
+                restore: true,
                 ..Default::default()
             })
             .await
         {
+            // Refused before any key was written (credentials, a role too small): nothing to undo.
+            if written == 0 && err.is_definitely_not_applied() {
+                return Err(Failure::Client(err));
+            }
             return Err(Failure::PartlyRestored {
                 written,
                 total: summary.keys,

@@ -26,22 +26,22 @@ use crate::error::Result;
 use crate::resp::frame::Frame;
 
 pub(super) const COMMANDS: &[Spec] = &[
-    Spec::new("del", -2, Family::Keys, (1, -1, 1)),
-    Spec::new("unlink", -2, Family::Keys, (1, -1, 1)),
+    Spec::new("del", -2, Family::Keys, (1, -1, 1)).writes(),
+    Spec::new("unlink", -2, Family::Keys, (1, -1, 1)).writes(),
     Spec::new("exists", -2, Family::Keys, (1, -1, 1)),
-    Spec::new("expire", -3, Family::Keys, (1, 1, 1)),
-    Spec::new("pexpire", -3, Family::Keys, (1, 1, 1)),
-    Spec::new("expireat", -3, Family::Keys, (1, 1, 1)),
-    Spec::new("pexpireat", -3, Family::Keys, (1, 1, 1)),
+    Spec::new("expire", -3, Family::Keys, (1, 1, 1)).writes(),
+    Spec::new("pexpire", -3, Family::Keys, (1, 1, 1)).writes(),
+    Spec::new("expireat", -3, Family::Keys, (1, 1, 1)).writes(),
+    Spec::new("pexpireat", -3, Family::Keys, (1, 1, 1)).writes(),
     Spec::new("ttl", 2, Family::Keys, (1, 1, 1)),
     Spec::new("pttl", 2, Family::Keys, (1, 1, 1)),
-    Spec::new("persist", 2, Family::Keys, (1, 1, 1)),
+    Spec::new("persist", 2, Family::Keys, (1, 1, 1)).writes(),
     Spec::new("type", 2, Family::Keys, (1, 1, 1)),
     Spec::new("dbsize", 1, Family::Keys, (0, 0, 0)),
     Spec::new("keys", 2, Family::Keys, (0, 0, 0)),
     Spec::new("scan", -2, Family::Keys, (0, 0, 0)),
-    Spec::new("flushdb", -1, Family::Keys, (0, 0, 0)),
-    Spec::new("flushall", -1, Family::Keys, (0, 0, 0)),
+    Spec::new("flushdb", -1, Family::Keys, (0, 0, 0)).admin(),
+    Spec::new("flushall", -1, Family::Keys, (0, 0, 0)).admin(),
 ];
 
 /// SCAN's COUNT when none is given, as in Redis.

@@ -20,6 +20,10 @@ use bytes::Bytes;
 use kvs_client::WriteSession;
 use kvs_client::proto;
 
+use crate::auth::Caller;
+use crate::auth::Denied;
+use crate::auth::Gate;
+use crate::auth::Role;
 use crate::error::Error;
 use crate::error::Result;
 use crate::replica::Replica;
@@ -41,6 +45,9 @@ pub(crate) struct Spec {
     /// First key, last key (negative counts from the end) and step, as `COMMAND` reports them.
     keys: (i8, i8, i8),
     subcommands: &'static [Spec],
+    /// The least role that may run it (as Redis's ACL categories say who may); `None` for
+    /// the commands a connection may send before it authenticates: AUTH, HELLO and QUIT.
+    needs: Option<Role>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +66,31 @@ impl Spec {
             family,
             keys,
             subcommands: &[],
+            needs: Some(Role::ReadOnly),
+        }
+    }
+
+    /// A command that writes keys.
+    const fn writes(self) -> Self {
+        Self {
+            needs: Some(Role::ReadWrite),
+            ..self
+        }
+    }
+
+    /// A command only `admin` may run.
+    const fn admin(self) -> Self {
+        Self {
+            needs: Some(Role::Admin),
+            ..self
+        }
+    }
+
+    /// A command a connection may send before it authenticates.
+    const fn before_auth(self) -> Self {
+        Self {
+            needs: None,
+            ..self
         }
     }
 
@@ -85,6 +117,10 @@ fn commands() -> impl Iterator<Item = &'static Spec> {
 /// One client connection's state.
 pub(crate) struct Session {
     replica: Arc<Replica>,
+    /// The users to authenticate against.
+    gate: Arc<Gate>,
+    /// Who this connection authenticated as; `None` until it does (on a node with users).
+    caller: Option<Caller>,
     /// `CLIENT ID`: unique on this node.
     id: u64,
     peer: SocketAddr,
@@ -100,13 +136,17 @@ pub(crate) struct Session {
 impl Session {
     pub(crate) fn new(
         replica: Arc<Replica>,
+        gate: Arc<Gate>,
         writes: Arc<WriteSession>,
         id: u64,
         peer: SocketAddr,
     ) -> Self {
         let serializable = replica.config().resp_serializable_reads;
+        let caller = gate.is_open().then_some(Caller::Anyone);
         Self {
             replica,
+            gate,
+            caller,
             id,
             peer,
             writes,
@@ -155,6 +195,13 @@ impl Session {
         }
         if !spec.accepts(args.len()) {
             return Err(wrong_arity(spec.name));
+        }
+        // As Redis: an unknown command or a wrong arity is told before a missing login.
+        if let Some(needed) = spec.needs {
+            self.caller
+                .as_ref()
+                .ok_or(Denied::NoCredentials)?
+                .require(needed, spec.name)?;
         }
         match spec.family {
             Family::Connection => connection::execute(self, spec.name, rest).await,

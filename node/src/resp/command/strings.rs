@@ -25,19 +25,19 @@ use crate::resp::frame::Frame;
 
 pub(super) const COMMANDS: &[Spec] = &[
     Spec::new("get", 2, Family::Strings, (1, 1, 1)),
-    Spec::new("set", -3, Family::Strings, (1, 1, 1)),
-    Spec::new("setnx", 3, Family::Strings, (1, 1, 1)),
-    Spec::new("getset", 3, Family::Strings, (1, 1, 1)),
-    Spec::new("getdel", 2, Family::Strings, (1, 1, 1)),
-    Spec::new("append", 3, Family::Strings, (1, 1, 1)),
+    Spec::new("set", -3, Family::Strings, (1, 1, 1)).writes(),
+    Spec::new("setnx", 3, Family::Strings, (1, 1, 1)).writes(),
+    Spec::new("getset", 3, Family::Strings, (1, 1, 1)).writes(),
+    Spec::new("getdel", 2, Family::Strings, (1, 1, 1)).writes(),
+    Spec::new("append", 3, Family::Strings, (1, 1, 1)).writes(),
     Spec::new("strlen", 2, Family::Strings, (1, 1, 1)),
-    Spec::new("incr", 2, Family::Strings, (1, 1, 1)),
-    Spec::new("incrby", 3, Family::Strings, (1, 1, 1)),
-    Spec::new("decr", 2, Family::Strings, (1, 1, 1)),
-    Spec::new("decrby", 3, Family::Strings, (1, 1, 1)),
+    Spec::new("incr", 2, Family::Strings, (1, 1, 1)).writes(),
+    Spec::new("incrby", 3, Family::Strings, (1, 1, 1)).writes(),
+    Spec::new("decr", 2, Family::Strings, (1, 1, 1)).writes(),
+    Spec::new("decrby", 3, Family::Strings, (1, 1, 1)).writes(),
     Spec::new("mget", -2, Family::Strings, (1, -1, 1)),
-    Spec::new("mset", -3, Family::Strings, (1, -1, 2)),
-    Spec::new("msetnx", -3, Family::Strings, (1, -1, 2)),
+    Spec::new("mset", -3, Family::Strings, (1, -1, 2)).writes(),
+    Spec::new("msetnx", -3, Family::Strings, (1, -1, 2)).writes(),
 ];
 
 pub(super) async fn execute(session: &mut Session, name: &str, args: &[Bytes]) -> Result<Frame> {
