@@ -175,19 +175,30 @@ impl Actor<'_> {
         self.publish(type_, step.reason(), step.message()).await;
     }
 
-    /// Events are for people; failing to record one never fails a reconcile.
     async fn publish(&self, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: reason.to_owned(),
-            secondary: None,
-        };
-        let reference = self.blueprint.cluster.object_ref(&());
-        if let Err(err) = self.recorder.publish(&event, &reference).await {
-            tracing::warn!(%err, reason, "could not record an event");
-        }
+        publish(self.recorder, self.blueprint.cluster, type_, reason, note).await;
+    }
+}
+
+/// Records an Event on the KvsCluster. Events are for people; failing to record one never fails
+/// a reconcile.
+pub(crate) async fn publish(
+    recorder: &Recorder,
+    cluster: &KvsCluster,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: reason.to_owned(),
+        secondary: None,
+    };
+    let reference = cluster.object_ref(&());
+    if let Err(err) = recorder.publish(&event, &reference).await {
+        tracing::warn!(%err, reason, "could not record an event");
     }
 }
 

@@ -218,8 +218,11 @@ pub struct KvsClusterStatus {
     /// One entry per member, by ordinal.
     #[serde(default)]
     pub members: Vec<MemberStatus>,
-    /// Available, Progressing, Degraded, QuorumLost.
+    /// Ready (what kstatus, Flux and Argo read: members match the spec and all are ready; the
+    /// last reconcile error when one failed), Available, Progressing, Degraded, QuorumLost.
+    /// Keyed by `type`, so each condition is merged on its own.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -410,6 +413,22 @@ mod tests {
                 "{refused} must be refused with {says:?}: {refusals:?}"
             );
         }
+    }
+
+    /// Conditions are merged by `type` (server-side apply, kstatus), not replaced as a whole.
+    #[test]
+    fn conditions_are_a_list_keyed_by_type() {
+        let crd = serde_json::to_value(KvsCluster::crd()).expect("the CRD serializes");
+        let conditions = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+            ["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map");
+        assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+        assert!(
+            conditions["items"]["required"]
+                .as_array()
+                .is_some_and(|required| required.contains(&json!("type"))),
+            "a list-map key must be required: {conditions}"
+        );
     }
 
     #[test]

@@ -813,7 +813,23 @@ pub(crate) fn status_of(
         )
     };
     let reason = plan.step.reason();
+    // Steady means membership matches the spec and no pod is outdated; every member must also
+    // be ready now, not just healthy.
+    let all_ready = plan.step == Step::Wait(Wait::Steady)
+        && cluster_id.is_some()
+        && !degraded
+        && ready == member_statuses.len();
     let conditions = vec![
+        if all_ready {
+            condition(
+                READY,
+                true,
+                "MembersReady",
+                format!("{ready} of {} members ready", member_statuses.len()),
+            )
+        } else {
+            condition(READY, false, reason, plan.step.message())
+        },
         condition(
             "Available",
             leader.is_some() && !no_quorum,
@@ -855,6 +871,34 @@ pub(crate) fn status_of(
         conditions,
         observed_generation: generation.or(previous.and_then(|s| s.observed_generation)),
     }
+}
+
+/// The condition that says whether the cluster is what the spec asks for.
+pub(crate) const READY: &str = "Ready";
+
+/// `status` with a failed reconcile in its `Ready` condition: False, with the error's reason and
+/// message, until a reconcile succeeds again.
+pub(crate) fn with_failure(
+    mut status: KvsClusterStatus,
+    now: Timestamp,
+    generation: Option<i64>,
+    reason: &str,
+    message: String,
+) -> KvsClusterStatus {
+    let ready = condition(
+        &status.conditions,
+        now,
+        generation,
+        READY,
+        false,
+        reason,
+        message,
+    );
+    status
+        .conditions
+        .retain(|condition| condition.type_ != READY);
+    status.conditions.insert(0, ready);
+    status
 }
 
 fn pod_name_at(observed: &Observation, member: &MemberView) -> String {

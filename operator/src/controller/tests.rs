@@ -48,6 +48,8 @@ struct ApiState {
     statefulset: Option<Value>,
     pods: Vec<Value>,
     claims: Vec<Value>,
+    /// A request line (`PATCH /apis/...`) the server refuses as invalid.
+    refuse: Option<&'static str>,
 }
 
 fn not_found() -> (StatusCode, Value) {
@@ -60,6 +62,13 @@ fn not_found() -> (StatusCode, Value) {
 
 fn answer(state: &ApiState, method: &Method, path: &str, body: &Value) -> (StatusCode, Value) {
     let list = |kind: &str, items: &[Value]| json!({"kind": kind, "apiVersion": "v1", "metadata": {}, "items": items});
+    if state.refuse == Some(format!("{method} {path}").as_str()) {
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": "Invalid", "code": 422, "message": REFUSAL
+        });
+        return (StatusCode::UNPROCESSABLE_ENTITY, status);
+    }
     match (method.as_str(), path) {
         ("GET", "/apis/apps/v1/namespaces/shop/statefulsets/orders") => match &state.statefulset {
             Some(set) => (StatusCode::OK, set.clone()),
@@ -152,6 +161,8 @@ fn body_of<'a>(calls: &'a [Call], line: &str) -> &'a Value {
         .body
 }
 
+const REFUSAL: &str = "StatefulSet.apps \"orders\" is invalid: spec: Forbidden: updates to \
+                       statefulset spec for fields other than 'replicas' are forbidden";
 const STATUS: &str = "PATCH /apis/kvs.io/v1alpha1/namespaces/shop/kvsclusters/orders/status";
 const STATEFULSET: &str = "PATCH /apis/apps/v1/namespaces/shop/statefulsets/orders";
 const OBSERVE: [&str; 3] = [
@@ -234,6 +245,7 @@ async fn a_pod_that_does_not_answer_is_waited_for_without_initializing_anything(
         statefulset: Some(serde_json::to_value(blueprint.statefulset(1)).expect("serializes")),
         pods: vec![pod(0)],
         claims: Vec::new(),
+        refuse: None,
     };
     let (calls, result) = reconcile_against(cluster, state).await;
     assert!(result.is_ok(), "{result:?}");
@@ -297,6 +309,7 @@ async fn scaling_down_removes_the_member_then_the_pod_then_its_volume() {
         ),
         pods: (0..pods).map(pod).collect(),
         claims: (0..claims).map(claim).collect(),
+        refuse: None,
     };
 
     // 1: the member at the highest ordinal leaves the Raft cluster; nothing else changes.
@@ -356,6 +369,7 @@ async fn pods_that_already_hold_a_cluster_are_adopted() {
         statefulset: Some(serde_json::to_value(blueprint.statefulset(3)).expect("serializes")),
         pods: (0..3).map(pod).collect(),
         claims: Vec::new(),
+        refuse: None,
     };
     let (calls, result) = reconcile_with(cluster.clone(), state, Arc::new(kvs.resolver())).await;
     assert!(result.is_ok(), "{result:?}");
@@ -365,4 +379,51 @@ async fn pods_that_already_hold_a_cluster_are_adopted() {
     assert_eq!(status["clusterID"], super::fake_kvs::CLUSTER_ID);
     assert_eq!(status["replicas"], 3);
     assert_eq!(status["leader"], "orders-0");
+}
+
+/// A step the API server refuses is visible on the KvsCluster: `Ready=False` with the error as
+/// reason and message, and a Warning Event; the reconcile still fails, so it is retried.
+#[tokio::test]
+async fn a_failed_reconcile_is_reported_in_ready_and_in_a_warning_event() {
+    let cluster = cluster(3);
+    let blueprint = Blueprint::new(&cluster, "kvs:test").expect("an identified cluster");
+    let state = ApiState {
+        cluster: Value::Null,
+        statefulset: Some(serde_json::to_value(blueprint.statefulset(1)).expect("serializes")),
+        pods: vec![pod(0)],
+        claims: Vec::new(),
+        refuse: Some(STATEFULSET),
+    };
+    let (calls, result) = reconcile_against(cluster, state).await;
+    assert!(result.is_err(), "{result:?}");
+    let warning = calls
+        .iter()
+        .find(|call| call.path.ends_with("/events") && call.body["type"] == "Warning")
+        .expect("a warning event");
+    assert_eq!(warning.body["reason"], "KubernetesApiError");
+    assert!(
+        warning.body["note"]
+            .as_str()
+            .is_some_and(|note| note.contains("Forbidden")),
+        "{warning:?}"
+    );
+    let status = &body_of(&calls, STATUS)["status"];
+    let ready = status["conditions"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["type"] == "Ready"))
+        .expect("a Ready condition");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "KubernetesApiError");
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Forbidden")),
+        "{ready}"
+    );
+}
+
+#[test]
+fn failures_back_off_exponentially_up_to_a_ceiling() {
+    let waits: Vec<u64> = (1..=10).map(|n| backoff(n).as_secs()).collect();
+    assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300, 300]);
 }

@@ -794,3 +794,40 @@ proptest! {
         }
     }
 }
+
+fn condition<'a>(world: &'a World, kind: &str) -> &'a Condition {
+    let status = world.status.as_ref().expect("a status");
+    status
+        .conditions
+        .iter()
+        .find(|condition| condition.type_ == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition in {:?}", status.conditions))
+}
+
+#[test]
+fn ready_holds_only_while_every_member_the_spec_asks_for_is_ready() {
+    let mut world = running(3, true);
+    let ready = condition(&world, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "MembersReady")
+    );
+
+    // Asked for more members than there are: not Ready, and the reason says why.
+    world.reconcile(&spec(5, true), false);
+    let ready = condition(&world, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "ScalingStatefulSet")
+    );
+
+    // A member down: not Ready either.
+    let mut world = running(3, true);
+    world.pods.get_mut(&2).expect("kvs-2").up = false;
+    world.reconcile(&spec(3, true), true);
+    let ready = condition(&world, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "MemberUnhealthy")
+    );
+}
