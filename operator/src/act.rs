@@ -91,7 +91,9 @@ impl Actor<'_> {
                 self.delete::<Pod>(pod).await?;
             }
             Step::DeleteClaim { ordinal } => self.delete_claim(*ordinal).await?,
-            Step::RestartPod { pod } => self.delete::<Pod>(pod).await?,
+            Step::RestartPod { pod } | Step::RecreatePod { pod } => {
+                self.delete::<Pod>(pod).await?;
+            }
             Step::Wait(
                 Wait::NoQuorum | Wait::ForeignCluster { .. } | Wait::UpgradeUnsafe { .. },
             ) => {

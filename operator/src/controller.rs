@@ -348,6 +348,7 @@ async fn plan_and_act(
     if let Ok(Some(formed)) = &acted {
         status.cluster_id = Some(formed.clone());
     }
+    status.selector = Some(blueprint.names.selector_string());
     (Some(status), acted.map(|_| plan.step))
 }
 

@@ -34,14 +34,30 @@ use crate::crd::{KvsClusterSpec, KvsClusterStatus, MAX_REPLICAS, MemberStatus, P
 /// `kvsctl member add` follows, [`kvs_client::membership::caught_up`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
-    /// A member unhealthy for this long is removed and its pod rejoins as a new member.
+    /// A member of an in-memory cluster unhealthy for this long is removed and its pod rejoins
+    /// as a new member.
     pub failure_timeout: Duration,
+    /// The same for a durable cluster, whose member keeps its data while down: replacing it
+    /// copies everything again, so it is given longer (a node drain or pool upgrade).
+    pub durable_failure_timeout: Duration,
+}
+
+impl Settings {
+    /// How long a member may stay unhealthy before it is given up.
+    pub fn failure_timeout_for(&self, durable: bool) -> Duration {
+        if durable {
+            self.durable_failure_timeout
+        } else {
+            self.failure_timeout
+        }
+    }
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             failure_timeout: Duration::from_secs(300),
+            durable_failure_timeout: Duration::from_secs(1800),
         }
     }
 }
@@ -58,8 +74,10 @@ pub(crate) struct Observation {
     pub(crate) statefulset_replicas: Option<u32>,
     /// The cluster's pods, by ordinal.
     pub(crate) pods: Vec<PodView>,
-    /// Ordinals that have a data volume claim.
+    /// Ordinals that have a data volume claim (terminating ones included).
     pub(crate) claims: Vec<u32>,
+    /// Ordinals whose claim is being deleted.
+    pub(crate) terminating_claims: Vec<u32>,
     /// The Raft membership as the leader sees it; `None` when no leader answered.
     pub(crate) membership: Option<Vec<MemberView>>,
 }
@@ -75,6 +93,10 @@ pub(crate) struct PodView {
     pub(crate) terminating: bool,
     /// Runs an older pod template than the StatefulSet's current one.
     pub(crate) outdated: bool,
+    /// The kubelet reports it Ready (its readiness probe passes).
+    pub(crate) ready: bool,
+    /// Not yet running (phase Pending): unscheduled, or waiting for its volume.
+    pub(crate) pending: bool,
     /// What the node answered to `NodeInfo`; `None` when it did not answer.
     pub(crate) identity: Option<Identity>,
 }
@@ -148,6 +170,9 @@ pub(crate) enum Step {
     DeleteClaim { ordinal: u32 },
     /// Delete an outdated pod so it restarts on the current template.
     RestartPod { pod: String },
+    /// Delete a pod stuck Pending on a claim that is gone or going, so the StatefulSet
+    /// controller recreates it with a new claim.
+    RecreatePod { pod: String },
     /// Nothing to do until the world changes.
     Wait(Wait),
 }
@@ -186,6 +211,9 @@ pub(crate) enum Wait {
     /// An outdated pod is not restarted: the cluster is in memory and its restart would lose
     /// the majority, and with it the data.
     UpgradeUnsafe { pod: String },
+    /// No cluster is recorded or reported, but a claim beyond ordinal 0 exists: it may hold a
+    /// cluster, so none is formed.
+    RetainedClaims { ordinal: u32 },
     /// Membership and pods match the spec.
     Steady,
 }
@@ -219,6 +247,18 @@ pub(crate) fn plan_next_step(
         replicas: Some(current),
         step,
     };
+    if !spec.storage.in_memory
+        && let Some(stuck) = observed.pods.iter().find(|pod| {
+            pod.pending
+                && !pod.terminating
+                && (!observed.claims.contains(&pod.ordinal)
+                    || observed.terminating_claims.contains(&pod.ordinal))
+        })
+    {
+        return keep(Step::RecreatePod {
+            pod: stuck.name.clone(),
+        });
+    }
     let scale = |to| Plan {
         replicas: Some(to),
         step: Step::ScaleStatefulSet { from: current, to },
@@ -244,6 +284,7 @@ pub(crate) fn plan_next_step(
         members,
         observed,
         settings,
+        durable: !spec.storage.in_memory,
     };
     if !cluster.has_quorum() {
         return keep(Step::Wait(Wait::NoQuorum));
@@ -305,6 +346,21 @@ fn form_cluster(observed: &Observation) -> Step {
             cluster_id: identity.cluster_id.clone(),
         };
     }
+    // Retained claims beyond ordinal 0 may hold a cluster whose pods have not answered yet, and
+    // any silent pod may belong to one: forming a cluster now could put a second dataset behind
+    // the same Service.
+    if let Some(silent) = observed
+        .pods
+        .iter()
+        .find(|pod| pod.terminating || pod.identity.is_none())
+    {
+        return Step::Wait(Wait::PodStarting {
+            pod: silent.name.clone(),
+        });
+    }
+    if let Some(&ordinal) = observed.claims.iter().find(|&&ordinal| ordinal > 0) {
+        return Step::Wait(Wait::RetainedClaims { ordinal });
+    }
     match observed.answering_at(0) {
         Ok(pod) => Step::Initialize {
             pod: pod.name.clone(),
@@ -344,6 +400,7 @@ struct Cluster<'a> {
     members: &'a [MemberView],
     observed: &'a Observation,
     settings: &'a Settings,
+    durable: bool,
 }
 
 impl Cluster<'_> {
@@ -423,8 +480,11 @@ impl Cluster<'_> {
                     .identity
                     .as_ref()
                     .is_some_and(|identity| identity.node_id != member.id);
+            // The kubelet must agree: an operator that merely cannot reach a pod gives up
+            // nothing.
             let failed = !self.healthy(member)
-                && self.unhealthy_for(member) >= self.settings.failure_timeout;
+                && !pod.ready
+                && self.unhealthy_for(member) >= self.settings.failure_timeout_for(self.durable);
             let because = if replaced {
                 Removal::Replaced
             } else if failed {
@@ -562,6 +622,18 @@ impl Cluster<'_> {
                 because: Transfer::Upgrade,
             };
         }
+        // A lone voter has no one to hand over to: a durable one restarts in place (the
+        // cluster stops for that moment, as the missing budget warned); an in-memory one would
+        // come back empty.
+        if let Some(leader) = self.leader().filter(outdated)
+            && self.voters().count() == 1
+            && let Some(pod) = self.pod_name(leader)
+        {
+            if durable {
+                return Step::RestartPod { pod };
+            }
+            return Step::Wait(Wait::UpgradeUnsafe { pod });
+        }
         Step::Wait(Wait::Steady)
     }
 }
@@ -613,7 +685,9 @@ impl Step {
             | Step::Wait(Wait::LearnerCatchingUp { .. } | Wait::PodStarting { .. }) => {
                 Phase::Scaling
             }
-            Step::RemoveMember { .. } | Step::Recycle { .. } => Phase::Recovering,
+            Step::RemoveMember { .. } | Step::Recycle { .. } | Step::RecreatePod { .. } => {
+                Phase::Recovering
+            }
             Step::RestartPod { .. }
             | Step::TransferLeadership {
                 because: Transfer::Upgrade,
@@ -625,6 +699,7 @@ impl Step {
                 | Wait::MemberRecovering { .. }
                 | Wait::UpgradeUnsafe { .. },
             ) => Phase::Degraded,
+            Step::Wait(Wait::RetainedClaims { .. }) => Phase::Creating,
             Step::Wait(Wait::Steady) => Phase::Running,
         }
     }
@@ -655,12 +730,14 @@ impl Step {
             Step::Recycle { .. } => "RecyclingRemovedIdentity",
             Step::DeleteClaim { .. } => "DeletingVolumeClaim",
             Step::RestartPod { .. } => "RestartingOutdatedPod",
+            Step::RecreatePod { .. } => "RecreatingStuckPod",
             Step::Wait(Wait::PodStarting { .. }) => "WaitingForPod",
             Step::Wait(Wait::NoQuorum) => "NoQuorum",
             Step::Wait(Wait::ForeignCluster { .. }) => "ForeignCluster",
             Step::Wait(Wait::LearnerCatchingUp { .. }) => "LearnerCatchingUp",
             Step::Wait(Wait::MemberRecovering { .. }) => "MemberUnhealthy",
             Step::Wait(Wait::UpgradeUnsafe { .. }) => "UpgradeUnsafe",
+            Step::Wait(Wait::RetainedClaims { .. }) => "RetainedClaims",
             Step::Wait(Wait::Steady) => "Steady",
         }
     }
@@ -696,6 +773,10 @@ impl Step {
                 format!("deleting the volume claim of ordinal {ordinal}: it holds no member")
             }
             Step::RestartPod { pod } => format!("restarting {pod} onto the current template"),
+            Step::RecreatePod { pod } => format!(
+                "deleting {pod}: it is Pending on a volume claim that is gone or being deleted, \
+                 so it is recreated with a new one"
+            ),
             Step::Wait(Wait::PodStarting { pod }) => format!("waiting for {pod} to answer"),
             Step::Wait(Wait::NoQuorum) => {
                 "no majority of voters is healthy; waiting (an in-memory cluster that lost a \
@@ -713,7 +794,12 @@ impl Step {
             }
             Step::Wait(Wait::UpgradeUnsafe { pod }) => format!(
                 "{pod} runs an outdated template but restarting it would lose the in-memory \
-                 cluster's majority; scale to 3 or more members first"
+                 cluster's majority (or, alone, all its data); scale to 3 or more members first"
+            ),
+            Step::Wait(Wait::RetainedClaims { ordinal }) => format!(
+                "no pod reports a cluster, but the volume claim of ordinal {ordinal} exists and \
+                 may hold one; not forming a new cluster (delete the claims beyond ordinal 0 if \
+                 they hold nothing)"
             ),
             Step::Wait(Wait::Steady) => "membership matches the spec".to_owned(),
         }
@@ -746,11 +832,13 @@ pub(crate) fn status_of(
         _ => observed.recorded_cluster_id.clone(),
     };
     let members: Vec<&MemberView> = observed.membership.iter().flatten().collect();
+    let no_quorum = plan.step == Step::Wait(Wait::NoQuorum);
+    // The failure timer stands still without a quorum: members that are not back when it
+    // returns (after a node-pool upgrade, say) get the whole timeout from then on.
     let unhealthy_since = |id: &str| {
-        observed
-            .unhealthy_since
-            .get(id)
-            .copied()
+        let since = observed.unhealthy_since.get(id).copied();
+        since
+            .filter(|_| !no_quorum)
             .unwrap_or(observed.now)
             .to_string()
     };
@@ -763,7 +851,7 @@ pub(crate) fn status_of(
                 id: member.id.clone(),
                 role: if member.voter { "voter" } else { "learner" }.to_owned(),
                 healthy,
-                lag: member.lag,
+                lag: i64::try_from(member.lag).unwrap_or(i64::MAX),
                 unhealthy_since: (!healthy).then(|| unhealthy_since(&member.id)),
             }
         })
@@ -797,7 +885,6 @@ pub(crate) fn status_of(
         Phase::Running if degraded => Phase::Degraded,
         phase => phase,
     };
-    let no_quorum = plan.step == Step::Wait(Wait::NoQuorum);
     let previous_conditions = previous
         .map(|status| status.conditions.as_slice())
         .unwrap_or_default();
@@ -869,6 +956,7 @@ pub(crate) fn status_of(
         leader,
         members: member_statuses,
         conditions,
+        selector: previous.and_then(|s| s.selector.clone()),
         observed_generation: generation.or(previous.and_then(|s| s.observed_generation)),
     }
 }

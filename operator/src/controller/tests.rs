@@ -201,6 +201,10 @@ async fn a_new_cluster_gets_its_objects_with_one_pod_an_event_and_a_status() {
     assert_eq!(status["phase"], json!(Phase::Creating));
     assert_eq!(status["replicas"], 0);
     assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(
+        status["selector"],
+        "app.kubernetes.io/instance=orders,app.kubernetes.io/name=kvs"
+    );
     assert!(status.get("clusterID").is_none());
     let progressing = status["conditions"]
         .as_array()

@@ -431,6 +431,15 @@ fn bad_values_are_refused_by_the_schema() {
     }
 }
 
+/// A parent chart passes `global` to every subchart; a schema that refuses it breaks the chart
+/// as a dependency.
+#[test]
+fn the_chart_accepts_global_values_as_a_subchart() {
+    let rendered = template(&[], &["global.imageRegistry=registry.example"])
+        .unwrap_or_else(|e| panic!("global values were refused:\n{e}"));
+    assert!(!rendered.of_kind("Deployment").is_empty());
+}
+
 #[test]
 fn the_charts_crd_is_the_generated_one() {
     assert_eq!(
