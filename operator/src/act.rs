@@ -53,17 +53,24 @@ impl Actor<'_> {
         let blueprint = self.blueprint;
         self.apply(&blueprint.headless_service()).await?;
         self.apply(&blueprint.client_service()).await?;
+        // An optional object can only have become unwanted through a spec change, so it is
+        // deleted once per new generation rather than on every pass.
+        let cluster = blueprint.cluster;
+        let spec_changed = cluster.status.as_ref().and_then(|s| s.observed_generation)
+            != cluster.metadata.generation;
         let budget_name = blueprint.names.statefulset();
         match blueprint.disruption_budget() {
             Some(budget) => self.apply(&budget).await?,
-            None => self.delete::<PodDisruptionBudget>(budget_name).await?,
+            None if spec_changed => self.delete::<PodDisruptionBudget>(budget_name).await?,
+            None => {}
         }
         match blueprint.network_policy() {
             Some(policy) => self.apply(&policy).await?,
-            None => {
+            None if spec_changed => {
                 let name = blueprint.names.headless_service();
                 self.delete::<NetworkPolicy>(&name).await?;
             }
+            None => {}
         }
         self.apply(&blueprint.statefulset(replicas)).await
     }

@@ -10,14 +10,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::utils::{Predicate, PredicateConfig};
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::act::{Actor, apply_status, publish};
@@ -26,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observe::{Observer, Resolver};
 use crate::plan::{Settings, Step, plan_next_step, status_of, with_failure};
-use crate::resources::Blueprint;
+use crate::resources::{Blueprint, MANAGED_BY_SELECTOR};
 
 /// The node image used when a KvsCluster names none.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/kvs-io/kvs-node:", env!("CARGO_PKG_VERSION"));
@@ -238,8 +239,13 @@ async fn run_controller(
         ),
         None => (Api::all(client.clone()), Api::all(client)),
     };
-    Controller::new(clusters, watcher::Config::default())
-        .owns(statefulsets, watcher::Config::default())
+    let (reader, writer) = reflector::store();
+    let clusters = watcher(clusters, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    let managed = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    Controller::for_stream(changes_worth_a_reconcile(clusters), reader)
+        .owns(statefulsets, managed)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -248,6 +254,18 @@ async fn run_controller(
             }
         })
         .await;
+}
+
+/// The KvsClusters whose spec (generation) or annotations (switchover, restart) changed. The
+/// operator's own status patches change neither, so they no longer trigger a reconcile each:
+/// under load that loop was a reconcile per status write.
+fn changes_worth_a_reconcile(
+    clusters: impl Stream<Item = Result<watcher::Event<KvsCluster>, watcher::Error>> + Send,
+) -> impl Stream<Item = Result<KvsCluster, watcher::Error>> + Send {
+    clusters.applied_objects().predicate_filter(
+        predicates::generation.combine(predicates::annotations),
+        PredicateConfig::default(),
+    )
 }
 
 /// Observe, plan one step, carry it out, record the status. This is what [`run`] calls for
@@ -267,9 +285,13 @@ pub async fn reconcile(cluster: Arc<KvsCluster>, context: Arc<Context>) -> Resul
         None => status,
         Some((reason, message)) => {
             // Without an observation the last status stands, with the error added.
-            let status = status
+            let mut status = status
                 .or_else(|| cluster.status.clone())
                 .unwrap_or_default();
+            // The generation is only observed once a reconcile of it succeeded, so what it asks
+            // for once (deleting an object it no longer wants) is asked for again.
+            status.observed_generation =
+                cluster.status.as_ref().and_then(|s| s.observed_generation);
             Some(with_failure(
                 status,
                 Timestamp::now(),

@@ -53,6 +53,14 @@ const DATA_VOLUME: &str = "data";
 /// The uid and gid the node runs as.
 const NODE_USER: i64 = 65532;
 
+/// The label selector of every object the operator manages: its watches see nothing else.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=kvs-operator";
+
+/// The annotation that asks for a rolling restart (`kubectl kvs restart` sets it to the time):
+/// copied into the pod template, so every pod becomes outdated and the roll restarts them one
+/// at a time, followers first, the leader last.
+pub const RESTARTED_AT: &str = "kvs.io/restartedAt";
+
 /// Names of the objects of one cluster, derived from its name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Names {
@@ -242,8 +250,7 @@ impl<'a> Blueprint<'a> {
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
                         labels: Some(pod_labels(spec, names)),
-                        annotations: (!spec.pod_metadata.annotations.is_empty())
-                            .then(|| spec.pod_metadata.annotations.clone()),
+                        annotations: pod_annotations(self.cluster),
                         ..ObjectMeta::default()
                     }),
                     spec: Some(PodSpec {
@@ -553,6 +560,15 @@ fn quota_bytes(spec: &KvsClusterSpec) -> Option<u64> {
     let limit = resources.limits?.get("memory").and_then(quantity::bytes)?;
     let share = u128::from(limit) * u128::from(QUOTA_PERCENT_OF_LIMIT) / 100;
     Some(u64::try_from(share).unwrap_or(u64::MAX))
+}
+
+/// The pod annotations: the spec's, and the restart request, whose change rolls the pods.
+fn pod_annotations(cluster: &KvsCluster) -> Option<BTreeMap<String, String>> {
+    let mut annotations = cluster.spec.pod_metadata.annotations.clone();
+    if let Some(at) = cluster.annotations().get(RESTARTED_AT) {
+        annotations.insert(RESTARTED_AT.to_owned(), at.clone());
+    }
+    (!annotations.is_empty()).then_some(annotations)
 }
 
 /// The pod labels: the spec's, then the operator's, which win because they select the pods.
