@@ -16,7 +16,7 @@ use kvs_client::Client as KvsClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::crd::{KvsCluster, KvsClusterStatus};
+use crate::crd::{KvsCluster, KvsClusterStatus, SWITCHOVER_TO};
 use crate::error::{Error, Result};
 use crate::observe::Resolver;
 use crate::plan::{Plan, Step, Wait};
@@ -44,7 +44,13 @@ impl Actor<'_> {
         }
         let formed = self.carry_out(&plan.step).await?;
         if plan.step.acts() {
-            self.event(EventType::Normal, &plan.step).await;
+            let type_ = match plan.step {
+                Step::FinishSwitchover {
+                    refused: Some(_), ..
+                } => EventType::Warning,
+                _ => EventType::Normal,
+            };
+            self.event(type_, &plan.step).await;
         }
         Ok(formed)
     }
@@ -106,13 +112,30 @@ impl Actor<'_> {
             ) => {
                 self.event(EventType::Warning, step).await;
             }
+            Step::FinishSwitchover { .. } => self.clear_switchover().await?,
             Step::Paused
+            | Step::Hibernate
             | Step::CreateWorkload
             | Step::ScaleStatefulSet { .. }
             | Step::Adopt { .. }
             | Step::Wait(_) => {}
         }
         Ok(None)
+    }
+
+    /// Removes the switchover request, so it is carried out once.
+    async fn clear_switchover(&self) -> Result<()> {
+        let cluster = self.blueprint.cluster;
+        let api: Api<KvsCluster> =
+            Api::namespaced(self.client.clone(), self.blueprint.names.namespace());
+        let patch = serde_json::json!({"metadata": {"annotations": {SWITCHOVER_TO: null}}});
+        api.patch(
+            &cluster.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Tells the user about a cluster that cannot survive a disruption, once per spec change.

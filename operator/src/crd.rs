@@ -27,6 +27,15 @@ pub const MAX_REPLICAS: i32 = 9;
 /// the name plus 11 characters, and labels are at most 63.
 pub const MAX_NAME_LENGTH: usize = 52;
 
+/// The annotation that asks for a rolling restart (`kubectl kvs restart` sets it to the time):
+/// copied into the pod template, so every pod becomes outdated and the roll restarts them one
+/// at a time, followers first, the leader last, each ready before the next.
+pub const RESTARTED_AT: &str = "kvs.io/restartedAt";
+
+/// The annotation that asks for leadership to move to the member on the pod it names; the
+/// operator removes it once done (or refused) and records an Event.
+pub const SWITCHOVER_TO: &str = "kvs.io/switchover-to";
+
 /// Default RESP port when `resp.enabled` is set without a port.
 pub const DEFAULT_RESP_PORT: i32 = 6379;
 
@@ -59,6 +68,9 @@ pub const DEFAULT_RESP_PORT: i32 = 6379;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!self.hibernate || !self.storage.inMemory", "message": "an in-memory cluster cannot hibernate: stopping every pod would lose its data"},
+]))]
 pub struct KvsClusterSpec {
     /// Number of Raft members (and pods). Odd numbers tolerate the same failures as the next
     /// even number with less traffic.
@@ -88,6 +100,10 @@ pub struct KvsClusterSpec {
     /// Stop every action (status is still reported).
     #[serde(default)]
     pub paused: bool,
+    /// Stop every pod, keeping the volumes and the Raft membership; set back to `false`, the
+    /// same cluster resumes with all its keys. In-memory clusters cannot hibernate.
+    #[serde(default)]
+    pub hibernate: bool,
     /// Secrets for pulling the node image from a private registry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
@@ -118,7 +134,7 @@ pub struct PodMetadata {
     {"rule": "!has(self.size) || (isQuantity(string(self.size)) && quantity(string(self.size)).compareTo(quantity('512Mi')) >= 0)", "message": "storage.size must be a quantity of at least 512Mi: the Raft log's smallest disk budget (64Mi) with room for its journals and two snapshots (docs/storage.md)"},
     {"rule": "self.inMemory == oldSelf.inMemory", "message": "storage.inMemory cannot change: a cluster moves between memory and volumes only through a backup"},
     {"rule": "(has(self.storageClassName) ? self.storageClassName : '') == (has(oldSelf.storageClassName) ? oldSelf.storageClassName : '')", "message": "storage.storageClassName cannot change: volumes are not moved between classes"},
-    {"rule": "!has(self.size) || !has(oldSelf.size) || !isQuantity(string(self.size)) || !isQuantity(string(oldSelf.size)) || quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0", "message": "storage.size cannot shrink: volumes only grow (the operator expands each claim)"},
+    {"rule": "!has(self.size) || !has(oldSelf.size) || !isQuantity(string(self.size)) || !isQuantity(string(oldSelf.size)) || quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0", "message": "storage.size cannot shrink: a volume only grows"},
 ]))]
 pub struct StorageSpec {
     /// Keep state in memory only: a restarted pod is a new member, and losing a majority of
@@ -370,6 +386,8 @@ pub enum Phase {
     QuorumLost,
     /// `spec.paused` is set.
     Paused,
+    /// `spec.hibernate` is set: no pods run, the volumes and membership are kept.
+    Hibernated,
 }
 
 /// The CRD: the derived schema plus the rules on the object's name, which the derive cannot
@@ -461,6 +479,7 @@ pub(crate) mod fixtures {
             placement: Placement::default(),
             network_policy: NetworkPolicySpec::default(),
             paused: false,
+            hibernate: false,
             image_pull_secrets: Vec::new(),
             pod_metadata: PodMetadata::default(),
         }
@@ -754,12 +773,16 @@ mod tests {
                 durable(json!({"resp": {"enabled": true, "port": 6380}})),
                 None,
             ),
-            // Growing a volume is an expansion the operator carries out.
+            // Growing a volume is not refused at admission.
             (
                 durable(json!({"storage": {"size": "2Gi"}})),
                 Some(durable(json!({}))),
             ),
             (durable(json!({"replicas": 5})), Some(durable(json!({})))),
+            (
+                durable(json!({"hibernate": true})),
+                Some(durable(json!({}))),
+            ),
             (
                 durable(json!({"storage": {"storageClassName": "fast"}})),
                 Some(durable(json!({"storage": {"storageClassName": "fast"}}))),
@@ -874,6 +897,14 @@ mod tests {
                 durable(json!({"storage": {"size": "512Mi"}})),
                 Some(durable(json!({}))),
                 "cannot shrink",
+            ),
+            (
+                object(
+                    "cache",
+                    json!({"replicas": 3, "storage": {"inMemory": true}, "hibernate": true}),
+                ),
+                None,
+                "cannot hibernate",
             ),
             (
                 object(

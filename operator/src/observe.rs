@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kvs_client::{Client as KvsClient, ClientOptions};
 
-use crate::crd::{KvsCluster, MAX_REPLICAS};
+use crate::crd::{KvsCluster, MAX_REPLICAS, SWITCHOVER_TO};
 use crate::error::{Error, Result};
 use crate::plan::{Identity, MemberView, Observation, PodView};
 use crate::resources::{CLIENT_PORT, Names};
@@ -176,6 +176,7 @@ impl Observer<'_> {
                 pods: pod_views,
                 claims: claim_ordinals,
                 terminating_claims,
+                switchover_to: cluster.annotations().get(SWITCHOVER_TO).cloned(),
                 membership,
             },
             kvs,

@@ -78,6 +78,8 @@ pub(crate) struct Observation {
     pub(crate) claims: Vec<u32>,
     /// Ordinals whose claim is being deleted.
     pub(crate) terminating_claims: Vec<u32>,
+    /// The pod the KvsCluster's `kvs.io/switchover-to` annotation names.
+    pub(crate) switchover_to: Option<String>,
     /// The Raft membership as the leader sees it; `None` when no leader answered.
     pub(crate) membership: Option<Vec<MemberView>>,
 }
@@ -140,6 +142,8 @@ pub(crate) struct Plan {
 pub(crate) enum Step {
     /// `spec.paused`: touch nothing.
     Paused,
+    /// `spec.hibernate`: scale the StatefulSet to zero pods; claims and membership stay.
+    Hibernate,
     /// Create the StatefulSet, Services and budget.
     CreateWorkload,
     /// Change the StatefulSet's replicas (the plan's `replicas`).
@@ -170,6 +174,12 @@ pub(crate) enum Step {
     DeleteClaim { ordinal: u32 },
     /// Delete an outdated pod so it restarts on the current template.
     RestartPod { pod: String },
+    /// Remove the switchover annotation: leadership is where it asked, or (`refused`) it
+    /// cannot be.
+    FinishSwitchover {
+        pod: String,
+        refused: Option<String>,
+    },
     /// Delete a pod stuck Pending on a claim that is gone or going, so the StatefulSet
     /// controller recreates it with a new claim.
     RecreatePod { pod: String },
@@ -182,6 +192,8 @@ pub(crate) enum Step {
 pub(crate) enum Transfer {
     ScaleDown,
     Upgrade,
+    /// The user asked for it (`kvs.io/switchover-to`).
+    Switchover,
 }
 
 /// Why a member is removed.
@@ -214,6 +226,8 @@ pub(crate) enum Wait {
     /// No cluster is recorded or reported, but a claim beyond ordinal 0 exists: it may hold a
     /// cluster, so none is formed.
     RetainedClaims { ordinal: u32 },
+    /// `spec.hibernate`: no pods run.
+    Hibernated,
     /// Membership and pods match the spec.
     Steady,
 }
@@ -263,11 +277,33 @@ pub(crate) fn plan_next_step(
         replicas: Some(to),
         step: Step::ScaleStatefulSet { from: current, to },
     };
+    if spec.hibernate {
+        // Stopping every pod at once is safe for durable members (their log is on disk), and
+        // the membership is left as it is, so waking up is only starting the pods again.
+        return Plan {
+            replicas: Some(0),
+            step: if current == 0 {
+                Step::Wait(Wait::Hibernated)
+            } else {
+                Step::Hibernate
+            },
+        };
+    }
 
     let cluster_id = match &observed.recorded_cluster_id {
         Some(id) => id,
         None => return keep(form_cluster(observed)),
     };
+    let desired = spec.replicas.clamp(1, MAX_REPLICAS) as u32;
+    if current == 0 {
+        // Waking from hibernation: every member's pod comes back at once, on its own volume.
+        let members = observed
+            .claims
+            .iter()
+            .max()
+            .map_or(0, |highest| highest + 1);
+        return scale(members.max(desired).min(MAX_REPLICAS as u32));
+    }
     if let Some((pod, identity)) = observed
         .answering()
         .find(|(_, identity)| !identity.cluster_id.is_empty() && identity.cluster_id != *cluster_id)
@@ -303,7 +339,9 @@ pub(crate) fn plan_next_step(
     if let Some(step) = cluster.replace_failed() {
         return keep(step);
     }
-    let desired = spec.replicas.clamp(1, MAX_REPLICAS) as u32;
+    if let Some(step) = cluster.switchover() {
+        return keep(step);
+    }
     if let Some(step) = cluster.shrink_membership(desired) {
         return keep(step);
     }
@@ -512,6 +550,41 @@ impl Cluster<'_> {
         Duration::try_from(elapsed).unwrap_or(Duration::ZERO)
     }
 
+    /// A switchover the user asked for: hand leadership to that pod's member if it is a ready
+    /// voter, then clear the request; refuse it (and clear it) otherwise.
+    fn switchover(&self) -> Option<Step> {
+        let pod = self.observed.switchover_to.as_ref()?;
+        let finish = |refused: Option<String>| Step::FinishSwitchover {
+            pod: pod.clone(),
+            refused,
+        };
+        let Some(target) = self
+            .members
+            .iter()
+            .find(|member| self.pod_name(member).as_ref() == Some(pod))
+        else {
+            return Some(finish(Some(format!(
+                "{pod} holds no member of this cluster"
+            ))));
+        };
+        if target.leader {
+            return Some(finish(None));
+        }
+        if !target.voter || !self.ready(target) {
+            return Some(finish(Some(format!(
+                "{pod} is not a ready voter (only a healthy, caught-up voter can lead)"
+            ))));
+        }
+        let Some(leader) = self.leader() else {
+            return Some(Step::Wait(Wait::NoQuorum));
+        };
+        Some(Step::TransferLeadership {
+            from: leader.id.clone(),
+            to: target.id.clone(),
+            because: Transfer::Switchover,
+        })
+    }
+
     /// Rule 5: the highest ordinal beyond the spec leaves first; a leader hands over first.
     fn shrink_membership(&self, desired: u32) -> Option<Step> {
         let leaving = self
@@ -669,6 +742,12 @@ impl Step {
     fn phase(&self) -> Phase {
         match self {
             Step::Paused => Phase::Paused,
+            Step::Hibernate | Step::Wait(Wait::Hibernated) => Phase::Hibernated,
+            Step::FinishSwitchover { .. }
+            | Step::TransferLeadership {
+                because: Transfer::Switchover,
+                ..
+            } => Phase::Running,
             Step::CreateWorkload | Step::Initialize { .. } | Step::Adopt { .. } => Phase::Creating,
             Step::ScaleStatefulSet { .. }
             | Step::AddLearner { .. }
@@ -708,6 +787,12 @@ impl Step {
     pub(crate) fn reason(&self) -> &'static str {
         match self {
             Step::Paused => "Paused",
+            Step::Hibernate => "Hibernating",
+            Step::Wait(Wait::Hibernated) => "Hibernated",
+            Step::FinishSwitchover { refused: None, .. } => "SwitchedOver",
+            Step::FinishSwitchover {
+                refused: Some(_), ..
+            } => "SwitchoverRefused",
             Step::CreateWorkload => "CreatingWorkload",
             Step::ScaleStatefulSet { .. } => "ScalingStatefulSet",
             Step::Initialize { .. } => "Initializing",
@@ -746,6 +831,18 @@ impl Step {
     pub(crate) fn message(&self) -> String {
         match self {
             Step::Paused => "spec.paused is set; no action is taken".to_owned(),
+            Step::Hibernate => {
+                "spec.hibernate is set: stopping every pod; volumes and membership are kept"
+                    .to_owned()
+            }
+            Step::Wait(Wait::Hibernated) => {
+                "hibernated: no pods run; set spec.hibernate to false to resume".to_owned()
+            }
+            Step::FinishSwitchover { pod, refused: None } => format!("{pod} leads, as asked"),
+            Step::FinishSwitchover {
+                pod,
+                refused: Some(why),
+            } => format!("switchover to {pod} refused: {why}"),
             Step::CreateWorkload => "creating the StatefulSet and Services".to_owned(),
             Step::ScaleStatefulSet { from, to } => {
                 format!("scaling the StatefulSet from {from} to {to} pods")
@@ -833,12 +930,13 @@ pub(crate) fn status_of(
     };
     let members: Vec<&MemberView> = observed.membership.iter().flatten().collect();
     let no_quorum = plan.step == Step::Wait(Wait::NoQuorum);
-    // The failure timer stands still without a quorum: members that are not back when it
-    // returns (after a node-pool upgrade, say) get the whole timeout from then on.
+    let asleep = matches!(plan.step, Step::Hibernate | Step::Wait(Wait::Hibernated));
+    // The failure timer stands still without a quorum or while hibernating: members that are
+    // not back when it returns (after a node-pool upgrade, say) get the whole timeout from then.
     let unhealthy_since = |id: &str| {
         let since = observed.unhealthy_since.get(id).copied();
         since
-            .filter(|_| !no_quorum)
+            .filter(|_| !no_quorum && !asleep)
             .unwrap_or(observed.now)
             .to_string()
     };

@@ -35,7 +35,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{KvsCluster, KvsClusterSpec};
+use crate::crd::{KvsCluster, KvsClusterSpec, RESTARTED_AT};
 use crate::quantity;
 
 /// The client gRPC port of every node.
@@ -55,11 +55,6 @@ const NODE_USER: i64 = 65532;
 
 /// The label selector of every object the operator manages: its watches see nothing else.
 pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=kvs-operator";
-
-/// The annotation that asks for a rolling restart (`kubectl kvs restart` sets it to the time):
-/// copied into the pod template, so every pod becomes outdated and the roll restarts them one
-/// at a time, followers first, the leader last.
-pub const RESTARTED_AT: &str = "kvs.io/restartedAt";
 
 /// Names of the objects of one cluster, derived from its name.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -82,7 +82,7 @@ An apply (server-side apply) that creates an object is authorized as `create` as
 {{- define "kvs-operator.rules" -}}
 - apiGroups: ["kvs.io"]
   resources: ["kvsclusters"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["kvs.io"]
   resources: ["kvsclusters/status"]
   verbs: ["patch"]

@@ -43,6 +43,8 @@ struct World {
     members: Vec<SimMember>,
     leader: Option<String>,
     next_id: u64,
+    /// The KvsCluster's `kvs.io/switchover-to` annotation.
+    switchover: Option<String>,
 }
 
 fn address(ordinal: u32) -> String {
@@ -66,6 +68,7 @@ impl World {
             members: Vec::new(),
             leader: None,
             next_id: 0,
+            switchover: None,
         }
     }
 
@@ -128,6 +131,7 @@ impl World {
                 .collect(),
             claims: self.claims.keys().copied().collect(),
             terminating_claims: Vec::new(),
+            switchover_to: self.switchover.clone(),
             membership: leader_known.then(|| {
                 self.members
                     .iter()
@@ -247,8 +251,10 @@ impl World {
             Step::RestartPod { pod } | Step::RecreatePod { pod } => {
                 self.pods.remove(&ordinal_of(pod));
             }
+            Step::FinishSwitchover { .. } => self.switchover = None,
             Step::Paused
             | Step::CreateWorkload
+            | Step::Hibernate
             | Step::ScaleStatefulSet { .. }
             | Step::Adopt { .. }
             | Step::Wait(_) => {}
@@ -275,7 +281,7 @@ impl World {
             // An unsafe upgrade waits for the user, not for the world.
             if matches!(
                 plan.step,
-                Step::Wait(Wait::Steady | Wait::UpgradeUnsafe { .. })
+                Step::Wait(Wait::Steady | Wait::UpgradeUnsafe { .. } | Wait::Hibernated)
             ) {
                 return steps;
             }
@@ -283,7 +289,8 @@ impl World {
             // moment: no budget can prevent that, which the PDB warning tells the user.
             let voters = self.members.iter().filter(|m| m.voter).count();
             let brief = self.durable && voters <= 2 && matches!(plan.step, Step::RestartPod { .. });
-            if !self.members.is_empty() && !brief {
+            let asleep = matches!(plan.step, Step::Hibernate) || self.replicas == Some(0);
+            if !self.members.is_empty() && !brief && !asleep {
                 assert!(self.has_quorum(), "quorum lost after {:?}", plan.step);
             }
             steps.push(plan.step);
@@ -972,4 +979,63 @@ fn pod_zero_is_not_initialized_while_other_claims_exist_or_pods_are_silent() {
     world.settle();
     let plan = world.reconcile(&spec(3, true), true);
     assert_eq!(plan.step.reason(), "AdoptingCluster");
+}
+
+#[test]
+fn a_switchover_moves_leadership_to_the_named_pod_then_is_finished() {
+    let mut world = running(3, true);
+    assert_eq!(world.leader_ordinal(), 0);
+    world.switchover = Some("kvs-2".into());
+    let steps = world.converge(&spec(3, true));
+    assert_eq!(
+        names(&steps),
+        ["TransferringLeadership", "SwitchedOver"],
+        "{steps:?}"
+    );
+    assert_eq!(world.leader_ordinal(), 2);
+    assert_eq!(world.switchover, None);
+}
+
+#[test]
+fn a_switchover_to_a_pod_that_is_no_ready_voter_is_refused() {
+    let mut world = running(3, true);
+    world.switchover = Some("kvs-7".into());
+    let plan = world.reconcile(&spec(3, true), true);
+    assert!(
+        matches!(
+            &plan.step,
+            Step::FinishSwitchover {
+                refused: Some(_),
+                ..
+            }
+        ),
+        "{plan:?}"
+    );
+    assert_eq!(plan.step.reason(), "SwitchoverRefused");
+    assert_eq!(world.switchover, None);
+    assert_eq!(world.leader_ordinal(), 0);
+}
+
+#[test]
+fn hibernation_stops_every_pod_and_resumes_the_same_cluster() {
+    let mut world = running(3, true);
+    let members: Vec<String> = world.members.iter().map(|m| m.id.clone()).collect();
+    let mut hibernating = spec(3, true);
+    hibernating.hibernate = true;
+    let steps = world.converge(&hibernating);
+    assert_eq!(names(&steps), ["Hibernating"]);
+    assert!(world.pods.is_empty());
+    assert_eq!(world.claims.len(), 3, "the volumes are kept");
+    let status = world.status.as_ref().expect("a status");
+    assert_eq!(status.phase, Some(Phase::Hibernated));
+    assert_eq!(status.replicas, 3, "the members are still listed");
+    // A long sleep is no failure.
+    for _ in 0..400 {
+        world.reconcile(&hibernating, true);
+    }
+    let steps = world.converge(&spec(3, true));
+    assert_eq!(names(&steps), ["ScalingStatefulSet"]);
+    world.assert_matches_spec(3);
+    let after: Vec<String> = world.members.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(after, members, "the same members, not new ones");
 }

@@ -262,3 +262,27 @@ fn the_quota_is_seventy_percent_of_the_memory_limit_unless_given() {
     limited.resources = Some(ResourceRequirements::default());
     assert_eq!(quota_arg(&limited), None);
 }
+
+/// `kvs.io/restartedAt` on the KvsCluster reaches the pod template, so changing it makes every
+/// pod outdated and the planner's roll restarts them one at a time, the leader last.
+#[test]
+fn a_restart_request_changes_the_pod_template() {
+    let mut cluster = cluster(spec(3, true));
+    let blueprint = Blueprint::new(&cluster, "kvs:test").expect("namespaced with a uid");
+    let before = blueprint.statefulset(3);
+    cluster.metadata.annotations = Some(BTreeMap::from([(
+        crate::crd::RESTARTED_AT.to_owned(),
+        "2026-12-03T17:00:00Z".to_owned(),
+    )]));
+    let blueprint = Blueprint::new(&cluster, "kvs:test").expect("namespaced with a uid");
+    let after = blueprint.statefulset(3);
+    let template = |set: &StatefulSet| set.spec.as_ref().expect("a spec").template.clone();
+    assert_ne!(template(&before), template(&after));
+    let annotations = template(&after).metadata.and_then(|m| m.annotations);
+    assert_eq!(
+        annotations
+            .as_ref()
+            .map(|a| a[crate::crd::RESTARTED_AT].as_str()),
+        Some("2026-12-03T17:00:00Z")
+    );
+}

@@ -140,6 +140,7 @@ fn spec(storage: StorageSpec, resp: RespSpec, config: crd::NodeConfig) -> KvsClu
         placement: Default::default(),
         network_policy: Default::default(),
         paused: false,
+        hibernate: false,
         image_pull_secrets: Vec::new(),
         pod_metadata: Default::default(),
     }

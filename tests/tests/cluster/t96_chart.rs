@@ -29,7 +29,8 @@ use serde_json::{Value, json};
 
 /// Every (verb, API group, resource) the operator calls — what its RBAC must grant, and nothing
 /// more. Read from `operator/src`: the controller lists and watches KvsClusters and the
-/// StatefulSets they own; `observe` gets the StatefulSet and lists pods and claims; `act` applies
+/// StatefulSets they own, and patches a KvsCluster to remove a finished switchover request;
+/// `observe` gets the StatefulSet and lists pods and claims; `act` applies
 /// the StatefulSet, Services, PodDisruptionBudget and NetworkPolicy, deletes budgets, policies,
 /// pods and claims, and patches the status; kube's event `Recorder` creates an event and patches
 /// its series; kube-lease-manager gets, creates and patches the Lease. An apply that creates its
@@ -43,6 +44,7 @@ use serde_json::{Value, json};
 const OPERATOR_API_CALLS: &[(&str, &str, &str)] = &[
     ("list", "kvs.io", "kvsclusters"),
     ("watch", "kvs.io", "kvsclusters"),
+    ("patch", "kvs.io", "kvsclusters"),
     ("patch", "kvs.io", "kvsclusters/status"),
     ("get", "apps", "statefulsets"),
     ("list", "apps", "statefulsets"),
