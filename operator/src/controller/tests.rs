@@ -80,6 +80,9 @@ fn answer(state: &ApiState, method: &Method, path: &str, body: &Value) -> (Statu
             list("PersistentVolumeClaimList", &state.claims),
         ),
         ("DELETE", _) => not_found(),
+        ("PATCH", "/apis/kvs.io/v1alpha1/namespaces/shop/kvsclusters/orders") => {
+            (StatusCode::OK, state.cluster.clone())
+        }
         ("PATCH", path) if path.ends_with("/status") => {
             let mut cluster = state.cluster.clone();
             cluster["status"] = body["status"].clone();
@@ -457,4 +460,39 @@ async fn status_writes_do_not_trigger_reconciles() {
         .await;
     let generations: Vec<Option<i64>> = passed.iter().map(|c| c.metadata.generation).collect();
     assert_eq!(generations, [Some(1), Some(2), Some(2)]);
+}
+
+/// A switchover to the member that already leads is finished: the request is removed from the
+/// KvsCluster (a merge patch, so nothing else of it changes) and an Event says so.
+#[tokio::test]
+async fn a_finished_switchover_removes_its_annotation_and_records_an_event() {
+    let mut cluster = fixtures::cluster(fixtures::spec(3, true));
+    cluster.status = Some(crate::crd::KvsClusterStatus {
+        cluster_id: Some(super::fake_kvs::CLUSTER_ID.into()),
+        observed_generation: Some(1),
+        ..Default::default()
+    });
+    cluster.metadata.annotations =
+        Some([(crate::crd::SWITCHOVER_TO.to_owned(), "orders-0".to_owned())].into());
+    let blueprint = Blueprint::new(&cluster, "kvs:test").expect("an identified cluster");
+    let kvs = FakeCluster::start(&blueprint.names, 3).await;
+    let state = ApiState {
+        cluster: Value::Null,
+        statefulset: Some(serde_json::to_value(blueprint.statefulset(3)).expect("serializes")),
+        pods: (0..3).map(pod).collect(),
+        claims: (0..3).map(claim).collect(),
+        refuse: None,
+    };
+    let (calls, result) = reconcile_with(cluster, state, Arc::new(kvs.resolver())).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert!(kvs.calls().is_empty(), "{:?}", kvs.calls());
+    let patch = body_of(
+        &calls,
+        "PATCH /apis/kvs.io/v1alpha1/namespaces/shop/kvsclusters/orders",
+    );
+    assert_eq!(
+        patch,
+        &json!({"metadata": {"annotations": {"kvs.io/switchover-to": null}}})
+    );
+    assert_eq!(event_reasons(&calls), ["SwitchedOver"]);
 }
