@@ -778,6 +778,12 @@ mod tests {
                 durable(json!({"storage": {"size": "2Gi"}})),
                 Some(durable(json!({}))),
             ),
+            (
+                durable(
+                    json!({"image": format!("registry.example/kvs-node@sha256:{}", "ab".repeat(32))}),
+                ),
+                None,
+            ),
             (durable(json!({"replicas": 5})), Some(durable(json!({})))),
             (
                 durable(json!({"hibernate": true})),

@@ -433,6 +433,31 @@ fn bad_values_are_refused_by_the_schema() {
     }
 }
 
+/// Images can be pinned by digest, for the operator and for the nodes it runs.
+#[test]
+fn images_can_be_pinned_by_digest() {
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let rendered = template(
+        &[],
+        &[
+            &format!("image.digest={digest}"),
+            &format!("nodeImage.digest={digest}"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("digests were refused:\n{e}"));
+    let deployment = rendered.deployment();
+    let operator = container(&deployment);
+    assert_eq!(
+        operator.image.as_deref(),
+        Some(format!("ghcr.io/kvs-io/kvs-operator@{digest}").as_str())
+    );
+    assert_eq!(
+        env(operator).get("KVS_OPERATOR_DEFAULT_IMAGE"),
+        Some(&format!("ghcr.io/kvs-io/kvs-node@{digest}"))
+    );
+    assert!(template(&[], &["image.digest=latest"]).is_err());
+}
+
 /// A parent chart passes `global` to every subchart; a schema that refuses it breaks the chart
 /// as a dependency.
 #[test]
