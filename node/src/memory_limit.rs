@@ -93,13 +93,11 @@ fn cgroup_limit(root: &Path, own_cgroup: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// A scratch cgroup hierarchy with `files` (path, content) under a fresh directory.
-    fn hierarchy(name: &str, files: &[(&str, &str)]) -> PathBuf {
-        let root =
-            std::env::temp_dir().join(format!("kvs-memory-limit-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+    /// A scratch cgroup hierarchy with `files` (path, content), removed when dropped.
+    fn hierarchy(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().expect("a scratch directory");
         for (path, content) in files {
-            let path = root.join(path);
+            let path = root.path().join(path);
             std::fs::create_dir_all(path.parent().expect("a parent")).expect("scratch dir");
             std::fs::write(path, content).expect("scratch file");
         }
@@ -108,35 +106,29 @@ mod tests {
 
     #[test]
     fn a_v2_limit_is_read_from_the_own_cgroup_or_the_namespace_root() {
-        let root = hierarchy("v2", &[("memory.max", "2147483648\n")]);
-        assert_eq!(cgroup_limit(&root, "0::/\n"), Some(2 << 30));
-        let root = hierarchy(
-            "v2-nested",
-            &[
-                ("memory.max", "max\n"),
-                ("kubepods/pod1/memory.max", "1073741824\n"),
-            ],
+        let root = hierarchy(&[("memory.max", "2147483648\n")]);
+        assert_eq!(cgroup_limit(root.path(), "0::/\n"), Some(2 << 30));
+        let root = hierarchy(&[
+            ("memory.max", "max\n"),
+            ("kubepods/pod1/memory.max", "1073741824\n"),
+        ]);
+        assert_eq!(
+            cgroup_limit(root.path(), "0::/kubepods/pod1\n"),
+            Some(1 << 30)
         );
-        assert_eq!(cgroup_limit(&root, "0::/kubepods/pod1\n"), Some(1 << 30));
-        let root = hierarchy("v2-unlimited", &[("memory.max", "max\n")]);
-        assert_eq!(cgroup_limit(&root, "0::/\n"), None);
+        let root = hierarchy(&[("memory.max", "max\n")]);
+        assert_eq!(cgroup_limit(root.path(), "0::/\n"), None);
     }
 
     #[test]
     fn a_v1_limit_is_the_fallback_and_its_huge_value_means_none() {
-        let root = hierarchy(
-            "v1",
-            &[("memory/docker/abc/memory.limit_in_bytes", "536870912\n")],
-        );
+        let root = hierarchy(&[("memory/docker/abc/memory.limit_in_bytes", "536870912\n")]);
         let own = "12:memory:/docker/abc\n11:cpu,cpuacct:/docker/abc\n";
-        assert_eq!(cgroup_limit(&root, own), Some(512 << 20));
-        let root = hierarchy(
-            "v1-unlimited",
-            &[("memory/memory.limit_in_bytes", "9223372036854771712\n")],
-        );
-        assert_eq!(cgroup_limit(&root, "12:memory:/\n"), None);
-        let root = hierarchy("none", &[]);
-        assert_eq!(cgroup_limit(&root, ""), None);
+        assert_eq!(cgroup_limit(root.path(), own), Some(512 << 20));
+        let root = hierarchy(&[("memory/memory.limit_in_bytes", "9223372036854771712\n")]);
+        assert_eq!(cgroup_limit(root.path(), "12:memory:/\n"), None);
+        let root = hierarchy(&[]);
+        assert_eq!(cgroup_limit(root.path(), ""), None);
     }
 
     #[test]
