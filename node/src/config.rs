@@ -9,6 +9,7 @@ use clap::Args;
 
 use crate::error::Error;
 use crate::error::Result;
+use crate::memory_limit;
 use crate::store::compaction::SnapshotRule;
 
 /// How one kvs node runs. `docs/configuration.md` lists every flag.
@@ -93,7 +94,8 @@ pub struct NodeConfig {
 
     /// Memory quota for stored keys and values (approximate: payload plus per-key overhead).
     /// Past it, writes that add data are refused (RESOURCE_EXHAUSTED) while reads and deletes
-    /// still work. Default: half of the machine's physical memory.
+    /// still work. Default: half of the memory the node may use: its cgroup's memory limit
+    /// (`memory.max`, or v1 `memory.limit_in_bytes`) when set and below physical memory.
     #[arg(long, env = "KVS_QUOTA_BYTES")]
     pub quota_bytes: Option<u64>,
 
@@ -339,10 +341,11 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// The memory quota: `--quota-bytes`, or half of physical memory (8 GiB if unknown).
+    /// The memory quota: `--quota-bytes`, or half of the memory this process may use — its
+    /// cgroup's limit when tighter than physical memory (8 GiB if neither is known).
     pub(crate) fn quota_bytes(&self) -> u64 {
         self.quota_bytes
-            .unwrap_or_else(|| physical_memory().map_or(8 << 30, |total| total / 2))
+            .unwrap_or_else(|| memory_limit::limit().map_or(8 << 30, |total| total / 2))
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {
@@ -392,20 +395,6 @@ impl NodeConfig {
         .validate()
         .map_err(|e| Error::Config(e.to_string()))
     }
-}
-
-/// Total physical memory from `/proc/meminfo`, if it can be read; read once, since the quota
-/// is checked on every write.
-fn physical_memory() -> Option<u64> {
-    static TOTAL: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    *TOTAL.get_or_init(read_physical_memory)
-}
-
-fn read_physical_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 fn check_host_port(flag: &str, addr: &str) -> Result<()> {

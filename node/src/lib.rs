@@ -17,6 +17,7 @@ pub mod fuzzing;
 mod grpc;
 pub mod identity;
 mod lock;
+mod memory_limit;
 mod raft;
 mod replica;
 mod resp;

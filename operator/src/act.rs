@@ -16,7 +16,7 @@ use kvs_client::Client as KvsClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::crd::{KvsCluster, KvsClusterStatus};
+use crate::crd::{KvsCluster, KvsClusterStatus, SWITCHOVER_TO};
 use crate::error::{Error, Result};
 use crate::observe::Resolver;
 use crate::plan::{Plan, Step, Wait};
@@ -44,7 +44,13 @@ impl Actor<'_> {
         }
         let formed = self.carry_out(&plan.step).await?;
         if plan.step.acts() {
-            self.event(EventType::Normal, &plan.step).await;
+            let type_ = match plan.step {
+                Step::FinishSwitchover {
+                    refused: Some(_), ..
+                } => EventType::Warning,
+                _ => EventType::Normal,
+            };
+            self.event(type_, &plan.step).await;
         }
         Ok(formed)
     }
@@ -53,17 +59,24 @@ impl Actor<'_> {
         let blueprint = self.blueprint;
         self.apply(&blueprint.headless_service()).await?;
         self.apply(&blueprint.client_service()).await?;
+        // An optional object can only have become unwanted through a spec change, so it is
+        // deleted once per new generation rather than on every pass.
+        let cluster = blueprint.cluster;
+        let spec_changed = cluster.status.as_ref().and_then(|s| s.observed_generation)
+            != cluster.metadata.generation;
         let budget_name = blueprint.names.statefulset();
         match blueprint.disruption_budget() {
             Some(budget) => self.apply(&budget).await?,
-            None => self.delete::<PodDisruptionBudget>(budget_name).await?,
+            None if spec_changed => self.delete::<PodDisruptionBudget>(budget_name).await?,
+            None => {}
         }
         match blueprint.network_policy() {
             Some(policy) => self.apply(&policy).await?,
-            None => {
+            None if spec_changed => {
                 let name = blueprint.names.headless_service();
                 self.delete::<NetworkPolicy>(&name).await?;
             }
+            None => {}
         }
         self.apply(&blueprint.statefulset(replicas)).await
     }
@@ -91,19 +104,38 @@ impl Actor<'_> {
                 self.delete::<Pod>(pod).await?;
             }
             Step::DeleteClaim { ordinal } => self.delete_claim(*ordinal).await?,
-            Step::RestartPod { pod } => self.delete::<Pod>(pod).await?,
+            Step::RestartPod { pod } | Step::RecreatePod { pod } => {
+                self.delete::<Pod>(pod).await?;
+            }
             Step::Wait(
                 Wait::NoQuorum | Wait::ForeignCluster { .. } | Wait::UpgradeUnsafe { .. },
             ) => {
                 self.event(EventType::Warning, step).await;
             }
+            Step::FinishSwitchover { .. } => self.clear_switchover().await?,
             Step::Paused
+            | Step::Hibernate
             | Step::CreateWorkload
             | Step::ScaleStatefulSet { .. }
             | Step::Adopt { .. }
             | Step::Wait(_) => {}
         }
         Ok(None)
+    }
+
+    /// Removes the switchover request, so it is carried out once.
+    async fn clear_switchover(&self) -> Result<()> {
+        let cluster = self.blueprint.cluster;
+        let api: Api<KvsCluster> =
+            Api::namespaced(self.client.clone(), self.blueprint.names.namespace());
+        let patch = serde_json::json!({"metadata": {"annotations": {SWITCHOVER_TO: null}}});
+        api.patch(
+            &cluster.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Tells the user about a cluster that cannot survive a disruption, once per spec change.
@@ -175,19 +207,30 @@ impl Actor<'_> {
         self.publish(type_, step.reason(), step.message()).await;
     }
 
-    /// Events are for people; failing to record one never fails a reconcile.
     async fn publish(&self, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: reason.to_owned(),
-            secondary: None,
-        };
-        let reference = self.blueprint.cluster.object_ref(&());
-        if let Err(err) = self.recorder.publish(&event, &reference).await {
-            tracing::warn!(%err, reason, "could not record an event");
-        }
+        publish(self.recorder, self.blueprint.cluster, type_, reason, note).await;
+    }
+}
+
+/// Records an Event on the KvsCluster. Events are for people; failing to record one never fails
+/// a reconcile.
+pub(crate) async fn publish(
+    recorder: &Recorder,
+    cluster: &KvsCluster,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: reason.to_owned(),
+        secondary: None,
+    };
+    let reference = cluster.object_ref(&());
+    if let Err(err) = recorder.publish(&event, &reference).await {
+        tracing::warn!(%err, reason, "could not record an event");
     }
 }
 

@@ -6,26 +6,28 @@
 //! of the Lease reconciles; an instance that loses it stops and returns an error, so its
 //! process restarts as a follower instead of racing the new leader.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::utils::{Predicate, PredicateConfig};
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube_lease_manager::LeaseManagerBuilder;
 
-use crate::act::{Actor, apply_status};
-use crate::crd::KvsCluster;
+use crate::act::{Actor, apply_status, publish};
+use crate::crd::{KvsCluster, KvsClusterStatus};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observe::{Observer, Resolver};
-use crate::plan::{Settings, plan_next_step, status_of};
-use crate::resources::Blueprint;
+use crate::plan::{Settings, Step, plan_next_step, status_of, with_failure};
+use crate::resources::{Blueprint, MANAGED_BY_SELECTOR};
 
 /// The node image used when a KvsCluster names none.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/kvs-io/kvs-node:", env!("CARGO_PKG_VERSION"));
@@ -34,8 +36,10 @@ pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/kvs-io/kvs-node:", env!("CARGO_
 const REQUEUE_PROGRESSING: Duration = Duration::from_secs(2);
 /// Requeue of a steady cluster, to notice failures that change no Kubernetes object.
 const REQUEUE_STEADY: Duration = Duration::from_secs(30);
-/// Pause after a failed reconcile.
+/// Pause after a failed reconcile; it doubles with each failure in a row.
 const REQUEUE_FAILED: Duration = Duration::from_secs(5);
+/// The longest pause after failures: a fixed cluster is noticed within this.
+const REQUEUE_FAILED_MAX: Duration = Duration::from_secs(300);
 /// Lease timing: held for 15 s, renewed 5 s before it expires.
 const LEASE_SECONDS: u64 = 15;
 const LEASE_GRACE_SECONDS: u64 = 5;
@@ -76,6 +80,8 @@ pub struct Context {
     pub(crate) settings: Settings,
     pub(crate) resolver: Arc<dyn Resolver>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Failed reconciles in a row, by KvsCluster (namespace/name); cleared by a success.
+    failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -92,8 +98,36 @@ impl Context {
             settings: config.settings.clone(),
             resolver: config.resolver.clone(),
             metrics: config.metrics.clone(),
+            failures: Mutex::default(),
         }
     }
+
+    fn failures(&self) -> MutexGuard<'_, HashMap<String, u32>> {
+        // The map only holds counters: one left by a panicking thread is still a counter.
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one more failed reconcile of `cluster` and returns how many in a row.
+    fn count_failure(&self, cluster: &KvsCluster) -> u32 {
+        let mut failures = self.failures();
+        let count = failures.entry(failure_key(cluster)).or_default();
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn forget_failures(&self, cluster: &KvsCluster) {
+        self.failures().remove(&failure_key(cluster));
+    }
+}
+
+fn failure_key(cluster: &KvsCluster) -> String {
+    format!(
+        "{}/{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    )
 }
 
 /// Reconciles KvsClusters (in `config.watch_namespace`, or every namespace) until `shutdown`
@@ -205,8 +239,13 @@ async fn run_controller(
         ),
         None => (Api::all(client.clone()), Api::all(client)),
     };
-    Controller::new(clusters, watcher::Config::default())
-        .owns(statefulsets, watcher::Config::default())
+    let (reader, writer) = reflector::store();
+    let clusters = watcher(clusters, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    let managed = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    Controller::for_stream(changes_worth_a_reconcile(clusters), reader)
+        .owns(statefulsets, managed)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -217,18 +256,93 @@ async fn run_controller(
         .await;
 }
 
+/// The KvsClusters whose spec (generation) or annotations (switchover, restart) changed. The
+/// operator's own status patches change neither, so they no longer trigger a reconcile each:
+/// under load that loop was a reconcile per status write.
+fn changes_worth_a_reconcile(
+    clusters: impl Stream<Item = Result<watcher::Event<KvsCluster>, watcher::Error>> + Send,
+) -> impl Stream<Item = Result<KvsCluster, watcher::Error>> + Send {
+    clusters.applied_objects().predicate_filter(
+        predicates::generation.combine(predicates::annotations),
+        PredicateConfig::default(),
+    )
+}
+
 /// Observe, plan one step, carry it out, record the status. This is what [`run`] calls for
 /// every change and requeue; end-to-end tests call it directly.
+///
+/// A failure is recorded where users look before it is returned: `Ready=False` with the error's
+/// reason and message in the status, and a Warning Event.
 pub async fn reconcile(cluster: Arc<KvsCluster>, context: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    let blueprint = Blueprint::new(&cluster, &context.default_image)
-        .ok_or_else(|| Error::Unidentified(cluster.name_any()))?;
+    let (status, outcome) = plan_and_act(&cluster, &context).await;
+    let generation = cluster.metadata.generation;
+    let failure = outcome
+        .as_ref()
+        .err()
+        .map(|err| (err.reason(), err.to_string()));
+    let status = match &failure {
+        None => status,
+        Some((reason, message)) => {
+            // Without an observation the last status stands, with the error added.
+            let mut status = status
+                .or_else(|| cluster.status.clone())
+                .unwrap_or_default();
+            // The generation is only observed once a reconcile of it succeeded, so what it asks
+            // for once (deleting an object it no longer wants) is asked for again.
+            status.observed_generation =
+                cluster.status.as_ref().and_then(|s| s.observed_generation);
+            Some(with_failure(
+                status,
+                Timestamp::now(),
+                generation,
+                reason,
+                message.clone(),
+            ))
+        }
+    };
+    let written = match &status {
+        Some(status) => apply_status(&context.client, &cluster, status).await,
+        None => Ok(()),
+    };
+    if let Some((reason, message)) = failure {
+        publish(
+            &context.recorder,
+            &cluster,
+            EventType::Warning,
+            reason,
+            message,
+        )
+        .await;
+    }
+    let step = outcome?;
+    written?;
+    context.metrics.reconciled(step.reason(), started.elapsed());
+    context.forget_failures(&cluster);
+    Ok(Action::requeue(if step.progressing() {
+        REQUEUE_PROGRESSING
+    } else {
+        REQUEUE_STEADY
+    }))
+}
+
+/// The status to record (when there was something to observe) and the step carried out.
+async fn plan_and_act(
+    cluster: &KvsCluster,
+    context: &Context,
+) -> (Option<KvsClusterStatus>, Result<Step>) {
+    let Some(blueprint) = Blueprint::new(cluster, &context.default_image) else {
+        return (None, Err(Error::Unidentified(cluster.name_any())));
+    };
     let observer = Observer {
         client: &context.client,
         resolver: context.resolver.as_ref(),
         names: &blueprint.names,
     };
-    let (observed, kvs) = observer.observe(&cluster, Timestamp::now()).await?;
+    let (observed, kvs) = match observer.observe(cluster, Timestamp::now()).await {
+        Ok(observed) => observed,
+        Err(err) => return (None, Err(err)),
+    };
     let plan = plan_next_step(&cluster.spec, &observed, &context.settings);
     tracing::info!(
         cluster = cluster.name_any(),
@@ -244,7 +358,7 @@ pub async fn reconcile(cluster: Arc<KvsCluster>, context: Arc<Context>) -> Resul
         kvs: kvs.as_ref(),
     };
     if plan.replicas.is_some() {
-        actor.warn_small_cluster(&cluster).await;
+        actor.warn_small_cluster(cluster).await;
     }
     let acted = actor.act(&plan).await;
     let mut status = status_of(
@@ -256,27 +370,30 @@ pub async fn reconcile(cluster: Arc<KvsCluster>, context: Arc<Context>) -> Resul
     if let Ok(Some(formed)) = &acted {
         status.cluster_id = Some(formed.clone());
     }
-    apply_status(&context.client, &cluster, &status).await?;
-    acted?;
-    context
-        .metrics
-        .reconciled(plan.step.reason(), started.elapsed());
-    Ok(Action::requeue(if plan.step.progressing() {
-        REQUEUE_PROGRESSING
-    } else {
-        REQUEUE_STEADY
-    }))
+    status.selector = Some(blueprint.names.selector_string());
+    (Some(status), acted.map(|_| plan.step))
 }
 
-/// A failed reconcile is logged, counted and retried after a pause.
+/// A failed reconcile is logged, counted and retried after a pause that doubles with each
+/// failure in a row (see [`backoff`]).
 pub(crate) fn error_policy(
     cluster: Arc<KvsCluster>,
     error: &Error,
     context: Arc<Context>,
 ) -> Action {
-    tracing::warn!(cluster = cluster.name_any(), %error, "reconcile failed");
+    let failures = context.count_failure(&cluster);
+    tracing::warn!(cluster = cluster.name_any(), %error, failures, "reconcile failed");
     context.metrics.failed();
-    Action::requeue(REQUEUE_FAILED)
+    Action::requeue(backoff(failures))
+}
+
+/// The pause after the `failures`-th failed reconcile in a row: [`REQUEUE_FAILED`], doubled for
+/// each further failure, at most [`REQUEUE_FAILED_MAX`].
+fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    REQUEUE_FAILED
+        .saturating_mul(1 << doublings)
+        .min(REQUEUE_FAILED_MAX)
 }
 
 #[cfg(test)]

@@ -39,5 +39,19 @@ pub enum Error {
     Metrics(#[source] std::io::Error),
 }
 
+impl Error {
+    /// A CamelCase reason for the `Ready` condition and the Warning Event of a failed reconcile.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesApiError",
+            Error::Kvs(_) => "KvsClusterError",
+            Error::Unidentified(_) => "Unidentified",
+            Error::AmbiguousAddress { .. } => "AmbiguousAddress",
+            Error::Lease(_) | Error::LeadershipLost => "LeaderElection",
+            Error::Metrics(_) => "MetricsEndpoint",
+        }
+    }
+}
+
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

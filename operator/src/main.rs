@@ -43,9 +43,17 @@ struct Args {
     /// Node image of KvsClusters that name none.
     #[arg(long, env = "KVS_OPERATOR_DEFAULT_IMAGE", default_value = DEFAULT_IMAGE)]
     default_image: String,
-    /// Seconds a member may stay unhealthy before it is replaced.
+    /// Seconds a member of an in-memory cluster may stay unhealthy (and its pod not Ready)
+    /// before it is replaced; the timer stands still while the cluster has no quorum.
     #[arg(long, env = "KVS_OPERATOR_FAILURE_TIMEOUT_SECS", default_value_t = 300)]
     failure_timeout_secs: u64,
+    /// The same for durable clusters, whose down members keep their data.
+    #[arg(
+        long,
+        env = "KVS_OPERATOR_DURABLE_FAILURE_TIMEOUT_SECS",
+        default_value_t = 1800
+    )]
+    durable_failure_timeout_secs: u64,
 }
 
 #[tokio::main]
@@ -76,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         default_image: args.default_image,
         settings: Settings {
             failure_timeout: Duration::from_secs(args.failure_timeout_secs),
+            durable_failure_timeout: Duration::from_secs(args.durable_failure_timeout_secs),
         },
         lease,
         watch_namespace: args

@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kvs_client::{Client as KvsClient, ClientOptions};
 
-use crate::crd::{KvsCluster, MAX_REPLICAS};
+use crate::crd::{KvsCluster, MAX_REPLICAS, SWITCHOVER_TO};
 use crate::error::{Error, Result};
 use crate::plan::{Identity, MemberView, Observation, PodView};
 use crate::resources::{CLIENT_PORT, Names};
@@ -104,14 +104,18 @@ impl Observer<'_> {
             .filter_map(|pod| self.pod_view(pod, update_revision.as_deref()))
             .collect();
         pod_views.sort_by_key(|pod| pod.ordinal);
-        let mut claim_ordinals: Vec<u32> = claims
-            .list(&selector)
-            .await?
-            .items
-            .iter()
-            .filter_map(|claim| self.names.claim_ordinal(&claim.name_any()))
-            .collect();
-        claim_ordinals.sort_unstable();
+        let claim_list = claims.list(&selector).await?.items;
+        let ordinals_of = |terminating_only: bool| {
+            let mut found: Vec<u32> = claim_list
+                .iter()
+                .filter(|claim| !terminating_only || claim.metadata.deletion_timestamp.is_some())
+                .filter_map(|claim| self.names.claim_ordinal(&claim.name_any()))
+                .collect();
+            found.sort_unstable();
+            found
+        };
+        let claim_ordinals = ordinals_of(false);
+        let terminating_claims = ordinals_of(true);
 
         let dials: Vec<String> = pod_views
             .iter()
@@ -172,6 +176,8 @@ impl Observer<'_> {
                     .map(|replicas| u32::try_from(replicas).unwrap_or(0)),
                 pods: pod_views,
                 claims: claim_ordinals,
+                terminating_claims,
+                switchover_to: cluster.annotations().get(SWITCHOVER_TO).cloned(),
                 membership,
             },
             kvs,
@@ -182,11 +188,20 @@ impl Observer<'_> {
         let name = pod.name_any();
         let ordinal = self.names.ordinal_of(&name)?;
         let revision = pod.labels().get(REVISION_LABEL).map(String::as_str);
+        let status = pod.status.as_ref();
         Some(PodView {
             ordinal,
             address: self.resolver.resolve(self.names, ordinal).advertised,
             terminating: pod.metadata.deletion_timestamp.is_some(),
             outdated: matches!((revision, update_revision), (Some(have), Some(want)) if have != want),
+            ready: status.is_some_and(|status| {
+                status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|condition| condition.type_ == "Ready" && condition.status == "True")
+            }),
+            pending: status.and_then(|status| status.phase.as_deref()) == Some("Pending"),
             identity: None,
             name,
         })

@@ -34,14 +34,30 @@ use crate::crd::{KvsClusterSpec, KvsClusterStatus, MAX_REPLICAS, MemberStatus, P
 /// `kvsctl member add` follows, [`kvs_client::membership::caught_up`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
-    /// A member unhealthy for this long is removed and its pod rejoins as a new member.
+    /// A member of an in-memory cluster unhealthy for this long is removed and its pod rejoins
+    /// as a new member.
     pub failure_timeout: Duration,
+    /// The same for a durable cluster, whose member keeps its data while down: replacing it
+    /// copies everything again, so it is given longer (a node drain or pool upgrade).
+    pub durable_failure_timeout: Duration,
+}
+
+impl Settings {
+    /// How long a member may stay unhealthy before it is given up.
+    pub fn failure_timeout_for(&self, durable: bool) -> Duration {
+        if durable {
+            self.durable_failure_timeout
+        } else {
+            self.failure_timeout
+        }
+    }
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             failure_timeout: Duration::from_secs(300),
+            durable_failure_timeout: Duration::from_secs(1800),
         }
     }
 }
@@ -58,8 +74,12 @@ pub(crate) struct Observation {
     pub(crate) statefulset_replicas: Option<u32>,
     /// The cluster's pods, by ordinal.
     pub(crate) pods: Vec<PodView>,
-    /// Ordinals that have a data volume claim.
+    /// Ordinals that have a data volume claim (terminating ones included).
     pub(crate) claims: Vec<u32>,
+    /// Ordinals whose claim is being deleted.
+    pub(crate) terminating_claims: Vec<u32>,
+    /// The pod the KvsCluster's `kvs.io/switchover-to` annotation names.
+    pub(crate) switchover_to: Option<String>,
     /// The Raft membership as the leader sees it; `None` when no leader answered.
     pub(crate) membership: Option<Vec<MemberView>>,
 }
@@ -75,6 +95,10 @@ pub(crate) struct PodView {
     pub(crate) terminating: bool,
     /// Runs an older pod template than the StatefulSet's current one.
     pub(crate) outdated: bool,
+    /// The kubelet reports it Ready (its readiness probe passes).
+    pub(crate) ready: bool,
+    /// Not yet running (phase Pending): unscheduled, or waiting for its volume.
+    pub(crate) pending: bool,
     /// What the node answered to `NodeInfo`; `None` when it did not answer.
     pub(crate) identity: Option<Identity>,
 }
@@ -118,6 +142,8 @@ pub(crate) struct Plan {
 pub(crate) enum Step {
     /// `spec.paused`: touch nothing.
     Paused,
+    /// `spec.hibernate`: scale the StatefulSet to zero pods; claims and membership stay.
+    Hibernate,
     /// Create the StatefulSet, Services and budget.
     CreateWorkload,
     /// Change the StatefulSet's replicas (the plan's `replicas`).
@@ -148,6 +174,15 @@ pub(crate) enum Step {
     DeleteClaim { ordinal: u32 },
     /// Delete an outdated pod so it restarts on the current template.
     RestartPod { pod: String },
+    /// Remove the switchover annotation: leadership is where it asked, or (`refused`) it
+    /// cannot be.
+    FinishSwitchover {
+        pod: String,
+        refused: Option<String>,
+    },
+    /// Delete a pod stuck Pending on a claim that is gone or going, so the StatefulSet
+    /// controller recreates it with a new claim.
+    RecreatePod { pod: String },
     /// Nothing to do until the world changes.
     Wait(Wait),
 }
@@ -157,6 +192,8 @@ pub(crate) enum Step {
 pub(crate) enum Transfer {
     ScaleDown,
     Upgrade,
+    /// The user asked for it (`kvs.io/switchover-to`).
+    Switchover,
 }
 
 /// Why a member is removed.
@@ -186,6 +223,11 @@ pub(crate) enum Wait {
     /// An outdated pod is not restarted: the cluster is in memory and its restart would lose
     /// the majority, and with it the data.
     UpgradeUnsafe { pod: String },
+    /// No cluster is recorded or reported, but a claim beyond ordinal 0 exists: it may hold a
+    /// cluster, so none is formed.
+    RetainedClaims { ordinal: u32 },
+    /// `spec.hibernate`: no pods run.
+    Hibernated,
     /// Membership and pods match the spec.
     Steady,
 }
@@ -219,15 +261,49 @@ pub(crate) fn plan_next_step(
         replicas: Some(current),
         step,
     };
+    if !spec.storage.in_memory
+        && let Some(stuck) = observed.pods.iter().find(|pod| {
+            pod.pending
+                && !pod.terminating
+                && (!observed.claims.contains(&pod.ordinal)
+                    || observed.terminating_claims.contains(&pod.ordinal))
+        })
+    {
+        return keep(Step::RecreatePod {
+            pod: stuck.name.clone(),
+        });
+    }
     let scale = |to| Plan {
         replicas: Some(to),
         step: Step::ScaleStatefulSet { from: current, to },
     };
+    if spec.hibernate {
+        // Stopping every pod at once is safe for durable members (their log is on disk), and
+        // the membership is left as it is, so waking up is only starting the pods again.
+        return Plan {
+            replicas: Some(0),
+            step: if current == 0 {
+                Step::Wait(Wait::Hibernated)
+            } else {
+                Step::Hibernate
+            },
+        };
+    }
 
     let cluster_id = match &observed.recorded_cluster_id {
         Some(id) => id,
         None => return keep(form_cluster(observed)),
     };
+    let desired = spec.replicas.clamp(1, MAX_REPLICAS) as u32;
+    if current == 0 {
+        // Waking from hibernation: every member's pod comes back at once, on its own volume.
+        let members = observed
+            .claims
+            .iter()
+            .max()
+            .map_or(0, |highest| highest + 1);
+        return scale(members.max(desired).min(MAX_REPLICAS as u32));
+    }
     if let Some((pod, identity)) = observed
         .answering()
         .find(|(_, identity)| !identity.cluster_id.is_empty() && identity.cluster_id != *cluster_id)
@@ -244,6 +320,7 @@ pub(crate) fn plan_next_step(
         members,
         observed,
         settings,
+        durable: !spec.storage.in_memory,
     };
     if !cluster.has_quorum() {
         return keep(Step::Wait(Wait::NoQuorum));
@@ -262,7 +339,9 @@ pub(crate) fn plan_next_step(
     if let Some(step) = cluster.replace_failed() {
         return keep(step);
     }
-    let desired = spec.replicas.clamp(1, MAX_REPLICAS) as u32;
+    if let Some(step) = cluster.switchover() {
+        return keep(step);
+    }
     if let Some(step) = cluster.shrink_membership(desired) {
         return keep(step);
     }
@@ -305,6 +384,21 @@ fn form_cluster(observed: &Observation) -> Step {
             cluster_id: identity.cluster_id.clone(),
         };
     }
+    // Retained claims beyond ordinal 0 may hold a cluster whose pods have not answered yet, and
+    // any silent pod may belong to one: forming a cluster now could put a second dataset behind
+    // the same Service.
+    if let Some(silent) = observed
+        .pods
+        .iter()
+        .find(|pod| pod.terminating || pod.identity.is_none())
+    {
+        return Step::Wait(Wait::PodStarting {
+            pod: silent.name.clone(),
+        });
+    }
+    if let Some(&ordinal) = observed.claims.iter().find(|&&ordinal| ordinal > 0) {
+        return Step::Wait(Wait::RetainedClaims { ordinal });
+    }
     match observed.answering_at(0) {
         Ok(pod) => Step::Initialize {
             pod: pod.name.clone(),
@@ -344,6 +438,7 @@ struct Cluster<'a> {
     members: &'a [MemberView],
     observed: &'a Observation,
     settings: &'a Settings,
+    durable: bool,
 }
 
 impl Cluster<'_> {
@@ -423,8 +518,11 @@ impl Cluster<'_> {
                     .identity
                     .as_ref()
                     .is_some_and(|identity| identity.node_id != member.id);
+            // The kubelet must agree: an operator that merely cannot reach a pod gives up
+            // nothing.
             let failed = !self.healthy(member)
-                && self.unhealthy_for(member) >= self.settings.failure_timeout;
+                && !pod.ready
+                && self.unhealthy_for(member) >= self.settings.failure_timeout_for(self.durable);
             let because = if replaced {
                 Removal::Replaced
             } else if failed {
@@ -450,6 +548,41 @@ impl Cluster<'_> {
         };
         let elapsed = self.observed.now.duration_since(*since);
         Duration::try_from(elapsed).unwrap_or(Duration::ZERO)
+    }
+
+    /// A switchover the user asked for: hand leadership to that pod's member if it is a ready
+    /// voter, then clear the request; refuse it (and clear it) otherwise.
+    fn switchover(&self) -> Option<Step> {
+        let pod = self.observed.switchover_to.as_ref()?;
+        let finish = |refused: Option<String>| Step::FinishSwitchover {
+            pod: pod.clone(),
+            refused,
+        };
+        let Some(target) = self
+            .members
+            .iter()
+            .find(|member| self.pod_name(member).as_ref() == Some(pod))
+        else {
+            return Some(finish(Some(format!(
+                "{pod} holds no member of this cluster"
+            ))));
+        };
+        if target.leader {
+            return Some(finish(None));
+        }
+        if !target.voter || !self.ready(target) {
+            return Some(finish(Some(format!(
+                "{pod} is not a ready voter (only a healthy, caught-up voter can lead)"
+            ))));
+        }
+        let Some(leader) = self.leader() else {
+            return Some(Step::Wait(Wait::NoQuorum));
+        };
+        Some(Step::TransferLeadership {
+            from: leader.id.clone(),
+            to: target.id.clone(),
+            because: Transfer::Switchover,
+        })
     }
 
     /// Rule 5: the highest ordinal beyond the spec leaves first; a leader hands over first.
@@ -562,6 +695,18 @@ impl Cluster<'_> {
                 because: Transfer::Upgrade,
             };
         }
+        // A lone voter has no one to hand over to: a durable one restarts in place (the
+        // cluster stops for that moment, as the missing budget warned); an in-memory one would
+        // come back empty.
+        if let Some(leader) = self.leader().filter(outdated)
+            && self.voters().count() == 1
+            && let Some(pod) = self.pod_name(leader)
+        {
+            if durable {
+                return Step::RestartPod { pod };
+            }
+            return Step::Wait(Wait::UpgradeUnsafe { pod });
+        }
         Step::Wait(Wait::Steady)
     }
 }
@@ -597,6 +742,12 @@ impl Step {
     fn phase(&self) -> Phase {
         match self {
             Step::Paused => Phase::Paused,
+            Step::Hibernate | Step::Wait(Wait::Hibernated) => Phase::Hibernated,
+            Step::FinishSwitchover { .. }
+            | Step::TransferLeadership {
+                because: Transfer::Switchover,
+                ..
+            } => Phase::Running,
             Step::CreateWorkload | Step::Initialize { .. } | Step::Adopt { .. } => Phase::Creating,
             Step::ScaleStatefulSet { .. }
             | Step::AddLearner { .. }
@@ -613,7 +764,9 @@ impl Step {
             | Step::Wait(Wait::LearnerCatchingUp { .. } | Wait::PodStarting { .. }) => {
                 Phase::Scaling
             }
-            Step::RemoveMember { .. } | Step::Recycle { .. } => Phase::Recovering,
+            Step::RemoveMember { .. } | Step::Recycle { .. } | Step::RecreatePod { .. } => {
+                Phase::Recovering
+            }
             Step::RestartPod { .. }
             | Step::TransferLeadership {
                 because: Transfer::Upgrade,
@@ -625,6 +778,7 @@ impl Step {
                 | Wait::MemberRecovering { .. }
                 | Wait::UpgradeUnsafe { .. },
             ) => Phase::Degraded,
+            Step::Wait(Wait::RetainedClaims { .. }) => Phase::Creating,
             Step::Wait(Wait::Steady) => Phase::Running,
         }
     }
@@ -633,6 +787,12 @@ impl Step {
     pub(crate) fn reason(&self) -> &'static str {
         match self {
             Step::Paused => "Paused",
+            Step::Hibernate => "Hibernating",
+            Step::Wait(Wait::Hibernated) => "Hibernated",
+            Step::FinishSwitchover { refused: None, .. } => "SwitchedOver",
+            Step::FinishSwitchover {
+                refused: Some(_), ..
+            } => "SwitchoverRefused",
             Step::CreateWorkload => "CreatingWorkload",
             Step::ScaleStatefulSet { .. } => "ScalingStatefulSet",
             Step::Initialize { .. } => "Initializing",
@@ -655,12 +815,14 @@ impl Step {
             Step::Recycle { .. } => "RecyclingRemovedIdentity",
             Step::DeleteClaim { .. } => "DeletingVolumeClaim",
             Step::RestartPod { .. } => "RestartingOutdatedPod",
+            Step::RecreatePod { .. } => "RecreatingStuckPod",
             Step::Wait(Wait::PodStarting { .. }) => "WaitingForPod",
             Step::Wait(Wait::NoQuorum) => "NoQuorum",
             Step::Wait(Wait::ForeignCluster { .. }) => "ForeignCluster",
             Step::Wait(Wait::LearnerCatchingUp { .. }) => "LearnerCatchingUp",
             Step::Wait(Wait::MemberRecovering { .. }) => "MemberUnhealthy",
             Step::Wait(Wait::UpgradeUnsafe { .. }) => "UpgradeUnsafe",
+            Step::Wait(Wait::RetainedClaims { .. }) => "RetainedClaims",
             Step::Wait(Wait::Steady) => "Steady",
         }
     }
@@ -669,6 +831,18 @@ impl Step {
     pub(crate) fn message(&self) -> String {
         match self {
             Step::Paused => "spec.paused is set; no action is taken".to_owned(),
+            Step::Hibernate => {
+                "spec.hibernate is set: stopping every pod; volumes and membership are kept"
+                    .to_owned()
+            }
+            Step::Wait(Wait::Hibernated) => {
+                "hibernated: no pods run; set spec.hibernate to false to resume".to_owned()
+            }
+            Step::FinishSwitchover { pod, refused: None } => format!("{pod} leads, as asked"),
+            Step::FinishSwitchover {
+                pod,
+                refused: Some(why),
+            } => format!("switchover to {pod} refused: {why}"),
             Step::CreateWorkload => "creating the StatefulSet and Services".to_owned(),
             Step::ScaleStatefulSet { from, to } => {
                 format!("scaling the StatefulSet from {from} to {to} pods")
@@ -696,6 +870,10 @@ impl Step {
                 format!("deleting the volume claim of ordinal {ordinal}: it holds no member")
             }
             Step::RestartPod { pod } => format!("restarting {pod} onto the current template"),
+            Step::RecreatePod { pod } => format!(
+                "deleting {pod}: it is Pending on a volume claim that is gone or being deleted, \
+                 so it is recreated with a new one"
+            ),
             Step::Wait(Wait::PodStarting { pod }) => format!("waiting for {pod} to answer"),
             Step::Wait(Wait::NoQuorum) => {
                 "no majority of voters is healthy; waiting (an in-memory cluster that lost a \
@@ -713,7 +891,12 @@ impl Step {
             }
             Step::Wait(Wait::UpgradeUnsafe { pod }) => format!(
                 "{pod} runs an outdated template but restarting it would lose the in-memory \
-                 cluster's majority; scale to 3 or more members first"
+                 cluster's majority (or, alone, all its data); scale to 3 or more members first"
+            ),
+            Step::Wait(Wait::RetainedClaims { ordinal }) => format!(
+                "no pod reports a cluster, but the volume claim of ordinal {ordinal} exists and \
+                 may hold one; not forming a new cluster (delete the claims beyond ordinal 0 if \
+                 they hold nothing)"
             ),
             Step::Wait(Wait::Steady) => "membership matches the spec".to_owned(),
         }
@@ -746,11 +929,14 @@ pub(crate) fn status_of(
         _ => observed.recorded_cluster_id.clone(),
     };
     let members: Vec<&MemberView> = observed.membership.iter().flatten().collect();
+    let no_quorum = plan.step == Step::Wait(Wait::NoQuorum);
+    let asleep = matches!(plan.step, Step::Hibernate | Step::Wait(Wait::Hibernated));
+    // The failure timer stands still without a quorum or while hibernating: members that are
+    // not back when it returns (after a node-pool upgrade, say) get the whole timeout from then.
     let unhealthy_since = |id: &str| {
-        observed
-            .unhealthy_since
-            .get(id)
-            .copied()
+        let since = observed.unhealthy_since.get(id).copied();
+        since
+            .filter(|_| !no_quorum && !asleep)
             .unwrap_or(observed.now)
             .to_string()
     };
@@ -763,7 +949,7 @@ pub(crate) fn status_of(
                 id: member.id.clone(),
                 role: if member.voter { "voter" } else { "learner" }.to_owned(),
                 healthy,
-                lag: member.lag,
+                lag: i64::try_from(member.lag).unwrap_or(i64::MAX),
                 unhealthy_since: (!healthy).then(|| unhealthy_since(&member.id)),
             }
         })
@@ -797,7 +983,6 @@ pub(crate) fn status_of(
         Phase::Running if degraded => Phase::Degraded,
         phase => phase,
     };
-    let no_quorum = plan.step == Step::Wait(Wait::NoQuorum);
     let previous_conditions = previous
         .map(|status| status.conditions.as_slice())
         .unwrap_or_default();
@@ -813,7 +998,23 @@ pub(crate) fn status_of(
         )
     };
     let reason = plan.step.reason();
+    // Steady means membership matches the spec and no pod is outdated; every member must also
+    // be ready now, not just healthy.
+    let all_ready = plan.step == Step::Wait(Wait::Steady)
+        && cluster_id.is_some()
+        && !degraded
+        && ready == member_statuses.len();
     let conditions = vec![
+        if all_ready {
+            condition(
+                READY,
+                true,
+                "MembersReady",
+                format!("{ready} of {} members ready", member_statuses.len()),
+            )
+        } else {
+            condition(READY, false, reason, plan.step.message())
+        },
         condition(
             "Available",
             leader.is_some() && !no_quorum,
@@ -853,8 +1054,37 @@ pub(crate) fn status_of(
         leader,
         members: member_statuses,
         conditions,
+        selector: previous.and_then(|s| s.selector.clone()),
         observed_generation: generation.or(previous.and_then(|s| s.observed_generation)),
     }
+}
+
+/// The condition that says whether the cluster is what the spec asks for.
+pub(crate) const READY: &str = "Ready";
+
+/// `status` with a failed reconcile in its `Ready` condition: False, with the error's reason and
+/// message, until a reconcile succeeds again.
+pub(crate) fn with_failure(
+    mut status: KvsClusterStatus,
+    now: Timestamp,
+    generation: Option<i64>,
+    reason: &str,
+    message: String,
+) -> KvsClusterStatus {
+    let ready = condition(
+        &status.conditions,
+        now,
+        generation,
+        READY,
+        false,
+        reason,
+        message,
+    );
+    status
+        .conditions
+        .retain(|condition| condition.type_ != READY);
+    status.conditions.insert(0, ready);
+    status
 }
 
 fn pod_name_at(observed: &Observation, member: &MemberView) -> String {

@@ -19,21 +19,23 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, GRPCAction, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
-    VolumeMount, VolumeResourceRequirements,
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, GRPCAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{KvsCluster, KvsClusterSpec};
+use crate::crd::{KvsCluster, KvsClusterSpec, RESTARTED_AT};
 use crate::quantity;
 
 /// The client gRPC port of every node.
@@ -50,6 +52,9 @@ const TERMINATION_SLACK_SECONDS: i64 = 10;
 const DATA_VOLUME: &str = "data";
 /// The uid and gid the node runs as.
 const NODE_USER: i64 = 65532;
+
+/// The label selector of every object the operator manages: its watches see nothing else.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=kvs-operator";
 
 /// Names of the objects of one cluster, derived from its name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,7 +244,8 @@ impl<'a> Blueprint<'a> {
                 }),
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
-                        labels: Some(names.labels()),
+                        labels: Some(pod_labels(spec, names)),
+                        annotations: pod_annotations(self.cluster),
                         ..ObjectMeta::default()
                     }),
                     spec: Some(PodSpec {
@@ -257,7 +263,14 @@ impl<'a> Blueprint<'a> {
                             seccomp_profile: Some(runtime_default_seccomp()),
                             ..PodSecurityContext::default()
                         }),
-                        affinity: placement.affinity.clone(),
+                        affinity: Some(
+                            placement
+                                .affinity
+                                .clone()
+                                .unwrap_or_else(|| one_member_per_node(names)),
+                        ),
+                        priority_class_name: placement.priority_class_name.clone(),
+                        image_pull_secrets: non_empty(spec.image_pull_secrets.clone()),
                         tolerations: non_empty(placement.tolerations.clone()),
                         node_selector: (!placement.node_selector.is_empty())
                             .then(|| placement.node_selector.clone()),
@@ -440,7 +453,7 @@ pub fn node_container(spec: &KvsClusterSpec, names: &Names, default_image: &str)
             failure_threshold: Some(6),
             ..Probe::default()
         }),
-        resources: spec.resources.clone(),
+        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             read_only_root_filesystem: Some(true),
@@ -486,25 +499,116 @@ fn node_args(spec: &KvsClusterSpec, names: &Names) -> Vec<String> {
             args.push(format!("--log-disk-bytes={}", log_disk_bytes(volume)));
         }
     }
-    if spec.resp.enabled {
-        args.push(format!("--resp-listen=0.0.0.0:{}", spec.resp.port));
+    let resp = &spec.resp;
+    if resp.enabled {
+        args.push(format!("--resp-listen=0.0.0.0:{}", resp.port));
+        if resp.allow_flush {
+            args.push("--resp-allow-flush".into());
+        }
+        if resp.serializable_reads {
+            args.push("--resp-serializable-reads".into());
+        }
     }
     let config = &spec.config;
-    let tuning = [
+    let mut tuning = vec![
         ("election-timeout-ms", config.election_timeout_ms),
         ("heartbeat-interval-ms", config.heartbeat_interval_ms),
         ("request-timeout-ms", config.request_timeout_ms),
         ("max-key-bytes", config.max_key_bytes),
         ("max-value-bytes", config.max_value_bytes),
         ("max-batch-ops", config.max_batch_ops),
+        ("max-batch-bytes", config.max_batch_bytes),
         ("shutdown-grace-ms", config.shutdown_grace_ms),
+        ("snapshot-every", config.snapshot_every),
     ];
+    if resp.enabled {
+        tuning.push(("resp-idle-timeout-ms", resp.idle_timeout_ms));
+        tuning.push(("resp-request-timeout-ms", resp.request_timeout_ms));
+    }
     args.extend(
         tuning
             .into_iter()
             .filter_map(|(flag, value)| value.map(|value| format!("--{flag}={value}"))),
     );
+    if let Some(policy) = config.read_policy {
+        args.push(format!("--read-policy={}", policy.flag()));
+    }
+    if let Some(quota) = quota_bytes(spec) {
+        args.push(format!("--quota-bytes={quota}"));
+    }
     args
+}
+
+/// The share of the container's memory limit the node's quota defaults to: the rest is the
+/// node's own working memory (Raft log cache, connections, snapshots being built).
+const QUOTA_PERCENT_OF_LIMIT: u64 = 70;
+
+/// `--quota-bytes`: the spec's `config.quotaBytes`, else 70% of the container's memory limit
+/// (the default resources have one), else none — the node then takes half its cgroup's limit.
+/// Without it the quota would follow the host's memory, and a node would be OOM-killed before
+/// its NOSPACE alarm could fire.
+fn quota_bytes(spec: &KvsClusterSpec) -> Option<u64> {
+    if let Some(quota) = &spec.config.quota_bytes {
+        return quantity::bytes(quota);
+    }
+    let resources = spec.resources.clone().unwrap_or_else(default_resources);
+    let limit = resources.limits?.get("memory").and_then(quantity::bytes)?;
+    let share = u128::from(limit) * u128::from(QUOTA_PERCENT_OF_LIMIT) / 100;
+    Some(u64::try_from(share).unwrap_or(u64::MAX))
+}
+
+/// The pod annotations: the spec's, and the restart request, whose change rolls the pods.
+fn pod_annotations(cluster: &KvsCluster) -> Option<BTreeMap<String, String>> {
+    let mut annotations = cluster.spec.pod_metadata.annotations.clone();
+    if let Some(at) = cluster.annotations().get(RESTARTED_AT) {
+        annotations.insert(RESTARTED_AT.to_owned(), at.clone());
+    }
+    (!annotations.is_empty()).then_some(annotations)
+}
+
+/// The pod labels: the spec's, then the operator's, which win because they select the pods.
+fn pod_labels(spec: &KvsClusterSpec, names: &Names) -> BTreeMap<String, String> {
+    let mut labels = spec.pod_metadata.labels.clone();
+    labels.extend(names.labels());
+    labels
+}
+
+/// The default placement: members prefer distinct nodes, so losing a node costs one member;
+/// preferred rather than required, so a cluster larger than the node count still schedules.
+fn one_member_per_node(names: &Names) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".into(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(names.selector()),
+                            match_expressions: None,
+                        }),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+/// The default resources: requested, so pods are Burstable rather than BestEffort (evicted
+/// first under memory pressure), with a memory limit the node's quota is derived from.
+fn default_resources() -> ResourceRequirements {
+    let quantity = |text: &str| Quantity(text.into());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), quantity("250m")),
+            ("memory".to_owned(), quantity("512Mi")),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_owned(), quantity("1Gi"))])),
+        ..ResourceRequirements::default()
+    }
 }
 
 fn container_ports(spec: &KvsClusterSpec) -> Vec<ContainerPort> {

@@ -52,18 +52,27 @@ The operator's service account.
 {{- end }}
 
 {{/*
-The operator's image; the tag defaults to the chart's appVersion.
+The operator's image: repository@digest when a digest is given, else repository:tag with the
+tag defaulting to the chart's appVersion.
 */}}
 {{- define "kvs-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/*
-The kvs-node image of KvsClusters that name none; the tag defaults to the chart's appVersion,
-which is the operator's own default.
+The kvs-node image of KvsClusters that name none: repository@digest when a digest is given, else
+repository:tag with the tag defaulting to the chart's appVersion, the operator's own default.
 */}}
 {{- define "kvs-operator.nodeImage" -}}
+{{- if .Values.nodeImage.digest }}
+{{- printf "%s@%s" .Values.nodeImage.repository .Values.nodeImage.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.nodeImage.repository (default .Chart.AppVersion .Values.nodeImage.tag) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -82,7 +91,7 @@ An apply (server-side apply) that creates an object is authorized as `create` as
 {{- define "kvs-operator.rules" -}}
 - apiGroups: ["kvs.io"]
   resources: ["kvsclusters"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["kvs.io"]
   resources: ["kvsclusters/status"]
   verbs: ["patch"]

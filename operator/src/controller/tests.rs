@@ -48,6 +48,8 @@ struct ApiState {
     statefulset: Option<Value>,
     pods: Vec<Value>,
     claims: Vec<Value>,
+    /// A request line (`PATCH /apis/...`) the server refuses as invalid.
+    refuse: Option<&'static str>,
 }
 
 fn not_found() -> (StatusCode, Value) {
@@ -60,6 +62,13 @@ fn not_found() -> (StatusCode, Value) {
 
 fn answer(state: &ApiState, method: &Method, path: &str, body: &Value) -> (StatusCode, Value) {
     let list = |kind: &str, items: &[Value]| json!({"kind": kind, "apiVersion": "v1", "metadata": {}, "items": items});
+    if state.refuse == Some(format!("{method} {path}").as_str()) {
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": "Invalid", "code": 422, "message": REFUSAL
+        });
+        return (StatusCode::UNPROCESSABLE_ENTITY, status);
+    }
     match (method.as_str(), path) {
         ("GET", "/apis/apps/v1/namespaces/shop/statefulsets/orders") => match &state.statefulset {
             Some(set) => (StatusCode::OK, set.clone()),
@@ -71,6 +80,9 @@ fn answer(state: &ApiState, method: &Method, path: &str, body: &Value) -> (Statu
             list("PersistentVolumeClaimList", &state.claims),
         ),
         ("DELETE", _) => not_found(),
+        ("PATCH", "/apis/kvs.io/v1alpha1/namespaces/shop/kvsclusters/orders") => {
+            (StatusCode::OK, state.cluster.clone())
+        }
         ("PATCH", path) if path.ends_with("/status") => {
             let mut cluster = state.cluster.clone();
             cluster["status"] = body["status"].clone();
@@ -152,6 +164,8 @@ fn body_of<'a>(calls: &'a [Call], line: &str) -> &'a Value {
         .body
 }
 
+const REFUSAL: &str = "StatefulSet.apps \"orders\" is invalid: spec: Forbidden: updates to \
+                       statefulset spec for fields other than 'replicas' are forbidden";
 const STATUS: &str = "PATCH /apis/kvs.io/v1alpha1/namespaces/shop/kvsclusters/orders/status";
 const STATEFULSET: &str = "PATCH /apis/apps/v1/namespaces/shop/statefulsets/orders";
 const OBSERVE: [&str; 3] = [
@@ -190,6 +204,10 @@ async fn a_new_cluster_gets_its_objects_with_one_pod_an_event_and_a_status() {
     assert_eq!(status["phase"], json!(Phase::Creating));
     assert_eq!(status["replicas"], 0);
     assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(
+        status["selector"],
+        "app.kubernetes.io/instance=orders,app.kubernetes.io/name=kvs"
+    );
     assert!(status.get("clusterID").is_none());
     let progressing = status["conditions"]
         .as_array()
@@ -234,6 +252,7 @@ async fn a_pod_that_does_not_answer_is_waited_for_without_initializing_anything(
         statefulset: Some(serde_json::to_value(blueprint.statefulset(1)).expect("serializes")),
         pods: vec![pod(0)],
         claims: Vec::new(),
+        refuse: None,
     };
     let (calls, result) = reconcile_against(cluster, state).await;
     assert!(result.is_ok(), "{result:?}");
@@ -297,6 +316,7 @@ async fn scaling_down_removes_the_member_then_the_pod_then_its_volume() {
         ),
         pods: (0..pods).map(pod).collect(),
         claims: (0..claims).map(claim).collect(),
+        refuse: None,
     };
 
     // 1: the member at the highest ordinal leaves the Raft cluster; nothing else changes.
@@ -326,15 +346,16 @@ async fn scaling_down_removes_the_member_then_the_pod_then_its_volume() {
     ));
     assert_eq!(event_reasons(&calls), ["DeletingVolumeClaim"]);
 
-    // 4: steady: objects re-applied unchanged, no event, Running.
+    // 4: steady: objects re-applied unchanged, no event, Running; with the spec already
+    // observed, no optional object is deleted again (two members get no budget).
     let (calls, result) = reconcile_with(cluster.clone(), state(2, 2, 2), resolver).await;
     assert!(result.is_ok(), "{result:?}");
     let mut expected: Vec<String> = OBSERVE.iter().map(|line| line.to_string()).collect();
-    // Two members get no budget.
     expected.extend(
         APPLY
             .iter()
-            .map(|line| line.replace("PATCH /apis/policy", "DELETE /apis/policy")),
+            .filter(|line| !line.contains("/poddisruptionbudgets/") && !line.starts_with("DELETE"))
+            .map(|line| line.to_string()),
     );
     expected.push(STATUS.to_owned());
     assert_eq!(lines(&calls), expected);
@@ -356,6 +377,7 @@ async fn pods_that_already_hold_a_cluster_are_adopted() {
         statefulset: Some(serde_json::to_value(blueprint.statefulset(3)).expect("serializes")),
         pods: (0..3).map(pod).collect(),
         claims: Vec::new(),
+        refuse: None,
     };
     let (calls, result) = reconcile_with(cluster.clone(), state, Arc::new(kvs.resolver())).await;
     assert!(result.is_ok(), "{result:?}");
@@ -365,4 +387,112 @@ async fn pods_that_already_hold_a_cluster_are_adopted() {
     assert_eq!(status["clusterID"], super::fake_kvs::CLUSTER_ID);
     assert_eq!(status["replicas"], 3);
     assert_eq!(status["leader"], "orders-0");
+}
+
+/// A step the API server refuses is visible on the KvsCluster: `Ready=False` with the error as
+/// reason and message, and a Warning Event; the reconcile still fails, so it is retried.
+#[tokio::test]
+async fn a_failed_reconcile_is_reported_in_ready_and_in_a_warning_event() {
+    let cluster = cluster(3);
+    let blueprint = Blueprint::new(&cluster, "kvs:test").expect("an identified cluster");
+    let state = ApiState {
+        cluster: Value::Null,
+        statefulset: Some(serde_json::to_value(blueprint.statefulset(1)).expect("serializes")),
+        pods: vec![pod(0)],
+        claims: Vec::new(),
+        refuse: Some(STATEFULSET),
+    };
+    let (calls, result) = reconcile_against(cluster, state).await;
+    assert!(result.is_err(), "{result:?}");
+    let warning = calls
+        .iter()
+        .find(|call| call.path.ends_with("/events") && call.body["type"] == "Warning")
+        .expect("a warning event");
+    assert_eq!(warning.body["reason"], "KubernetesApiError");
+    assert!(
+        warning.body["note"]
+            .as_str()
+            .is_some_and(|note| note.contains("Forbidden")),
+        "{warning:?}"
+    );
+    let status = &body_of(&calls, STATUS)["status"];
+    let ready = status["conditions"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["type"] == "Ready"))
+        .expect("a Ready condition");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "KubernetesApiError");
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Forbidden")),
+        "{ready}"
+    );
+}
+
+#[test]
+fn failures_back_off_exponentially_up_to_a_ceiling() {
+    let waits: Vec<u64> = (1..=10).map(|n| backoff(n).as_secs()).collect();
+    assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300, 300]);
+}
+
+/// Only spec and annotation changes reconcile: the operator's own status writes do not.
+#[tokio::test]
+async fn status_writes_do_not_trigger_reconciles() {
+    use futures::StreamExt;
+    let first = cluster(3);
+    let mut status_only = first.clone();
+    status_only.status = Some(crate::crd::KvsClusterStatus {
+        ready_replicas: 3,
+        ..Default::default()
+    });
+    let mut new_spec = status_only.clone();
+    new_spec.metadata.generation = Some(2);
+    let mut annotated = new_spec.clone();
+    annotated.metadata.annotations =
+        Some([("kvs.io/switchover-to".to_owned(), "orders-1".to_owned())].into());
+    let events = [first, status_only, new_spec, annotated]
+        .into_iter()
+        .map(|cluster| Ok(kube::runtime::watcher::Event::Apply(cluster)));
+    let passed: Vec<KvsCluster> = changes_worth_a_reconcile(futures::stream::iter(events))
+        .filter_map(|result| async move { result.ok() })
+        .collect()
+        .await;
+    let generations: Vec<Option<i64>> = passed.iter().map(|c| c.metadata.generation).collect();
+    assert_eq!(generations, [Some(1), Some(2), Some(2)]);
+}
+
+/// A switchover to the member that already leads is finished: the request is removed from the
+/// KvsCluster (a merge patch, so nothing else of it changes) and an Event says so.
+#[tokio::test]
+async fn a_finished_switchover_removes_its_annotation_and_records_an_event() {
+    let mut cluster = fixtures::cluster(fixtures::spec(3, true));
+    cluster.status = Some(crate::crd::KvsClusterStatus {
+        cluster_id: Some(super::fake_kvs::CLUSTER_ID.into()),
+        observed_generation: Some(1),
+        ..Default::default()
+    });
+    cluster.metadata.annotations =
+        Some([(crate::crd::SWITCHOVER_TO.to_owned(), "orders-0".to_owned())].into());
+    let blueprint = Blueprint::new(&cluster, "kvs:test").expect("an identified cluster");
+    let kvs = FakeCluster::start(&blueprint.names, 3).await;
+    let state = ApiState {
+        cluster: Value::Null,
+        statefulset: Some(serde_json::to_value(blueprint.statefulset(3)).expect("serializes")),
+        pods: (0..3).map(pod).collect(),
+        claims: (0..3).map(claim).collect(),
+        refuse: None,
+    };
+    let (calls, result) = reconcile_with(cluster, state, Arc::new(kvs.resolver())).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert!(kvs.calls().is_empty(), "{:?}", kvs.calls());
+    let patch = body_of(
+        &calls,
+        "PATCH /apis/kvs.io/v1alpha1/namespaces/shop/kvsclusters/orders",
+    );
+    assert_eq!(
+        patch,
+        &json!({"metadata": {"annotations": {"kvs.io/switchover-to": null}}})
+    );
+    assert_eq!(event_reasons(&calls), ["SwitchedOver"]);
 }

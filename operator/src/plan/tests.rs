@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::crd::KvsClusterSpec;
 use crate::crd::fixtures::spec;
+use crate::crd::{KvsClusterSpec, Phase};
 
 const CLUSTER: &str = "c0ffee00c0ffee00c0ffee00c0ffee00";
 
@@ -43,6 +43,8 @@ struct World {
     members: Vec<SimMember>,
     leader: Option<String>,
     next_id: u64,
+    /// The KvsCluster's `kvs.io/switchover-to` annotation.
+    switchover: Option<String>,
 }
 
 fn address(ordinal: u32) -> String {
@@ -66,6 +68,7 @@ impl World {
             members: Vec::new(),
             leader: None,
             next_id: 0,
+            switchover: None,
         }
     }
 
@@ -110,6 +113,8 @@ impl World {
                     address: address(ordinal),
                     terminating: false,
                     outdated: pod.outdated,
+                    ready: pod.up,
+                    pending: false,
                     identity: pod.up.then(|| {
                         let member = self.members.iter().any(|m| m.id == pod.node_id);
                         Identity {
@@ -125,6 +130,8 @@ impl World {
                 })
                 .collect(),
             claims: self.claims.keys().copied().collect(),
+            terminating_claims: Vec::new(),
+            switchover_to: self.switchover.clone(),
             membership: leader_known.then(|| {
                 self.members
                     .iter()
@@ -241,11 +248,13 @@ impl World {
                 assert!(!self.pods.contains_key(ordinal), "deleted a claim in use");
                 self.claims.remove(ordinal);
             }
-            Step::RestartPod { pod } => {
+            Step::RestartPod { pod } | Step::RecreatePod { pod } => {
                 self.pods.remove(&ordinal_of(pod));
             }
+            Step::FinishSwitchover { .. } => self.switchover = None,
             Step::Paused
             | Step::CreateWorkload
+            | Step::Hibernate
             | Step::ScaleStatefulSet { .. }
             | Step::Adopt { .. }
             | Step::Wait(_) => {}
@@ -272,7 +281,7 @@ impl World {
             // An unsafe upgrade waits for the user, not for the world.
             if matches!(
                 plan.step,
-                Step::Wait(Wait::Steady | Wait::UpgradeUnsafe { .. })
+                Step::Wait(Wait::Steady | Wait::UpgradeUnsafe { .. } | Wait::Hibernated)
             ) {
                 return steps;
             }
@@ -280,7 +289,8 @@ impl World {
             // moment: no budget can prevent that, which the PDB warning tells the user.
             let voters = self.members.iter().filter(|m| m.voter).count();
             let brief = self.durable && voters <= 2 && matches!(plan.step, Step::RestartPod { .. });
-            if !self.members.is_empty() && !brief {
+            let asleep = matches!(plan.step, Step::Hibernate) || self.replicas == Some(0);
+            if !self.members.is_empty() && !brief && !asleep {
                 assert!(self.has_quorum(), "quorum lost after {:?}", plan.step);
             }
             steps.push(plan.step);
@@ -793,4 +803,239 @@ proptest! {
             world.assert_matches_spec(replicas as u32);
         }
     }
+}
+
+fn condition<'a>(world: &'a World, kind: &str) -> &'a Condition {
+    let status = world.status.as_ref().expect("a status");
+    status
+        .conditions
+        .iter()
+        .find(|condition| condition.type_ == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition in {:?}", status.conditions))
+}
+
+#[test]
+fn ready_holds_only_while_every_member_the_spec_asks_for_is_ready() {
+    let mut world = running(3, true);
+    let ready = condition(&world, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "MembersReady")
+    );
+
+    // Asked for more members than there are: not Ready, and the reason says why.
+    world.reconcile(&spec(5, true), false);
+    let ready = condition(&world, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "ScalingStatefulSet")
+    );
+
+    // A member down: not Ready either.
+    let mut world = running(3, true);
+    world.pods.get_mut(&2).expect("kvs-2").up = false;
+    world.reconcile(&spec(3, true), true);
+    let ready = condition(&world, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "MemberUnhealthy")
+    );
+}
+
+#[test]
+fn a_one_member_durable_cluster_restarts_in_place_onto_a_new_image() {
+    let mut world = running(1, true);
+    world.outdate_all();
+    let steps = world.converge(&spec(1, true));
+    assert_eq!(names(&steps), ["RestartingOutdatedPod"]);
+    assert!(world.pods.values().all(|pod| !pod.outdated));
+    world.assert_matches_spec(1);
+}
+
+#[test]
+fn a_one_member_in_memory_cluster_reports_its_upgrade_as_unsafe() {
+    let mut world = running(1, false);
+    world.outdate_all();
+    let plan = world.reconcile(&spec(1, false), true);
+    assert_eq!(plan.step.reason(), "UpgradeUnsafe");
+    let status = world.status.as_ref().expect("a status");
+    assert_ne!(status.phase, Some(Phase::Running), "the image is old");
+}
+
+/// A node-pool upgrade takes a majority down for longer than the failure timeout; members not
+/// yet back when the quorum returns are given the whole timeout again, counted from then.
+#[test]
+fn the_failure_timer_restarts_when_the_quorum_returns() {
+    let mut world = running(3, true);
+    for ordinal in [1, 2] {
+        world.pods.get_mut(&ordinal).expect("a pod").up = false;
+    }
+    world.settle();
+    // 400 reconciles 10 s apart: far past any failure timeout.
+    for _ in 0..400 {
+        world.reconcile(&spec(3, true), true);
+    }
+    world.pods.get_mut(&1).expect("kvs-1").up = true;
+    world.settle();
+    let plan = world.reconcile(&spec(3, true), true);
+    assert_eq!(plan.step.reason(), "MemberUnhealthy", "{plan:?}");
+}
+
+/// Only a member the kubelet also reports not Ready is given up: an operator that merely cannot
+/// reach a pod must not wipe it.
+#[test]
+fn a_member_whose_pod_the_kubelet_reports_ready_is_not_removed() {
+    let world = running(3, true);
+    let mut observed = world.observe();
+    let since = observed.now - Duration::from_secs(3600);
+    let member = observed.membership.as_ref().expect("members")[2].id.clone();
+    observed.unhealthy_since.insert(member, since);
+    let pod = observed
+        .pods
+        .iter_mut()
+        .find(|pod| pod.ordinal == 2)
+        .expect("kvs-2");
+    pod.identity = None;
+    pod.ready = true;
+    let plan = plan_next_step(&spec(3, true), &observed, &Settings::default());
+    assert_eq!(plan.step.reason(), "MemberUnhealthy");
+    let pod = observed
+        .pods
+        .iter_mut()
+        .find(|pod| pod.ordinal == 2)
+        .expect("kvs-2");
+    pod.ready = false;
+    let plan = plan_next_step(&spec(3, true), &observed, &Settings::default());
+    assert_eq!(plan.step.reason(), "RemovingFailedMember");
+}
+
+#[test]
+fn durable_members_are_given_longer_than_in_memory_ones() {
+    let settings = Settings::default();
+    assert!(settings.failure_timeout_for(true) > settings.failure_timeout_for(false));
+}
+
+/// kubernetes#74374: the StatefulSet controller recreated a recycled pod while its claim was
+/// still terminating (or already gone); such a pod stays Pending forever unless deleted again.
+#[test]
+fn a_pod_pending_on_a_missing_or_terminating_claim_is_deleted_again() {
+    let world = running(3, true);
+    let mut observed = world.observe();
+    if let Some(members) = observed.membership.as_mut() {
+        members.retain(|member| member.ordinal != Some(2));
+    }
+    let pod = observed
+        .pods
+        .iter_mut()
+        .find(|pod| pod.ordinal == 2)
+        .expect("kvs-2");
+    pod.identity = None;
+    pod.pending = true;
+    observed.terminating_claims = vec![2];
+    let plan = plan_next_step(&spec(3, true), &observed, &Settings::default());
+    assert_eq!(
+        plan.step,
+        Step::RecreatePod {
+            pod: "kvs-2".into()
+        }
+    );
+    observed.terminating_claims.clear();
+    observed.claims.retain(|&ordinal| ordinal != 2);
+    let plan = plan_next_step(&spec(3, true), &observed, &Settings::default());
+    assert_eq!(plan.step.reason(), "RecreatingStuckPod");
+    // A pending pod whose claim is fine is only waited for.
+    observed.claims.push(2);
+    let plan = plan_next_step(&spec(3, true), &observed, &Settings::default());
+    assert_ne!(plan.step.reason(), "RecreatingStuckPod");
+}
+
+/// A KvsCluster re-created over retained claims whose pod-0 lost its volume: pod-0 answers
+/// first with no cluster, but the others' volumes hold one. Initializing pod-0 then would put
+/// two datasets behind one Service; the others are waited for and their cluster adopted.
+#[test]
+fn pod_zero_is_not_initialized_while_other_claims_exist_or_pods_are_silent() {
+    let mut world = running(3, true);
+    world.status = None;
+    world.replicas = None;
+    let fresh = world.new_id();
+    world.pods.get_mut(&0).expect("kvs-0").node_id = fresh.clone();
+    world.claims.insert(0, fresh);
+    let plan = world.reconcile(&spec(3, true), true);
+    assert_eq!(plan.step, Step::CreateWorkload);
+    // The pods are back; 1 and 2 are slower to answer than the fresh pod-0.
+    for ordinal in [1, 2] {
+        world.pods.get_mut(&ordinal).expect("a pod").up = false;
+    }
+    for _ in 0..3 {
+        let plan = world.reconcile(&spec(3, true), true);
+        assert!(
+            matches!(plan.step, Step::Wait(Wait::PodStarting { .. })),
+            "{plan:?}"
+        );
+    }
+    for ordinal in [1, 2] {
+        world.pods.get_mut(&ordinal).expect("a pod").up = true;
+    }
+    world.settle();
+    let plan = world.reconcile(&spec(3, true), true);
+    assert_eq!(plan.step.reason(), "AdoptingCluster");
+}
+
+#[test]
+fn a_switchover_moves_leadership_to_the_named_pod_then_is_finished() {
+    let mut world = running(3, true);
+    assert_eq!(world.leader_ordinal(), 0);
+    world.switchover = Some("kvs-2".into());
+    let steps = world.converge(&spec(3, true));
+    assert_eq!(
+        names(&steps),
+        ["TransferringLeadership", "SwitchedOver"],
+        "{steps:?}"
+    );
+    assert_eq!(world.leader_ordinal(), 2);
+    assert_eq!(world.switchover, None);
+}
+
+#[test]
+fn a_switchover_to_a_pod_that_is_no_ready_voter_is_refused() {
+    let mut world = running(3, true);
+    world.switchover = Some("kvs-7".into());
+    let plan = world.reconcile(&spec(3, true), true);
+    assert!(
+        matches!(
+            &plan.step,
+            Step::FinishSwitchover {
+                refused: Some(_),
+                ..
+            }
+        ),
+        "{plan:?}"
+    );
+    assert_eq!(plan.step.reason(), "SwitchoverRefused");
+    assert_eq!(world.switchover, None);
+    assert_eq!(world.leader_ordinal(), 0);
+}
+
+#[test]
+fn hibernation_stops_every_pod_and_resumes_the_same_cluster() {
+    let mut world = running(3, true);
+    let members: Vec<String> = world.members.iter().map(|m| m.id.clone()).collect();
+    let mut hibernating = spec(3, true);
+    hibernating.hibernate = true;
+    let steps = world.converge(&hibernating);
+    assert_eq!(names(&steps), ["Hibernating"]);
+    assert!(world.pods.is_empty());
+    assert_eq!(world.claims.len(), 3, "the volumes are kept");
+    let status = world.status.as_ref().expect("a status");
+    assert_eq!(status.phase, Some(Phase::Hibernated));
+    assert_eq!(status.replicas, 3, "the members are still listed");
+    // A long sleep is no failure.
+    for _ in 0..400 {
+        world.reconcile(&hibernating, true);
+    }
+    let steps = world.converge(&spec(3, true));
+    assert_eq!(names(&steps), ["ScalingStatefulSet"]);
+    world.assert_matches_spec(3);
+    let after: Vec<String> = world.members.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(after, members, "the same members, not new ones");
 }

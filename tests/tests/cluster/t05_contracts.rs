@@ -140,6 +140,9 @@ fn spec(storage: StorageSpec, resp: RespSpec, config: crd::NodeConfig) -> KvsClu
         placement: Default::default(),
         network_policy: Default::default(),
         paused: false,
+        hibernate: false,
+        image_pull_secrets: Vec::new(),
+        pod_metadata: Default::default(),
     }
 }
 
@@ -207,6 +210,10 @@ fn assert_node_accepts(spec: &KvsClusterSpec) {
             max_value_bytes,
             max_batch_ops,
             shutdown_grace_ms,
+            max_batch_bytes,
+            quota_bytes,
+            snapshot_every,
+            read_policy,
         } = &spec.config;
         let or = |asked: &Option<u32>, default: u64| asked.map_or(default, u64::from);
         let size = |bytes: usize| bytes as u64;
@@ -247,10 +254,50 @@ fn assert_node_accepts(spec: &KvsClusterSpec) {
                 or(shutdown_grace_ms, defaults.shutdown_grace_ms),
             ),
         ];
-        for (setting, got, asked) in settings {
+        let more = [
+            (
+                "max_batch_bytes",
+                size(node.max_batch_bytes),
+                or(max_batch_bytes, size(defaults.max_batch_bytes)),
+            ),
+            (
+                "snapshot_every",
+                node.snapshot_every,
+                or(snapshot_every, defaults.snapshot_every),
+            ),
+        ];
+        for (setting, got, asked) in settings.into_iter().chain(more) {
             assert_eq!(
                 got, asked,
                 "{setting}: the node does not run as the spec asks"
+            );
+        }
+        assert_eq!(
+            format!("{:?}", node.read_policy),
+            format!("{:?}", read_policy.unwrap_or(crd::ReadPolicy::ReadIndex)),
+            "read_policy: the node does not run as the spec asks"
+        );
+        if let Some(quota) = quota_bytes {
+            assert_eq!(node.quota_bytes, kvs_operator::quantity::bytes(quota));
+        }
+        let crd::RespSpec {
+            enabled,
+            port: _,
+            allow_flush,
+            serializable_reads,
+            idle_timeout_ms,
+            request_timeout_ms,
+        } = &spec.resp;
+        if *enabled {
+            assert_eq!(node.resp_allow_flush, *allow_flush);
+            assert_eq!(node.resp_serializable_reads, *serializable_reads);
+            assert_eq!(
+                node.resp_idle_timeout_ms,
+                or(idle_timeout_ms, defaults.resp_idle_timeout_ms)
+            );
+            assert_eq!(
+                node.resp_request_timeout_ms,
+                or(request_timeout_ms, defaults.resp_request_timeout_ms)
             );
         }
     }
@@ -283,6 +330,10 @@ fn a_cluster_with_every_node_setting_starts_its_nodes_as_asked() {
     let resp = RespSpec {
         enabled: true,
         port: 6380,
+        allow_flush: true,
+        serializable_reads: true,
+        idle_timeout_ms: Some(120_000),
+        request_timeout_ms: Some(30_000),
     };
     // Every field, listed without `..`: a new one must be given a value here.
     let config = crd::NodeConfig {
@@ -293,6 +344,10 @@ fn a_cluster_with_every_node_setting_starts_its_nodes_as_asked() {
         max_value_bytes: Some(2 * 1024 * 1024),
         max_batch_ops: Some(64),
         shutdown_grace_ms: Some(25_000),
+        max_batch_bytes: Some(8 * 1024 * 1024),
+        quota_bytes: Some(Quantity("700Mi".into())),
+        snapshot_every: Some(50_000),
+        read_policy: Some(crd::ReadPolicy::Lease),
     };
     assert_node_accepts(&spec(durable("10Gi"), resp, config));
 }

@@ -4,6 +4,10 @@
 //! survives. The fake API server records every kind of request it serves, so the operator's RBAC
 //! can be checked against what it really calls.
 //!
+//! The harness (`start_operator`, `Operator::converge`/`until`, the fake API server of
+//! `fake_api`, also served over HTTP for `kubectl kvs`) is private to this module and so shared
+//! with its child modules such as `t95_operator/backup.rs`.
+//!
 //! Kubernetes is played in-process: a small fake API server (a `tower` service given to
 //! `kube::Client::new`) stores the objects the operator applies, patches and deletes, and this
 //! test acts as the StatefulSet controller and kubelet — one `kvs-node` process per pod of the
@@ -218,6 +222,16 @@ impl Operator {
     /// Reconciles (with the kubelet catching up in between) until the status shows the spec's
     /// members all healthy on the current revision.
     async fn converge(&mut self, what: &str) -> KvsCluster {
+        self.until(what, |operator, cluster| operator.converged(cluster))
+            .await
+    }
+
+    /// Reconciles (with the kubelet catching up in between) until `done` holds.
+    async fn until(
+        &mut self,
+        what: &str,
+        done: impl Fn(&Operator, &KvsCluster) -> bool,
+    ) -> KvsCluster {
         let deadline = tokio::time::Instant::now() + CONVERGE;
         loop {
             self.kubelet.sync().await;
@@ -227,7 +241,7 @@ impl Operator {
             }
             self.kubelet.sync().await;
             let cluster = self.cluster();
-            if self.converged(&cluster) {
+            if done(self, &cluster) {
                 return cluster;
             }
             assert!(
@@ -261,8 +275,11 @@ impl Operator {
     }
 }
 
-#[tokio::test]
-async fn the_operator_scales_replaces_and_upgrades_without_losing_writes() {
+/// An operator over the fake API server holding the KvsCluster `orders` of `spec`, with this
+/// test as its kubelet; also returns the nodes' ports and the fake API server's task.
+async fn start_operator(
+    spec: serde_json::Value,
+) -> (Operator, Vec<u16>, tokio::task::JoinHandle<()>) {
     let bins = tokio::task::spawn_blocking(kvs_tests::binaries)
         .await
         .expect("binaries are built");
@@ -279,11 +296,7 @@ async fn the_operator_scales_replaces_and_upgrades_without_losing_writes() {
         }),
         metrics: Arc::new(Metrics::default()),
     };
-    let mut cluster = KvsCluster::new(
-        NAME,
-        serde_json::from_value(json!({"replicas": 3, "storage": {"inMemory": true}}))
-            .expect("a valid spec"),
-    );
+    let mut cluster = KvsCluster::new(NAME, serde_json::from_value(spec).expect("a valid spec"));
     cluster.metadata.namespace = Some(NAMESPACE.into());
     cluster.metadata.uid = Some("uid-kvscluster".into());
     cluster.metadata.generation = Some(1);
@@ -291,7 +304,7 @@ async fn the_operator_scales_replaces_and_upgrades_without_losing_writes() {
         CLUSTER_PATH.into(),
         serde_json::to_value(&cluster).expect("serializes"),
     );
-    let mut operator = Operator {
+    let operator = Operator {
         store: store.clone(),
         context: Arc::new(Context::new(client, &config)),
         kubelet: Kubelet {
@@ -301,6 +314,14 @@ async fn the_operator_scales_replaces_and_upgrades_without_losing_writes() {
             node: bins.node.clone(),
         },
     };
+    (operator, ports, server)
+}
+
+#[tokio::test]
+async fn the_operator_scales_replaces_and_upgrades_without_losing_writes() {
+    let (mut operator, ports, server) =
+        start_operator(json!({"replicas": 3, "storage": {"inMemory": true}})).await;
+    let store = operator.store.clone();
 
     let formed = operator.converge("forming 3 members").await;
     let cluster_id = formed
@@ -390,5 +411,133 @@ async fn the_operator_scales_replaces_and_upgrades_without_losing_writes() {
         served, RECONCILE_CALLS,
         "the kinds of API request reconcile made"
     );
+    server.abort();
+}
+
+/// Runs `kubectl kvs ARGS` against the fake API server at `url`, through a kubeconfig as kubectl
+/// would read it; returns its standard output.
+async fn kubectl_kvs(url: &str, args: &[&str]) -> String {
+    let plugin = kvs_tests::binaries().node.with_file_name("kubectl-kvs");
+    assert!(
+        plugin.is_file(),
+        "{} is missing: `cargo build -p kvs-operator --bins` builds it",
+        plugin.display()
+    );
+    let home = tempfile::tempdir().expect("a scratch directory");
+    let kubeconfig = home.path().join("config");
+    let config = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+         clusters: [{{name: fake, cluster: {{server: \"{url}\"}}}}]\n\
+         users: [{{name: fake, user: {{}}}}]\n\
+         contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: {NAMESPACE}}}}}]\n"
+    );
+    std::fs::write(&kubeconfig, config).expect("kubeconfig written");
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(&plugin)
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", home.path())
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output(),
+    )
+    .await
+    .expect("kubectl kvs finishes")
+    .expect("kubectl kvs runs");
+    assert!(
+        output.status.success(),
+        "kubectl kvs {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// Day two on one cluster: `kubectl kvs status` and `switchover` through a kubeconfig, a
+/// rolling restart asked for with `kubectl kvs restart`, and a refused StatefulSet patch shown
+/// in the Ready condition.
+#[tokio::test]
+async fn switchover_restart_and_errors_through_kubectl_kvs() {
+    let (mut operator, _ports, server) =
+        start_operator(json!({"replicas": 3, "storage": {"inMemory": true}})).await;
+    let (url, http) = fake_api::serve_http(operator.store.clone()).await;
+    let formed = operator.converge("forming 3 members").await;
+    let leader = formed.status.and_then(|s| s.leader).expect("a leader");
+
+    let status: serde_json::Value =
+        serde_json::from_str(&kubectl_kvs(&url, &["-o", "json", "status", NAME]).await)
+            .expect("JSON status");
+    assert_eq!(
+        status["members"].as_array().map(Vec::len),
+        Some(3),
+        "{status}"
+    );
+    assert_eq!(status["leader"], leader.as_str());
+    assert_eq!(status["phase"], "Running");
+    let ready = status["conditions"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["type"] == "Ready"))
+        .expect("a Ready condition");
+    assert_eq!(ready["status"], "True", "{status}");
+
+    // Switchover to a member that does not lead.
+    let target = (0..3)
+        .map(|k| format!("{NAME}-{k}"))
+        .find(|pod| *pod != leader)
+        .expect("a follower");
+    kubectl_kvs(&url, &["switchover", NAME, &target]).await;
+    let asked = operator.cluster();
+    assert_eq!(
+        asked
+            .metadata
+            .annotations
+            .as_ref()
+            .map(|a| a["kvs.io/switchover-to"].as_str()),
+        Some(target.as_str())
+    );
+    let switched = operator
+        .until("switching over", |_, cluster| {
+            let done = cluster
+                .metadata
+                .annotations
+                .as_ref()
+                .is_none_or(|a| !a.contains_key("kvs.io/switchover-to"));
+            done && cluster.status.as_ref().and_then(|s| s.leader.as_deref()) == Some(&target)
+        })
+        .await;
+    assert_eq!(
+        switched.metadata.generation,
+        Some(1),
+        "the spec is unchanged"
+    );
+
+    // A rolling restart: every pod onto a new template revision, one at a time.
+    let revision = |operator: &Operator| {
+        lock(&operator.store).objects[STATEFULSET_PATH]["status"]["updateRevision"].clone()
+    };
+    let before = revision(&operator);
+    kubectl_kvs(&url, &["restart", NAME]).await;
+    operator.kubelet.sync().await;
+    operator.converge("restarting every member").await;
+    operator.kubelet.sync().await;
+    assert_ne!(revision(&operator), before, "the pod template changed");
+
+    // A patch the API server refuses is in Ready=False with its message.
+    lock(&operator.store).refuse_patches_of = Some(STATEFULSET_PATH.into());
+    let cluster = operator.cluster();
+    let failed = controller::reconcile(Arc::new(cluster), operator.context.clone()).await;
+    assert!(failed.is_err());
+    let status = operator.cluster().status.expect("a status");
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("a Ready condition");
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, "KubernetesApiError");
+    assert!(ready.message.contains("Forbidden"), "{ready:?}");
+    lock(&operator.store).refuse_patches_of = None;
+    operator.converge("recovering from the refusal").await;
+
+    http.abort();
     server.abort();
 }

@@ -29,7 +29,8 @@ use serde_json::{Value, json};
 
 /// Every (verb, API group, resource) the operator calls — what its RBAC must grant, and nothing
 /// more. Read from `operator/src`: the controller lists and watches KvsClusters and the
-/// StatefulSets they own; `observe` gets the StatefulSet and lists pods and claims; `act` applies
+/// StatefulSets they own, and patches a KvsCluster to remove a finished switchover request;
+/// `observe` gets the StatefulSet and lists pods and claims; `act` applies
 /// the StatefulSet, Services, PodDisruptionBudget and NetworkPolicy, deletes budgets, policies,
 /// pods and claims, and patches the status; kube's event `Recorder` creates an event and patches
 /// its series; kube-lease-manager gets, creates and patches the Lease. An apply that creates its
@@ -43,6 +44,7 @@ use serde_json::{Value, json};
 const OPERATOR_API_CALLS: &[(&str, &str, &str)] = &[
     ("list", "kvs.io", "kvsclusters"),
     ("watch", "kvs.io", "kvsclusters"),
+    ("patch", "kvs.io", "kvsclusters"),
     ("patch", "kvs.io", "kvsclusters/status"),
     ("get", "apps", "statefulsets"),
     ("list", "apps", "statefulsets"),
@@ -429,6 +431,40 @@ fn bad_values_are_refused_by_the_schema() {
             "--set {set}: expected a schema error about {complaint:?}, got:\n{error}"
         );
     }
+}
+
+/// Images can be pinned by digest, for the operator and for the nodes it runs.
+#[test]
+fn images_can_be_pinned_by_digest() {
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let rendered = template(
+        &[],
+        &[
+            &format!("image.digest={digest}"),
+            &format!("nodeImage.digest={digest}"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("digests were refused:\n{e}"));
+    let deployment = rendered.deployment();
+    let operator = container(&deployment);
+    assert_eq!(
+        operator.image.as_deref(),
+        Some(format!("ghcr.io/kvs-io/kvs-operator@{digest}").as_str())
+    );
+    assert_eq!(
+        env(operator).get("KVS_OPERATOR_DEFAULT_IMAGE"),
+        Some(&format!("ghcr.io/kvs-io/kvs-node@{digest}"))
+    );
+    assert!(template(&[], &["image.digest=latest"]).is_err());
+}
+
+/// A parent chart passes `global` to every subchart; a schema that refuses it breaks the chart
+/// as a dependency.
+#[test]
+fn the_chart_accepts_global_values_as_a_subchart() {
+    let rendered = template(&[], &["global.imageRegistry=registry.example"])
+        .unwrap_or_else(|e| panic!("global values were refused:\n{e}"));
+    assert!(!rendered.of_kind("Deployment").is_empty());
 }
 
 #[test]

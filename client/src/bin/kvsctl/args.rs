@@ -178,6 +178,11 @@ pub(crate) enum MemberCommand {
         #[arg(long)]
         learner: bool,
     },
+    /// Move leadership to the voter ID (a switchover); prints the new leader's ID.
+    Transfer {
+        /// The voter's node ID.
+        id: String,
+    },
     /// Make a learner a voter.
     Promote {
         /// The member's node ID.

@@ -164,6 +164,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             output::member(format, &member)
         }
+        Command::Member(MemberCommand::Transfer { id }) => {
+            let leader = client.transfer_leader(Some(&id)).await?;
+            output::leader(format, &leader)
+        }
         Command::Member(MemberCommand::Promote { id }) => {
             client.promote(&id).await?;
             output::ok(format)

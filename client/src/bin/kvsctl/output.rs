@@ -40,6 +40,14 @@ pub(crate) fn ok(format: Format) -> Vec<u8> {
     }
 }
 
+/// `member transfer`: the new leader's ID, or `{"leader":"ID"}`.
+pub(crate) fn leader(format: Format, leader: &str) -> Vec<u8> {
+    match format {
+        Format::Simple => format!("{leader}\n").into_bytes(),
+        Format::Json => json_line(&json!({ "leader": leader })),
+    }
+}
+
 /// `del`: the number of keys deleted, `1` or `0`, or `{"deleted":n}`.
 pub(crate) fn deleted(format: Format, deleted: bool) -> Vec<u8> {
     let count = u8::from(deleted);
@@ -380,6 +388,16 @@ mod tests {
         let json = parsed(value(Format::Json, Some(&kv)));
         assert_eq!(json["value_base64"], "/wBB");
         assert_eq!(json["value"], "\u{fffd}\u{0}A");
+    }
+
+    #[test]
+    fn a_transfer_prints_the_new_leader() {
+        assert_eq!(
+            leader(Format::Simple, "00000000000000aa"),
+            b"00000000000000aa\n"
+        );
+        let json = parsed(leader(Format::Json, "00000000000000aa"));
+        assert_eq!(json["leader"], "00000000000000aa");
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub(super) struct Store {
     pub(super) objects: BTreeMap<String, Value>,
     next_uid: u64,
     pub(super) served: BTreeSet<ApiCall>,
+    /// A path whose patches are refused as invalid (422), as the API server refuses a change
+    /// to a StatefulSet's volume claim templates.
+    pub(super) refuse_patches_of: Option<String>,
 }
 
 /// A kind of request, as an RBAC rule names it.
@@ -89,8 +92,54 @@ fn status(code: u16, reason: &str) -> Value {
            "reason": reason, "code": code})
 }
 
-/// Answers one API request the way the API server would for the calls the operator makes.
-fn answer(store: &mut Store, method: &Method, path: &str, body: Value) -> (StatusCode, Value) {
+/// RFC 7386: `patch` merged into `target`; a null removes the field.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(target) = target {
+        for (name, value) in fields {
+            if value.is_null() {
+                target.remove(name);
+            } else {
+                merge(target.entry(name.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+/// Answers one API request the way the API server would for the calls the operator and
+/// `kubectl kvs` make.
+fn answer(
+    store: &mut Store,
+    method: &Method,
+    path: &str,
+    merge_patch: bool,
+    body: Value,
+) -> (StatusCode, Value) {
+    if *method == Method::PATCH && store.refuse_patches_of.as_deref() == Some(path) {
+        let mut refusal = status(422, "Invalid");
+        refusal["message"] = json!(
+            "spec: Forbidden: updates to statefulset spec for fields other than 'replicas' are forbidden"
+        );
+        return (StatusCode::UNPROCESSABLE_ENTITY, refusal);
+    }
+    if *method == Method::PATCH && merge_patch {
+        let Some(object) = store.objects.get_mut(path) else {
+            return (StatusCode::NOT_FOUND, status(404, "NotFound"));
+        };
+        let spec = object["spec"].clone();
+        merge(object, &body);
+        if object["spec"] != spec {
+            let generation = object["metadata"]["generation"].as_i64().unwrap_or(0);
+            object["metadata"]["generation"] = json!(generation + 1);
+        }
+        return (StatusCode::OK, object.clone());
+    }
     match *method {
         Method::GET => match store.objects.get(path) {
             Some(object) => (StatusCode::OK, object.clone()),
@@ -139,22 +188,32 @@ fn answer(store: &mut Store, method: &Method, path: &str, body: Value) -> (Statu
     }
 }
 
+/// Records and answers one request: its head and its body's bytes.
+fn respond(store: &SharedStore, head: &http::request::Parts, bytes: &[u8]) -> (StatusCode, Value) {
+    let call = ApiCall::of(&head.method, &head.uri);
+    lock(store).served.insert(call);
+    let merge_patch = head
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|kind| kind.as_bytes() == b"application/merge-patch+json");
+    let body = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    answer(
+        &mut lock(store),
+        &head.method,
+        head.uri.path(),
+        merge_patch,
+        body,
+    )
+}
+
 /// A kube client backed by the fake API server; the server task ends with the test.
 pub(super) fn fake_api(store: SharedStore) -> (kube::Client, tokio::task::JoinHandle<()>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(async move {
         while let Some((request, reply)) = handle.next_request().await {
-            let method = request.method().clone();
-            let path = request.uri().path().to_owned();
-            let call = ApiCall::of(&method, request.uri());
-            lock(&store).served.insert(call);
-            let bytes = request
-                .into_body()
-                .collect_bytes()
-                .await
-                .unwrap_or_default();
-            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let (code, answer) = answer(&mut lock(&store), &method, &path, body);
+            let (head, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.unwrap_or_default();
+            let (code, answer) = respond(&store, &head, &bytes);
             let response = Response::builder()
                 .status(code)
                 .body(Body::from(answer.to_string().into_bytes()))
@@ -163,4 +222,43 @@ pub(super) fn fake_api(store: SharedStore) -> (kube::Client, tokio::task::JoinHa
         }
     });
     (kube::Client::new(service, NAMESPACE), server)
+}
+
+/// The same fake API server over HTTP on a loopback port, for programs that read a kubeconfig
+/// (`kubectl kvs`); returns its URL. The task ends with the test.
+pub(super) async fn serve_http(store: SharedStore) -> (String, tokio::task::JoinHandle<()>) {
+    use http_body_util::{BodyExt, Full};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("loopback has free ports");
+    let url = format!("http://{}", listener.local_addr().expect("bound"));
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            let (head, body) = request.into_parts();
+                            let bytes = body
+                                .collect()
+                                .await
+                                .map(|body| body.to_bytes())
+                                .unwrap_or_default();
+                            let (code, answer) = respond(&store, &head, &bytes);
+                            Response::builder()
+                                .status(code)
+                                .header(http::header::CONTENT_TYPE, "application/json")
+                                .body(Full::new(bytes::Bytes::from(answer.to_string())))
+                        }
+                    });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    (url, server)
 }
