@@ -9,4 +9,5 @@ pub mod history;
 pub mod linearizability;
 pub mod lost_writes;
 pub mod nemesis;
+pub mod power;
 pub mod workload;

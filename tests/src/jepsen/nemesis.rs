@@ -5,7 +5,8 @@
 //! Kills are `kill -9` of a durable node followed by a restart on the same data directory;
 //! pauses are SIGSTOP/SIGCONT; partitions, slow links and dropped requests and replies go
 //! through the nodes' test-only fault layer (`--fault-control-file`); failpoints crash or stall
-//! a node of the failpoint build (`failpoint.rs`); membership changes use the client library as
+//! a node of the failpoint build (`failpoint.rs`); power cuts kill nodes and drop what their
+//! disks had not fsynced (`power.rs`); membership changes use the client library as
 //! an operator's tool would. Whatever the nemesis did is undone when it ends: a removed member
 //! is added back, so every phase ends with its full membership.
 
@@ -22,6 +23,7 @@ use rand::seq::SliceRandom;
 use tokio::time::Instant;
 
 use super::failpoint;
+use super::power::PowerSupply;
 use crate::Cluster;
 
 /// Which faults a campaign phase injects.
@@ -49,13 +51,17 @@ pub enum Nemesis {
     /// Crash or stall a node (often the leader) at a failpoint of its storage path; needs the
     /// failpoint build of the node.
     Failpoint,
-    /// Any of the above but failpoints, one at a time, chosen at random.
+    /// Cut the power of one node, a minority or every node at once — `kill -9` and everything
+    /// its disk had not fsynced is lost — then restart them; needs the nodes' data directories on
+    /// powerfs volumes (`power.rs`).
+    Power,
+    /// Any of the above but failpoints and power cuts, one at a time, chosen at random.
     Mixed,
 }
 
 impl Nemesis {
     /// The nemeses `--nemesis all` runs, one phase each: every fault alone, then mixed.
-    pub const ALL: [Nemesis; 9] = [
+    pub const ALL: [Nemesis; 10] = [
         Nemesis::Kill,
         Nemesis::Pause,
         Nemesis::Partition,
@@ -64,6 +70,7 @@ impl Nemesis {
         Nemesis::DropRequests,
         Nemesis::Membership,
         Nemesis::Failpoint,
+        Nemesis::Power,
         Nemesis::Mixed,
     ];
 
@@ -84,6 +91,11 @@ impl Nemesis {
     pub fn needs_failpoints(self) -> bool {
         self == Nemesis::Failpoint
     }
+
+    /// Whether nodes need their data directories on powerfs volumes ([`PowerSupply`]).
+    pub fn needs_power_supply(self) -> bool {
+        self == Nemesis::Power
+    }
 }
 
 impl fmt::Display for Nemesis {
@@ -98,6 +110,7 @@ impl fmt::Display for Nemesis {
             Nemesis::DropRequests => "drop-requests",
             Nemesis::Membership => "membership",
             Nemesis::Failpoint => "failpoint",
+            Nemesis::Power => "power",
             Nemesis::Mixed => "mixed",
         })
     }
@@ -121,6 +134,8 @@ enum Fault {
     Paused(usize),
     /// A failpoint armed on this node.
     Failpoint(usize),
+    /// These nodes lost their power and are down.
+    PoweredOff(Vec<usize>),
     /// Undone by healing the fault layer.
     InLayer,
     /// A member removed (or maybe removed) and stopped.
@@ -137,6 +152,7 @@ pub async fn run(
     rng: &mut StdRng,
     start: Instant,
     until: Instant,
+    mut power: Option<&mut PowerSupply>,
 ) -> Vec<String> {
     let mut events = Vec::new();
     loop {
@@ -147,17 +163,24 @@ pub async fn run(
         }
         tokio::time::sleep(quiet).await;
         let kind = match nemesis {
-            // Any single fault but `Mixed` itself and failpoints (they need another build).
+            // Any single fault but `Mixed` itself, failpoints (they need another build) and power
+            // cuts (they need the volumes).
             Nemesis::Mixed => {
                 let singles: Vec<Nemesis> = Nemesis::ALL
                     .into_iter()
-                    .filter(|n| *n != Nemesis::Mixed && !n.needs_failpoints())
+                    .filter(|n| {
+                        *n != Nemesis::Mixed && !n.needs_failpoints() && !n.needs_power_supply()
+                    })
                     .collect();
                 *singles.choose(rng).expect("there are single faults")
             }
             other => other,
         };
-        let (fault, what) = inject(cluster, kind, rng).await;
+        let (fault, what) = match (kind, power.as_deref_mut()) {
+            (Nemesis::Power, Some(supply)) => cut_power(cluster, supply, rng).await,
+            (Nemesis::Power, None) => panic!("the power nemesis needs the nodes' power supply"),
+            _ => inject(cluster, kind, rng).await,
+        };
         events.push(format!("{:>8.3}s {what}", start.elapsed().as_secs_f64()));
         tokio::time::sleep(hold).await;
         let healed = heal(cluster, fault).await;
@@ -226,6 +249,53 @@ async fn inject(cluster: &mut Cluster, kind: Nemesis, rng: &mut StdRng) -> (Faul
             (Fault::InLayer, what)
         }
     }
+}
+
+/// Cuts the power of one node (the leader half of the time), a minority or every node: each is
+/// killed, then its disk loses what it had not fsynced.
+async fn cut_power(
+    cluster: &mut Cluster,
+    supply: &mut PowerSupply,
+    rng: &mut StdRng,
+) -> (Fault, String) {
+    let n = cluster.len();
+    let mut nodes: Vec<usize> = match rng.random_range(0..3) {
+        0 => vec![victim(cluster, rng).await],
+        1 => {
+            let mut all: Vec<usize> = (0..n).collect();
+            all.shuffle(rng);
+            all.truncate(((n - 1) / 2).max(1));
+            all
+        }
+        _ => (0..n).collect(),
+    };
+    nodes.sort_unstable();
+    power_off(cluster, supply, &nodes);
+    let what = format!("cut the power of nodes {nodes:?}");
+    (Fault::PoweredOff(nodes), what)
+}
+
+fn power_off(cluster: &mut Cluster, supply: &mut PowerSupply, nodes: &[usize]) {
+    for &node in nodes {
+        cluster.kill(node);
+    }
+    for &node in nodes {
+        supply
+            .cut(node)
+            .unwrap_or_else(|e| panic!("cutting the power of node {node}: {e}"));
+    }
+}
+
+/// The last fault of a power phase, once the clients have stopped: every node loses its power
+/// and restarts, so the final reads show every acknowledged write that a disk did not keep
+/// (a write lost earlier in the run may be hidden by later writes to its key).
+pub async fn cut_all_power(cluster: &mut Cluster, supply: &mut PowerSupply) -> String {
+    let nodes: Vec<usize> = (0..cluster.len()).collect();
+    power_off(cluster, supply, &nodes);
+    for &node in &nodes {
+        cluster.restart(node).await;
+    }
+    format!("after the run: cut the power of nodes {nodes:?} and restart them")
 }
 
 /// Isolates the leader, splits off a minority, or bridges two halves through one node.
@@ -299,6 +369,11 @@ async fn heal(cluster: &mut Cluster, fault: Fault) -> String {
         Fault::Killed(node) => cluster.restart(node).await,
         Fault::Paused(node) => cluster.resume(node),
         Fault::Failpoint(node) => return failpoint::heal(cluster, node).await,
+        Fault::PoweredOff(nodes) => {
+            for node in nodes {
+                cluster.restart(node).await;
+            }
+        }
         Fault::InLayer => {
             cluster.heal();
             cluster.faults_in_force().await;
