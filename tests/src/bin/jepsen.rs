@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     time: u64,
     /// `none`, `kill`, `pause`, `partition`, `delay`, `drop-replies`, `drop-requests`,
-    /// `membership`, `failpoint`, `power`, `mixed`, or `all` (each alone, then mixed).
+    /// `membership`, `failpoint`, `power`, `clock`, `mixed`, or `all` (each alone, then mixed).
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seeds every random choice of the workload and the nemeses.

@@ -22,6 +22,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::time::Instant;
 
+use super::clock::Clocks;
 use super::convergence::NodeState;
 use super::convergence::divergence;
 use super::history::Call;
@@ -34,6 +35,7 @@ use super::linearizability::Verdict;
 use super::linearizability::check;
 use super::lost_writes::lost_writes;
 use super::nemesis;
+use super::nemesis::Hardware;
 use super::nemesis::Nemesis;
 use super::power::PowerSupply;
 use super::workload::Recorder;
@@ -216,20 +218,28 @@ async fn run_phase(
         bins
     };
     // Declared before the cluster, so dropped after it: no node runs on an unmounted volume.
-    let mut power = nemesis.needs_power_supply().then(|| {
+    let mut hardware = Hardware::default();
+    let mut cluster_options = cluster_options;
+    if nemesis.needs_power_supply() {
         let tool = options
             .powerfs
             .as_deref()
             .unwrap_or_else(|| panic!("the {nemesis} nemesis needs the powerfs tool"));
-        PowerSupply::install(tool, options.nodes).unwrap_or_else(|e| panic!("powerfs: {e}"))
-    });
-    let mut cluster_options = cluster_options;
-    if let Some(supply) = &power {
+        let supply =
+            PowerSupply::install(tool, options.nodes).unwrap_or_else(|e| panic!("powerfs: {e}"));
         cluster_options.data_root = Some(supply.data_root());
+        hardware.power = Some(supply);
     }
     if skip_fsync {
         let env = vec![(SKIP_FSYNC_ENV.to_string(), "1".to_string())];
         cluster_options.node_env = (0..options.nodes).map(|i| (i, env.clone())).collect();
+    }
+    if nemesis.needs_clocks() {
+        let clocks = Clocks::install(options.nodes).unwrap_or_else(|e| panic!("clocks: {e}"));
+        cluster_options.node_env = (0..options.nodes).map(|i| (i, clocks.env(i))).collect();
+        // Lease reads lean on bounded clock drift: this is their campaign.
+        cluster_options.extra_args = vec!["--read-policy".into(), "lease".into()];
+        hardware.clocks = Some(clocks);
     }
     let mut cluster = Cluster::start_with(bins, options.nodes, cluster_options).await;
     let mut rng = StdRng::seed_from_u64(seed);
@@ -247,11 +257,11 @@ async fn run_phase(
         &mut rng,
         start,
         start + options.phase_time,
-        power.as_mut(),
+        &mut hardware,
     )
     .await;
     workload.stop().await;
-    if let Some(supply) = power.as_mut() {
+    if let Some(supply) = hardware.power.as_mut() {
         let what = nemesis::cut_all_power(&mut cluster, supply).await;
         events.push(format!("{:>8.3}s {what}", start.elapsed().as_secs_f64()));
     }

@@ -3,6 +3,7 @@
 //! is linearizable, whether acknowledged writes survived, and whether the nodes converged.
 
 pub mod campaign;
+pub mod clock;
 pub mod convergence;
 pub mod failpoint;
 pub mod history;

@@ -6,7 +6,7 @@
 //! pauses are SIGSTOP/SIGCONT; partitions, slow links and dropped requests and replies go
 //! through the nodes' test-only fault layer (`--fault-control-file`); failpoints crash or stall
 //! a node of the failpoint build (`failpoint.rs`); power cuts kill nodes and drop what their
-//! disks had not fsynced (`power.rs`); membership changes use the client library as
+//! disks had not fsynced (`power.rs`); clock faults move nodes' wall clocks (`clock.rs`); membership changes use the client library as
 //! an operator's tool would. Whatever the nemesis did is undone when it ends: a removed member
 //! is added back, so every phase ends with its full membership.
 
@@ -22,6 +22,8 @@ use rand::seq::IndexedRandom;
 use rand::seq::SliceRandom;
 use tokio::time::Instant;
 
+use super::clock;
+use super::clock::Clocks;
 use super::failpoint;
 use super::power::PowerSupply;
 use crate::Cluster;
@@ -55,13 +57,18 @@ pub enum Nemesis {
     /// its disk had not fsynced is lost — then restart them; needs the nodes' data directories on
     /// powerfs volumes (`power.rs`).
     Power,
-    /// Any of the above but failpoints and power cuts, one at a time, chosen at random.
+    /// Put a follower's wall clock ahead, the leader's ahead, step a clock backwards (all within
+    /// the nodes' `--max-clock-skew-ms`), or skew a node (the leader half the time) beyond it;
+    /// the nodes run under libfaketime (`clock.rs`) and serve lease reads.
+    Clock,
+    /// Any of the above but failpoints, power cuts and clock faults, one at a time, chosen at
+    /// random.
     Mixed,
 }
 
 impl Nemesis {
     /// The nemeses `--nemesis all` runs, one phase each: every fault alone, then mixed.
-    pub const ALL: [Nemesis; 10] = [
+    pub const ALL: [Nemesis; 11] = [
         Nemesis::Kill,
         Nemesis::Pause,
         Nemesis::Partition,
@@ -71,6 +78,7 @@ impl Nemesis {
         Nemesis::Membership,
         Nemesis::Failpoint,
         Nemesis::Power,
+        Nemesis::Clock,
         Nemesis::Mixed,
     ];
 
@@ -96,6 +104,17 @@ impl Nemesis {
     pub fn needs_power_supply(self) -> bool {
         self == Nemesis::Power
     }
+
+    /// Whether nodes need to run under libfaketime ([`Clocks`]).
+    pub fn needs_clocks(self) -> bool {
+        self == Nemesis::Clock
+    }
+
+    /// Whether the phase needs more than the usual build and directories: it is left out of
+    /// `mixed`.
+    fn needs_hardware(self) -> bool {
+        self.needs_failpoints() || self.needs_power_supply() || self.needs_clocks()
+    }
 }
 
 impl fmt::Display for Nemesis {
@@ -111,6 +130,7 @@ impl fmt::Display for Nemesis {
             Nemesis::Membership => "membership",
             Nemesis::Failpoint => "failpoint",
             Nemesis::Power => "power",
+            Nemesis::Clock => "clock",
             Nemesis::Mixed => "mixed",
         })
     }
@@ -128,6 +148,16 @@ impl FromStr for Nemesis {
     }
 }
 
+/// What of the nodes' machines the nemeses can reach besides the processes: their disks' power
+/// and their wall clocks, for the phases that need them.
+#[derive(Debug, Default)]
+pub struct Hardware {
+    /// Each node's data directory on a powerfs volume ([`Nemesis::needs_power_supply`]).
+    pub power: Option<PowerSupply>,
+    /// Each node under libfaketime ([`Nemesis::needs_clocks`]).
+    pub clocks: Option<Clocks>,
+}
+
 /// One fault, as applied.
 enum Fault {
     Killed(usize),
@@ -136,6 +166,8 @@ enum Fault {
     Failpoint(usize),
     /// These nodes lost their power and are down.
     PoweredOff(Vec<usize>),
+    /// A node's wall clock is off.
+    ClockOff,
     /// Undone by healing the fault layer.
     InLayer,
     /// A member removed (or maybe removed) and stopped.
@@ -152,7 +184,7 @@ pub async fn run(
     rng: &mut StdRng,
     start: Instant,
     until: Instant,
-    mut power: Option<&mut PowerSupply>,
+    hardware: &mut Hardware,
 ) -> Vec<String> {
     let mut events = Vec::new();
     loop {
@@ -168,22 +200,22 @@ pub async fn run(
             Nemesis::Mixed => {
                 let singles: Vec<Nemesis> = Nemesis::ALL
                     .into_iter()
-                    .filter(|n| {
-                        *n != Nemesis::Mixed && !n.needs_failpoints() && !n.needs_power_supply()
-                    })
+                    .filter(|n| *n != Nemesis::Mixed && !n.needs_hardware())
                     .collect();
                 *singles.choose(rng).expect("there are single faults")
             }
             other => other,
         };
-        let (fault, what) = match (kind, power.as_deref_mut()) {
-            (Nemesis::Power, Some(supply)) => cut_power(cluster, supply, rng).await,
-            (Nemesis::Power, None) => panic!("the power nemesis needs the nodes' power supply"),
+        let (fault, what) = match (kind, &mut hardware.power, &hardware.clocks) {
+            (Nemesis::Power, Some(supply), _) => cut_power(cluster, supply, rng).await,
+            (Nemesis::Power, None, _) => panic!("the power nemesis needs the nodes' power supply"),
+            (Nemesis::Clock, _, Some(clocks)) => skew_clock(cluster, clocks, rng).await,
+            (Nemesis::Clock, _, None) => panic!("the clock nemesis needs the nodes' clocks"),
             _ => inject(cluster, kind, rng).await,
         };
         events.push(format!("{:>8.3}s {what}", start.elapsed().as_secs_f64()));
         tokio::time::sleep(hold).await;
-        let healed = heal(cluster, fault).await;
+        let healed = heal(cluster, fault, hardware).await;
         events.push(format!("{:>8.3}s {healed}", start.elapsed().as_secs_f64()));
     }
     tokio::time::sleep_until(until).await;
@@ -298,6 +330,45 @@ pub async fn cut_all_power(cluster: &mut Cluster, supply: &mut PowerSupply) -> S
     format!("after the run: cut the power of nodes {nodes:?} and restart them")
 }
 
+/// What a clock fault within the bound moves a clock by.
+const CLOCK_WITHIN_MS: i64 = 600;
+/// What a clock fault beyond the bound moves a clock by: three times the nodes' default
+/// `--max-clock-skew-ms`.
+const CLOCK_BEYOND_MS: i64 = 3000;
+
+/// Puts a follower's clock ahead, the leader's ahead or a clock back, within the bound, or one
+/// (the leader half the time) ahead beyond it.
+async fn skew_clock(cluster: &Cluster, clocks: &Clocks, rng: &mut StdRng) -> (Fault, String) {
+    let leader = cluster.try_leader().await;
+    let followers: Vec<usize> = (0..cluster.len()).filter(|&i| Some(i) != leader).collect();
+    let follower = *followers.choose(rng).expect("a cluster of at least two");
+    let (node, offset, kind) = match rng.random_range(0..4) {
+        0 => (follower, CLOCK_WITHIN_MS, "a follower's clock ahead"),
+        1 => (
+            leader.unwrap_or(follower),
+            CLOCK_WITHIN_MS,
+            "the leader's clock ahead",
+        ),
+        2 => (
+            victim(cluster, rng).await,
+            -CLOCK_WITHIN_MS,
+            "a clock stepped back",
+        ),
+        _ => (
+            victim(cluster, rng).await,
+            CLOCK_BEYOND_MS,
+            "a clock ahead beyond the bound",
+        ),
+    };
+    clocks
+        .set(node, offset)
+        .unwrap_or_else(|e| panic!("setting the clock of node {node}: {e}"));
+    (
+        Fault::ClockOff,
+        format!("{kind}: node {node} at {offset:+} ms"),
+    )
+}
+
 /// Isolates the leader, splits off a minority, or bridges two halves through one node.
 async fn partition(cluster: &Cluster, rng: &mut StdRng) -> String {
     let leader = cluster.try_leader().await;
@@ -364,7 +435,7 @@ fn admin(cluster: &Cluster) -> Client {
 }
 
 /// Undoes `fault`; says what it did.
-async fn heal(cluster: &mut Cluster, fault: Fault) -> String {
+async fn heal(cluster: &mut Cluster, fault: Fault, hardware: &Hardware) -> String {
     match fault {
         Fault::Killed(node) => cluster.restart(node).await,
         Fault::Paused(node) => cluster.resume(node),
@@ -373,6 +444,14 @@ async fn heal(cluster: &mut Cluster, fault: Fault) -> String {
             for node in nodes {
                 cluster.restart(node).await;
             }
+        }
+        Fault::ClockOff => {
+            let clocks = hardware.clocks.as_ref().expect("a clock fault had clocks");
+            clocks
+                .reset()
+                .unwrap_or_else(|e| panic!("setting the clocks right: {e}"));
+            // libfaketime takes a new offset on its next re-read of the file.
+            tokio::time::sleep(Duration::from_secs(clock::REREAD_S + 1)).await;
         }
         Fault::InLayer => {
             cluster.heal();
