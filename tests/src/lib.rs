@@ -13,6 +13,7 @@ mod binaries;
 mod cluster;
 pub mod jepsen;
 mod kvsctl;
+pub mod powerfs;
 mod process;
 mod redis_server;
 mod wait;

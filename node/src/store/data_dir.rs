@@ -216,6 +216,18 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Makes every entry of `dir` and of the folders below it durable, deepest first, then `dir`
+/// itself.
+pub(crate) fn sync_dirs_under(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_dirs_under(&entry.path())?;
+        }
+    }
+    sync_dir(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     time: u64,
     /// `none`, `kill`, `pause`, `partition`, `delay`, `drop-replies`, `drop-requests`,
-    /// `membership`, `failpoint`, `mixed`, or `all` (each alone, then mixed).
+    /// `membership`, `failpoint`, `power`, `clock`, `mixed`, or `all` (each alone, then mixed).
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seeds every random choice of the workload and the nemeses.
@@ -39,6 +39,13 @@ struct Args {
     /// older than its sources).
     #[arg(long)]
     kvs_node_failpoints: Option<PathBuf>,
+    /// The `powerfs` tool, for the `power` nemesis (default: the one next to this executable).
+    #[arg(long)]
+    powerfs: Option<PathBuf>,
+    /// Testing the tester: run the `power` nemesis on the failpoint build with the raft log's
+    /// fsyncs skipped; the campaign must then report lost writes.
+    #[arg(long)]
+    skip_fsync: bool,
     /// Nodes in the cluster.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
@@ -101,6 +108,23 @@ fn failpoint_binaries(
     })))
 }
 
+/// The `powerfs` tool: `path`, or the one next to this executable.
+fn powerfs(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match path {
+        Some(path) => path,
+        None => std::env::current_exe()
+            .context("cannot find this executable")?
+            .with_file_name("powerfs"),
+    };
+    if !path.is_file() {
+        bail!(
+            "{} not found (build with `cargo build -p kvs-tests --bins`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
@@ -115,8 +139,16 @@ async fn main() -> anyhow::Result<ExitCode> {
         bail!("--op-timeout-ms must be at least 100");
     }
     let bins = binaries(args.kvs_node)?;
-    let failpoint_binaries = if phases.iter().any(|n| n.needs_failpoints()) {
+    let failpoint_binaries = if phases
+        .iter()
+        .any(|n| n.needs_failpoints() || (args.skip_fsync && n.needs_power_supply()))
+    {
         Some(failpoint_binaries(bins, args.kvs_node_failpoints)?)
+    } else {
+        None
+    };
+    let powerfs = if phases.iter().any(|n| n.needs_power_supply()) {
+        Some(powerfs(args.powerfs)?)
     } else {
         None
     };
@@ -133,6 +165,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         },
         report_dir: args.report_dir,
         failpoint_binaries,
+        powerfs,
+        skip_fsync: args.skip_fsync,
     };
     let report = campaign::run(bins, &options).await;
     for phase in &report.phases {

@@ -17,10 +17,12 @@ use std::time::Duration;
 use kvs_client::Client;
 use kvs_client::proto::GetRequest;
 use kvs_client::proto::Role;
+use kvs_node::failpoint::SKIP_FSYNC_ENV;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::time::Instant;
 
+use super::clock::Clocks;
 use super::convergence::NodeState;
 use super::convergence::divergence;
 use super::history::Call;
@@ -33,7 +35,9 @@ use super::linearizability::Verdict;
 use super::linearizability::check;
 use super::lost_writes::lost_writes;
 use super::nemesis;
+use super::nemesis::Hardware;
 use super::nemesis::Nemesis;
+use super::power::PowerSupply;
 use super::workload::Recorder;
 use super::workload::Workload;
 use super::workload::WorkloadOptions;
@@ -66,8 +70,14 @@ pub struct CampaignOptions {
     /// Where files of offending histories go.
     pub report_dir: PathBuf,
     /// The binaries with the failpoint build of the node, for the phases that need it
-    /// ([`Nemesis::needs_failpoints`]).
+    /// ([`Nemesis::needs_failpoints`]) and for `skip_fsync`.
     pub failpoint_binaries: Option<&'static Binaries>,
+    /// The `powerfs` tool, for the phases that put the nodes' data on its volumes
+    /// ([`Nemesis::needs_power_supply`]).
+    pub powerfs: Option<PathBuf>,
+    /// Run the power phases on the failpoint build with the log's fsyncs skipped
+    /// (`kvs_node::failpoint::SKIP_FSYNC_ENV`): the campaign must then find lost writes.
+    pub skip_fsync: bool,
 }
 
 /// What one phase found.
@@ -199,13 +209,38 @@ async fn run_phase(
             .then_some(FAILPOINT_SNAPSHOT_EVERY),
         ..ClusterOptions::default()
     };
-    let bins = if nemesis.needs_failpoints() {
+    let skip_fsync = options.skip_fsync && nemesis.needs_power_supply();
+    let bins = if nemesis.needs_failpoints() || skip_fsync {
         options
             .failpoint_binaries
             .unwrap_or_else(|| panic!("the {nemesis} nemesis needs the failpoint build"))
     } else {
         bins
     };
+    // Declared before the cluster, so dropped after it: no node runs on an unmounted volume.
+    let mut hardware = Hardware::default();
+    let mut cluster_options = cluster_options;
+    if nemesis.needs_power_supply() {
+        let tool = options
+            .powerfs
+            .as_deref()
+            .unwrap_or_else(|| panic!("the {nemesis} nemesis needs the powerfs tool"));
+        let supply =
+            PowerSupply::install(tool, options.nodes).unwrap_or_else(|e| panic!("powerfs: {e}"));
+        cluster_options.data_root = Some(supply.data_root());
+        hardware.power = Some(supply);
+    }
+    if skip_fsync {
+        let env = vec![(SKIP_FSYNC_ENV.to_string(), "1".to_string())];
+        cluster_options.node_env = (0..options.nodes).map(|i| (i, env.clone())).collect();
+    }
+    if nemesis.needs_clocks() {
+        let clocks = Clocks::install(options.nodes).unwrap_or_else(|e| panic!("clocks: {e}"));
+        cluster_options.node_env = (0..options.nodes).map(|i| (i, clocks.env(i))).collect();
+        // Lease reads lean on bounded clock drift: this is their campaign.
+        cluster_options.extra_args = vec!["--read-policy".into(), "lease".into()];
+        hardware.clocks = Some(clocks);
+    }
     let mut cluster = Cluster::start_with(bins, options.nodes, cluster_options).await;
     let mut rng = StdRng::seed_from_u64(seed);
     let recorder = Recorder::new();
@@ -216,22 +251,36 @@ async fn run_phase(
         seed,
         recorder.clone(),
     );
-    let events = nemesis::run(
+    let mut events = nemesis::run(
         &mut cluster,
         nemesis,
         &mut rng,
         start,
         start + options.phase_time,
+        &mut hardware,
     )
     .await;
     workload.stop().await;
+    if let Some(supply) = hardware.power.as_mut() {
+        let what = nemesis::cut_all_power(&mut cluster, supply).await;
+        events.push(format!("{:>8.3}s {what}", start.elapsed().as_secs_f64()));
+    }
 
-    cluster.leader().await;
-    let finals = final_reads(&cluster, &options.workload, &recorder).await;
+    // A cluster that lost what its disks never had (power cuts on a build that skips fsync) may
+    // never elect a leader again: that is reported, not waited on forever.
+    let elected = leader_elected(&cluster).await;
+    let finals = if elected {
+        final_reads(&cluster, &options.workload, &recorder).await
+    } else {
+        Vec::new()
+    };
     let history = recorder.history();
     let anomalies = check(&history);
     let mut lost = Vec::new();
     let mut diverged = converge(&cluster, &options.workload.key_names()).await;
+    if !elected {
+        diverged.push("no leader was elected after the faults healed".to_string());
+    }
     diverged.extend(membership_gap(&cluster).await);
     for (key, ops) in history.by_key() {
         match finals.iter().find(|(k, _)| *k == key) {
@@ -284,6 +333,20 @@ async fn final_reads(
         finals.push((key, last));
     }
     finals
+}
+
+/// Waits (bounded by the cluster's leader timeout) for a leader; whether one was elected.
+async fn leader_elected(cluster: &Cluster) -> bool {
+    let deadline = Instant::now() + cluster.options().leader_timeout();
+    loop {
+        if cluster.try_leader().await.is_some() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits (bounded) until every node holds the same value for every key in its own state;

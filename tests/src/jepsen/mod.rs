@@ -3,10 +3,12 @@
 //! is linearizable, whether acknowledged writes survived, and whether the nodes converged.
 
 pub mod campaign;
+pub mod clock;
 pub mod convergence;
 pub mod failpoint;
 pub mod history;
 pub mod linearizability;
 pub mod lost_writes;
 pub mod nemesis;
+pub mod power;
 pub mod workload;

@@ -5,7 +5,8 @@
 //! Kills are `kill -9` of a durable node followed by a restart on the same data directory;
 //! pauses are SIGSTOP/SIGCONT; partitions, slow links and dropped requests and replies go
 //! through the nodes' test-only fault layer (`--fault-control-file`); failpoints crash or stall
-//! a node of the failpoint build (`failpoint.rs`); membership changes use the client library as
+//! a node of the failpoint build (`failpoint.rs`); power cuts kill nodes and drop what their
+//! disks had not fsynced (`power.rs`); clock faults move nodes' wall clocks (`clock.rs`); membership changes use the client library as
 //! an operator's tool would. Whatever the nemesis did is undone when it ends: a removed member
 //! is added back, so every phase ends with its full membership.
 
@@ -21,7 +22,10 @@ use rand::seq::IndexedRandom;
 use rand::seq::SliceRandom;
 use tokio::time::Instant;
 
+use super::clock;
+use super::clock::Clocks;
 use super::failpoint;
+use super::power::PowerSupply;
 use crate::Cluster;
 
 /// Which faults a campaign phase injects.
@@ -49,13 +53,22 @@ pub enum Nemesis {
     /// Crash or stall a node (often the leader) at a failpoint of its storage path; needs the
     /// failpoint build of the node.
     Failpoint,
-    /// Any of the above but failpoints, one at a time, chosen at random.
+    /// Cut the power of one node, a minority or every node at once — `kill -9` and everything
+    /// its disk had not fsynced is lost — then restart them; needs the nodes' data directories on
+    /// powerfs volumes (`power.rs`).
+    Power,
+    /// Put a follower's wall clock ahead, the leader's ahead, step a clock backwards (all within
+    /// the nodes' `--max-clock-skew-ms`), or skew a node (the leader half the time) beyond it;
+    /// the nodes run under libfaketime (`clock.rs`) and serve lease reads.
+    Clock,
+    /// Any of the above but failpoints, power cuts and clock faults, one at a time, chosen at
+    /// random.
     Mixed,
 }
 
 impl Nemesis {
     /// The nemeses `--nemesis all` runs, one phase each: every fault alone, then mixed.
-    pub const ALL: [Nemesis; 9] = [
+    pub const ALL: [Nemesis; 11] = [
         Nemesis::Kill,
         Nemesis::Pause,
         Nemesis::Partition,
@@ -64,6 +77,8 @@ impl Nemesis {
         Nemesis::DropRequests,
         Nemesis::Membership,
         Nemesis::Failpoint,
+        Nemesis::Power,
+        Nemesis::Clock,
         Nemesis::Mixed,
     ];
 
@@ -84,6 +99,22 @@ impl Nemesis {
     pub fn needs_failpoints(self) -> bool {
         self == Nemesis::Failpoint
     }
+
+    /// Whether nodes need their data directories on powerfs volumes ([`PowerSupply`]).
+    pub fn needs_power_supply(self) -> bool {
+        self == Nemesis::Power
+    }
+
+    /// Whether nodes need to run under libfaketime ([`Clocks`]).
+    pub fn needs_clocks(self) -> bool {
+        self == Nemesis::Clock
+    }
+
+    /// Whether the phase needs more than the usual build and directories: it is left out of
+    /// `mixed`.
+    fn needs_hardware(self) -> bool {
+        self.needs_failpoints() || self.needs_power_supply() || self.needs_clocks()
+    }
 }
 
 impl fmt::Display for Nemesis {
@@ -98,6 +129,8 @@ impl fmt::Display for Nemesis {
             Nemesis::DropRequests => "drop-requests",
             Nemesis::Membership => "membership",
             Nemesis::Failpoint => "failpoint",
+            Nemesis::Power => "power",
+            Nemesis::Clock => "clock",
             Nemesis::Mixed => "mixed",
         })
     }
@@ -115,12 +148,26 @@ impl FromStr for Nemesis {
     }
 }
 
+/// What of the nodes' machines the nemeses can reach besides the processes: their disks' power
+/// and their wall clocks, for the phases that need them.
+#[derive(Debug, Default)]
+pub struct Hardware {
+    /// Each node's data directory on a powerfs volume ([`Nemesis::needs_power_supply`]).
+    pub power: Option<PowerSupply>,
+    /// Each node under libfaketime ([`Nemesis::needs_clocks`]).
+    pub clocks: Option<Clocks>,
+}
+
 /// One fault, as applied.
 enum Fault {
     Killed(usize),
     Paused(usize),
     /// A failpoint armed on this node.
     Failpoint(usize),
+    /// These nodes lost their power and are down.
+    PoweredOff(Vec<usize>),
+    /// A node's wall clock is off.
+    ClockOff,
     /// Undone by healing the fault layer.
     InLayer,
     /// A member removed (or maybe removed) and stopped.
@@ -137,6 +184,7 @@ pub async fn run(
     rng: &mut StdRng,
     start: Instant,
     until: Instant,
+    hardware: &mut Hardware,
 ) -> Vec<String> {
     let mut events = Vec::new();
     loop {
@@ -147,20 +195,27 @@ pub async fn run(
         }
         tokio::time::sleep(quiet).await;
         let kind = match nemesis {
-            // Any single fault but `Mixed` itself and failpoints (they need another build).
+            // Any single fault but `Mixed` itself, failpoints (they need another build) and power
+            // cuts (they need the volumes).
             Nemesis::Mixed => {
                 let singles: Vec<Nemesis> = Nemesis::ALL
                     .into_iter()
-                    .filter(|n| *n != Nemesis::Mixed && !n.needs_failpoints())
+                    .filter(|n| *n != Nemesis::Mixed && !n.needs_hardware())
                     .collect();
                 *singles.choose(rng).expect("there are single faults")
             }
             other => other,
         };
-        let (fault, what) = inject(cluster, kind, rng).await;
+        let (fault, what) = match (kind, &mut hardware.power, &hardware.clocks) {
+            (Nemesis::Power, Some(supply), _) => cut_power(cluster, supply, rng).await,
+            (Nemesis::Power, None, _) => panic!("the power nemesis needs the nodes' power supply"),
+            (Nemesis::Clock, _, Some(clocks)) => skew_clock(cluster, clocks, rng).await,
+            (Nemesis::Clock, _, None) => panic!("the clock nemesis needs the nodes' clocks"),
+            _ => inject(cluster, kind, rng).await,
+        };
         events.push(format!("{:>8.3}s {what}", start.elapsed().as_secs_f64()));
         tokio::time::sleep(hold).await;
-        let healed = heal(cluster, fault).await;
+        let healed = heal(cluster, fault, hardware).await;
         events.push(format!("{:>8.3}s {healed}", start.elapsed().as_secs_f64()));
     }
     tokio::time::sleep_until(until).await;
@@ -226,6 +281,92 @@ async fn inject(cluster: &mut Cluster, kind: Nemesis, rng: &mut StdRng) -> (Faul
             (Fault::InLayer, what)
         }
     }
+}
+
+/// Cuts the power of one node (the leader half of the time), a minority or every node: each is
+/// killed, then its disk loses what it had not fsynced.
+async fn cut_power(
+    cluster: &mut Cluster,
+    supply: &mut PowerSupply,
+    rng: &mut StdRng,
+) -> (Fault, String) {
+    let n = cluster.len();
+    let mut nodes: Vec<usize> = match rng.random_range(0..3) {
+        0 => vec![victim(cluster, rng).await],
+        1 => {
+            let mut all: Vec<usize> = (0..n).collect();
+            all.shuffle(rng);
+            all.truncate(((n - 1) / 2).max(1));
+            all
+        }
+        _ => (0..n).collect(),
+    };
+    nodes.sort_unstable();
+    power_off(cluster, supply, &nodes);
+    let what = format!("cut the power of nodes {nodes:?}");
+    (Fault::PoweredOff(nodes), what)
+}
+
+fn power_off(cluster: &mut Cluster, supply: &mut PowerSupply, nodes: &[usize]) {
+    for &node in nodes {
+        cluster.kill(node);
+    }
+    for &node in nodes {
+        supply
+            .cut(node)
+            .unwrap_or_else(|e| panic!("cutting the power of node {node}: {e}"));
+    }
+}
+
+/// The last fault of a power phase, once the clients have stopped: every node loses its power
+/// and restarts, so the final reads show every acknowledged write that a disk did not keep
+/// (a write lost earlier in the run may be hidden by later writes to its key).
+pub async fn cut_all_power(cluster: &mut Cluster, supply: &mut PowerSupply) -> String {
+    let nodes: Vec<usize> = (0..cluster.len()).collect();
+    power_off(cluster, supply, &nodes);
+    for &node in &nodes {
+        cluster.restart(node).await;
+    }
+    format!("after the run: cut the power of nodes {nodes:?} and restart them")
+}
+
+/// What a clock fault within the bound moves a clock by.
+const CLOCK_WITHIN_MS: i64 = 600;
+/// What a clock fault beyond the bound moves a clock by: three times the nodes' default
+/// `--max-clock-skew-ms`.
+const CLOCK_BEYOND_MS: i64 = 3000;
+
+/// Puts a follower's clock ahead, the leader's ahead or a clock back, within the bound, or one
+/// (the leader half the time) ahead beyond it.
+async fn skew_clock(cluster: &Cluster, clocks: &Clocks, rng: &mut StdRng) -> (Fault, String) {
+    let leader = cluster.try_leader().await;
+    let followers: Vec<usize> = (0..cluster.len()).filter(|&i| Some(i) != leader).collect();
+    let follower = *followers.choose(rng).expect("a cluster of at least two");
+    let (node, offset, kind) = match rng.random_range(0..4) {
+        0 => (follower, CLOCK_WITHIN_MS, "a follower's clock ahead"),
+        1 => (
+            leader.unwrap_or(follower),
+            CLOCK_WITHIN_MS,
+            "the leader's clock ahead",
+        ),
+        2 => (
+            victim(cluster, rng).await,
+            -CLOCK_WITHIN_MS,
+            "a clock stepped back",
+        ),
+        _ => (
+            victim(cluster, rng).await,
+            CLOCK_BEYOND_MS,
+            "a clock ahead beyond the bound",
+        ),
+    };
+    clocks
+        .set(node, offset)
+        .unwrap_or_else(|e| panic!("setting the clock of node {node}: {e}"));
+    (
+        Fault::ClockOff,
+        format!("{kind}: node {node} at {offset:+} ms"),
+    )
 }
 
 /// Isolates the leader, splits off a minority, or bridges two halves through one node.
@@ -295,11 +436,24 @@ fn admin(cluster: &Cluster) -> Client {
 }
 
 /// Undoes `fault`; says what it did.
-async fn heal(cluster: &mut Cluster, fault: Fault) -> String {
+async fn heal(cluster: &mut Cluster, fault: Fault, hardware: &Hardware) -> String {
     match fault {
         Fault::Killed(node) => cluster.restart(node).await,
         Fault::Paused(node) => cluster.resume(node),
         Fault::Failpoint(node) => return failpoint::heal(cluster, node).await,
+        Fault::PoweredOff(nodes) => {
+            for node in nodes {
+                cluster.restart(node).await;
+            }
+        }
+        Fault::ClockOff => {
+            let clocks = hardware.clocks.as_ref().expect("a clock fault had clocks");
+            clocks
+                .reset()
+                .unwrap_or_else(|e| panic!("setting the clocks right: {e}"));
+            // libfaketime takes a new offset on its next re-read of the file.
+            tokio::time::sleep(Duration::from_secs(clock::REREAD_S + 1)).await;
+        }
         Fault::InLayer => {
             cluster.heal();
             cluster.faults_in_force().await;

@@ -25,6 +25,7 @@ mod t95_operator;
 mod t96_chart;
 mod t97_jepsen;
 mod t98_failpoints;
+mod t99_power;
 
 use std::time::Duration;
 

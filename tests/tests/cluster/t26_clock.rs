@@ -3,7 +3,6 @@
 //! (Debian's `faketime`: the wall clock shifted, the monotonic clock left alone).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use kvs_client::proto::GetRequest;
@@ -16,25 +15,15 @@ use kvs_tests::wait_until;
 /// How far the shifted node's wall clock runs ahead of the others'.
 const SHIFT_S: i64 = 5;
 
-/// libfaketime's preload library, from Debian's `faketime` package (tests/run.sh installs it).
-fn libfaketime() -> PathBuf {
-    let found = std::fs::read_dir("/usr/lib")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|dir| dir.path().join("faketime/libfaketime.so.1"))
-        .chain([PathBuf::from("/usr/lib/faketime/libfaketime.so.1")])
-        .find(|lib| lib.exists());
-    found
-        .expect("libfaketime.so.1 not found: install Debian's faketime package (tests/run.sh does)")
-}
-
 /// Options that run the node in `seat` with its wall clock `SHIFT_S` seconds ahead.
 fn shifted(seat: usize) -> ClusterOptions {
     let env = vec![
         (
             "LD_PRELOAD".to_string(),
-            libfaketime().display().to_string(),
+            kvs_tests::jepsen::clock::libfaketime()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .display()
+                .to_string(),
         ),
         ("FAKETIME".to_string(), format!("+{SHIFT_S}s")),
         ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),

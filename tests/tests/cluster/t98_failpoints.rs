@@ -167,6 +167,8 @@ async fn a_short_campaign_of_failpoint_crashes_and_stalls_finds_no_anomaly() {
         workload: WorkloadOptions::default(),
         report_dir: report_dir.path().to_path_buf(),
         failpoint_binaries: Some(bins),
+        powerfs: None,
+        skip_fsync: false,
     };
     let report = campaign::run(bins, &options).await;
     let summary = report.summary();
