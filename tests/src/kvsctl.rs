@@ -30,6 +30,7 @@ const RUN_DEADLINE: Duration = Duration::from_secs(60);
 pub struct Kvsctl {
     bin: PathBuf,
     endpoints: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// What one `kvsctl` run did.
@@ -49,7 +50,35 @@ pub struct KvsctlOutput {
 
 impl Kvsctl {
     pub(crate) fn new(bin: PathBuf, endpoints: Vec<String>) -> Self {
-        Self { bin, endpoints }
+        Self {
+            bin,
+            endpoints,
+            env: Vec::new(),
+        }
+    }
+
+    /// The same kvsctl with `env` added to its environment (an object store's variables).
+    pub fn with_env(mut self, env: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.env.extend(env);
+        self
+    }
+
+    /// The command that runs `kvsctl --endpoints <endpoints> <args…>`, for a test that watches
+    /// the process itself.
+    pub fn command<I, S>(&self, args: I) -> tokio::process::Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = tokio::process::Command::new(&self.bin);
+        command
+            .arg("--endpoints")
+            .arg(self.endpoints.join(","))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
     }
 
     /// The endpoints passed as `--endpoints a,b,c`.
@@ -69,13 +98,7 @@ impl Kvsctl {
             .collect();
         let shown = args.iter().map(|a| shorten(&a.to_string_lossy())).collect();
         let started = Instant::now();
-        let run = tokio::process::Command::new(&self.bin)
-            .arg("--endpoints")
-            .arg(self.endpoints.join(","))
-            .args(&args)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output();
+        let run = self.command(&args).output();
         let (code, stdout, stderr) = match tokio::time::timeout(RUN_DEADLINE, run).await {
             Ok(Ok(out)) => (
                 out.status.code(),

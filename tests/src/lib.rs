@@ -15,6 +15,7 @@ pub mod jepsen;
 mod kvsctl;
 mod process;
 mod redis_server;
+mod s3_server;
 mod wait;
 mod writer;
 
@@ -33,6 +34,7 @@ pub use redis_server::RawResp;
 pub use redis_server::RedisServer;
 pub use redis_server::array_elements;
 pub use redis_server::multibulk;
+pub use s3_server::S3Server;
 pub use wait::holds_for;
 pub use wait::wait_for;
 pub use wait::wait_until;
