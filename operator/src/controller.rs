@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -20,6 +20,7 @@ use kube::runtime::watcher;
 use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::act::{Actor, apply_status};
+use crate::backup::{self, KvsBackup};
 use crate::crd::KvsCluster;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -198,23 +199,45 @@ async fn run_controller(
     namespace: Option<&str>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (clusters, statefulsets): (Api<KvsCluster>, Api<StatefulSet>) = match namespace {
-        Some(namespace) => (
-            Api::namespaced(client.clone(), namespace),
-            Api::namespaced(client, namespace),
-        ),
-        None => (Api::all(client.clone()), Api::all(client)),
-    };
-    Controller::new(clusters, watcher::Config::default())
+    let (clusters, statefulsets, backups): (Api<KvsCluster>, Api<StatefulSet>, Api<KvsBackup>) =
+        match namespace {
+            Some(namespace) => (
+                Api::namespaced(client.clone(), namespace),
+                Api::namespaced(client.clone(), namespace),
+                Api::namespaced(client, namespace),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client),
+            ),
+        };
+    let shutdown = shutdown.shared();
+    let clusters = Controller::new(clusters, watcher::Config::default())
         .owns(statefulsets, watcher::Config::default())
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile, error_policy, context.clone())
         .for_each(|result| async move {
             if let Err(err) = result {
                 tracing::debug!(%err, "reconcile request not handled");
             }
-        })
-        .await;
+        });
+    let backups = Controller::new(backups, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(backup::reconcile, backup_error_policy, context)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(%err, "backup reconcile request not handled");
+            }
+        });
+    futures::join!(clusters, backups);
+}
+
+/// A backup whose status could not be written is retried after a pause.
+fn backup_error_policy(backup: Arc<KvsBackup>, error: &Error, context: Arc<Context>) -> Action {
+    tracing::warn!(backup = backup.name_any(), %error, "backup reconcile failed");
+    context.metrics.failed();
+    Action::requeue(REQUEUE_FAILED)
 }
 
 /// Observe, plan one step, carry it out, record the status. This is what [`run`] calls for
