@@ -28,7 +28,7 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-mod backup;
+pub(crate) mod backup;
 mod fake_api;
 
 use fake_api::{SharedStore, fake_api, lock};

@@ -20,6 +20,15 @@ use serde_json::json;
 use super::fake_api::{SharedStore, fake_api, lock};
 use super::{CLUSTER_PATH, Loopback, NAME, NAMESPACE};
 
+/// Every kind of request the backup `reconcile` makes, as RBAC names it, sorted; the chart's
+/// RBAC must grant each (t96).
+pub(crate) const BACKUP_CALLS: &[(&str, &str, &str)] = &[
+    ("create", "events.k8s.io", "events"),
+    ("get", "", "secrets"),
+    ("get", "kvs.io", "kvsclusters"),
+    ("patch", "kvs.io", "kvsbackups/status"),
+];
+
 const BACKUPS_PATH: &str = "/apis/kvs.io/v1alpha1/namespaces/shop/kvsbackups";
 const SECRET: &str = "backup-credentials";
 /// Small keys the first backup must hold exactly.
@@ -204,5 +213,11 @@ async fn backups_complete_with_their_checksum_and_a_lost_leader_fails_one_cleanl
     let status = later.status.expect("a status");
     assert_eq!(status.phase, Some(BackupPhase::Completed), "{status:?}");
     assert_eq!(status.keys, Some((KEYS + LARGE_VALUES) as u64));
+    let served = lock(&store).served.clone();
+    let served: Vec<(&str, &str, &str)> = served
+        .iter()
+        .map(|call| (call.verb, call.group.as_str(), call.resource.as_str()))
+        .collect();
+    assert_eq!(served, BACKUP_CALLS, "the kinds of API request reconcile made");
     server.abort();
 }
