@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -176,16 +177,27 @@ pub(crate) async fn restore(
     if status.keys > 0 {
         return Err(Failure::NotEmpty { keys: status.keys });
     }
-    let (tx, mut entries) = mpsc::channel::<BackupEntry>(RESTORE_BATCH_KEYS);
+    // Full batches travel to the writer; memory stays within a few batches whatever the size
+    // of the backup. The last, partial batch is taken once the whole backup was read.
+    let (tx, mut batches) = mpsc::channel::<Vec<proto::Op>>(2);
+    let batcher = Arc::new(Mutex::new(Batcher::default()));
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let reader = backup.read(move |entry| {
-        if entry.expires_at_ms != 0 && entry.expires_at_ms <= now_ms {
-            return Ok(());
+    let reader = backup.read({
+        let batcher = batcher.clone();
+        move |entry| {
+            if entry.expires_at_ms != 0 && entry.expires_at_ms <= now_ms {
+                return Ok(());
+            }
+            let full = batcher.lock().expect("no reader panicked").add(entry);
+            match full {
+                Some(full) => tx
+                    .blocking_send(full)
+                    .map_err(|_| Error::Io("the restore stopped".into())),
+                None => Ok(()),
+            }
         }
-        tx.blocking_send(entry)
-            .map_err(|_| Error::Io("the restore stopped".into()))
     });
     let mut written = 0u64;
     let send = async |ops: Vec<proto::Op>, written: &mut u64| {
@@ -205,20 +217,18 @@ pub(crate) async fn restore(
         Ok::<(), Failure>(())
     };
     let writer = async {
-        let mut batch = Batcher::default();
-        while let Some(entry) = entries.recv().await {
-            if let Some(full) = batch.add(entry) {
-                send(full, &mut written).await?;
-            }
+        while let Some(ops) = batches.recv().await {
+            send(ops, &mut written).await?;
         }
-        Ok::<_, Failure>(batch)
+        Ok::<(), Failure>(())
     };
-    let (read, last) = tokio::join!(reader, writer);
-    let last = last?;
+    let (read, wrote) = tokio::join!(reader, writer);
+    wrote?;
     read?;
     // The last, partial batch goes only once the trailer was read and checked.
-    if !last.ops.is_empty() {
-        send(last.ops, &mut written).await?;
+    let last = batcher.lock().expect("no reader panicked").take();
+    if !last.is_empty() {
+        send(last, &mut written).await?;
     }
     Ok((summary, written))
 }

@@ -218,6 +218,9 @@ async fn backups_complete_with_their_checksum_and_a_lost_leader_fails_one_cleanl
         .iter()
         .map(|call| (call.verb, call.group.as_str(), call.resource.as_str()))
         .collect();
-    assert_eq!(served, BACKUP_CALLS, "the kinds of API request reconcile made");
+    assert_eq!(
+        served, BACKUP_CALLS,
+        "the kinds of API request reconcile made"
+    );
     server.abort();
 }
