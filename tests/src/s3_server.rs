@@ -8,6 +8,9 @@ use std::process::Command;
 use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use crate::process::ChildGuard;
 use crate::process::free_port;
 use crate::wait::wait_for;
@@ -99,17 +102,30 @@ impl S3Server {
         keys
     }
 
-    /// Multipart uploads started and neither completed nor aborted.
+    /// Multipart uploads started and neither completed nor aborted. Asked with one plain HTTP
+    /// request (moto does not check signatures), fast enough to poll while an upload runs.
     pub async fn open_uploads(&self) -> usize {
-        self.boto(
-            &format!("print(len(s3.list_multipart_uploads(Bucket='{BUCKET}').get('Uploads', [])))"),
-            &[],
-        )
-        .await
-        .expect("list the uploads")
-        .trim()
-        .parse()
-        .expect("a count")
+        let ask = async {
+            let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await?;
+            let request = format!(
+                "GET /{BUCKET}?uploads HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+                self.port
+            );
+            stream.write_all(request.as_bytes()).await?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await?;
+            Ok::<_, std::io::Error>(response)
+        };
+        let response = tokio::time::timeout(CALL_TIMEOUT, ask)
+            .await
+            .expect("moto answers in time")
+            .expect("moto lists the uploads");
+        assert_eq!(
+            response.split_whitespace().nth(1),
+            Some("200"),
+            "listing the uploads: {response}"
+        );
+        response.matches("<UploadId>").count()
     }
 
     /// Downloads `key` into `to` with boto3.
