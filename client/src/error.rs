@@ -69,6 +69,14 @@ pub enum Error {
     /// A backup file is damaged, truncated or not a backup at all.
     #[error("invalid backup: {0}")]
     InvalidBackup(String),
+    /// A backup URL that names no object this client can reach.
+    #[error("invalid backup location {url:?}: {reason}")]
+    InvalidLocation {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Reading or writing a local file failed.
     #[error("{0}")]
     Io(String),

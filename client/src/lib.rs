@@ -15,6 +15,8 @@ mod endpoint;
 mod error;
 mod kv;
 pub mod membership;
+#[cfg(feature = "object-store")]
+pub mod object;
 mod retry;
 mod routing;
 mod session;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -22,6 +22,7 @@ use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::act::{Actor, apply_status, publish};
+use crate::backup::{self, KvsBackup};
 use crate::crd::{KvsCluster, KvsClusterStatus};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -232,28 +233,50 @@ async fn run_controller(
     namespace: Option<&str>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (clusters, statefulsets): (Api<KvsCluster>, Api<StatefulSet>) = match namespace {
-        Some(namespace) => (
-            Api::namespaced(client.clone(), namespace),
-            Api::namespaced(client, namespace),
-        ),
-        None => (Api::all(client.clone()), Api::all(client)),
-    };
+    let (clusters, statefulsets, backups): (Api<KvsCluster>, Api<StatefulSet>, Api<KvsBackup>) =
+        match namespace {
+            Some(namespace) => (
+                Api::namespaced(client.clone(), namespace),
+                Api::namespaced(client.clone(), namespace),
+                Api::namespaced(client, namespace),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client),
+            ),
+        };
+    let shutdown = shutdown.shared();
     let (reader, writer) = reflector::store();
     let clusters = watcher(clusters, watcher::Config::default())
         .default_backoff()
         .reflect(writer);
     let managed = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
-    Controller::for_stream(changes_worth_a_reconcile(clusters), reader)
+    let clusters = Controller::for_stream(changes_worth_a_reconcile(clusters), reader)
         .owns(statefulsets, managed)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile, error_policy, context.clone())
         .for_each(|result| async move {
             if let Err(err) = result {
                 tracing::debug!(%err, "reconcile request not handled");
             }
-        })
-        .await;
+        });
+    let backups = Controller::new(backups, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(backup::reconcile, backup_error_policy, context)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(%err, "backup reconcile request not handled");
+            }
+        });
+    futures::join!(clusters, backups);
+}
+
+/// A backup whose status could not be written is retried after a pause.
+fn backup_error_policy(backup: Arc<KvsBackup>, error: &Error, context: Arc<Context>) -> Action {
+    tracing::warn!(backup = backup.name_any(), %error, "backup reconcile failed");
+    context.metrics.failed();
+    Action::requeue(REQUEUE_FAILED)
 }
 
 /// The KvsClusters whose spec (generation) or annotations (switchover, restart) changed. The

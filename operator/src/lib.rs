@@ -5,6 +5,7 @@
 //! which are what can lose a quorum or data — are tested without Kubernetes or a network.
 
 mod act;
+pub mod backup;
 pub mod controller;
 pub mod crd;
 mod error;

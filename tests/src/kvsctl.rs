@@ -32,6 +32,7 @@ pub struct Kvsctl {
     endpoints: Vec<String>,
     /// `--user` and `--password-file`, on a cluster with users.
     user: Option<(String, PathBuf)>,
+    env: Vec<(String, String)>,
 }
 
 /// What one `kvsctl` run did.
@@ -55,6 +56,7 @@ impl Kvsctl {
             bin,
             endpoints,
             user: None,
+            env: Vec::new(),
         }
     }
 
@@ -64,6 +66,38 @@ impl Kvsctl {
             user: Some((user.to_owned(), password_file.to_owned())),
             ..self.clone()
         }
+    }
+
+    /// The same kvsctl with `env` added to its environment (an object store's variables).
+    pub fn with_env(mut self, env: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.env.extend(env);
+        self
+    }
+
+    /// The command that runs `kvsctl --endpoints <endpoints> [--user … --password-file …]
+    /// <args…>`, for a test that watches the process itself.
+    pub fn command<I, S>(&self, args: I) -> tokio::process::Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = tokio::process::Command::new(&self.bin);
+        command
+            .arg("--endpoints")
+            .arg(self.endpoints.join(","))
+            .args(self.user.iter().flat_map(|(user, file)| {
+                [
+                    OsString::from("--user"),
+                    user.into(),
+                    "--password-file".into(),
+                    file.into(),
+                ]
+            }))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
     }
 
     /// The endpoints passed as `--endpoints a,b,c`.
@@ -83,21 +117,7 @@ impl Kvsctl {
             .collect();
         let shown = args.iter().map(|a| shorten(&a.to_string_lossy())).collect();
         let started = Instant::now();
-        let run = tokio::process::Command::new(&self.bin)
-            .arg("--endpoints")
-            .arg(self.endpoints.join(","))
-            .args(self.user.iter().flat_map(|(user, file)| {
-                [
-                    OsString::from("--user"),
-                    user.into(),
-                    "--password-file".into(),
-                    file.into(),
-                ]
-            }))
-            .args(&args)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output();
+        let run = self.command(&args).output();
         let (code, stdout, stderr) = match tokio::time::timeout(RUN_DEADLINE, run).await {
             Ok(Ok(out)) => (
                 out.status.code(),

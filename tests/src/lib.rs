@@ -16,6 +16,7 @@ mod kvsctl;
 pub mod powerfs;
 mod process;
 mod redis_server;
+mod s3_server;
 mod wait;
 mod writer;
 
@@ -36,6 +37,7 @@ pub use redis_server::RawResp;
 pub use redis_server::RedisServer;
 pub use redis_server::array_elements;
 pub use redis_server::multibulk;
+pub use s3_server::S3Server;
 pub use wait::holds_for;
 pub use wait::wait_for;
 pub use wait::wait_until;

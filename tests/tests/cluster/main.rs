@@ -21,6 +21,7 @@ mod t64_auth;
 mod t70_limits;
 mod t80_shutdown;
 mod t90_resp;
+mod t94_object_backup;
 mod t95_operator;
 mod t96_chart;
 mod t97_jepsen;

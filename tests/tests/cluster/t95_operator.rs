@@ -32,13 +32,14 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+pub(crate) mod backup;
 mod fake_api;
 
 use fake_api::{SharedStore, fake_api, lock};
 
-const NAMESPACE: &str = "shop";
-const NAME: &str = "orders";
-const CLUSTER_PATH: &str = "/apis/kvs.io/v1alpha1/namespaces/shop/kvsclusters/orders";
+pub(super) const NAMESPACE: &str = "shop";
+pub(super) const NAME: &str = "orders";
+pub(super) const CLUSTER_PATH: &str = "/apis/kvs.io/v1alpha1/namespaces/shop/kvsclusters/orders";
 const STATEFULSET_PATH: &str = "/apis/apps/v1/namespaces/shop/statefulsets/orders";
 const PODS_PATH: &str = "/api/v1/namespaces/shop/pods";
 /// Pods the test may ever run (the CRD allows 9 members).
@@ -71,8 +72,8 @@ pub(crate) const RECONCILE_CALLS: &[(&str, &str, &str)] = &[
 /// ordinals no pod can have here (to recognise members beyond the spec); those keep their
 /// in-cluster DNS names, which nothing on this machine answers, so every ordinal still has an
 /// address of its own.
-struct Loopback {
-    ports: Vec<u16>,
+pub(super) struct Loopback {
+    pub(super) ports: Vec<u16>,
 }
 
 impl Resolver for Loopback {

@@ -42,10 +42,15 @@ use serde_json::{Value, json};
 /// which adds what that scenario cannot make: the controller's list and watch, claim deletion
 /// (clusters on disk), the Lease, and the `create` of every applied kind.
 const OPERATOR_API_CALLS: &[(&str, &str, &str)] = &[
+    ("get", "kvs.io", "kvsclusters"),
     ("list", "kvs.io", "kvsclusters"),
     ("watch", "kvs.io", "kvsclusters"),
     ("patch", "kvs.io", "kvsclusters"),
     ("patch", "kvs.io", "kvsclusters/status"),
+    ("list", "kvs.io", "kvsbackups"),
+    ("watch", "kvs.io", "kvsbackups"),
+    ("patch", "kvs.io", "kvsbackups/status"),
+    ("get", "", "secrets"),
     ("get", "apps", "statefulsets"),
     ("list", "apps", "statefulsets"),
     ("watch", "apps", "statefulsets"),
@@ -489,6 +494,27 @@ fn the_charts_crd_is_the_generated_one() {
             .expect("crds/kvscluster.yaml is a CRD");
     assert_eq!(crd, generated);
 
+    assert_eq!(
+        read(&chart_dir().join("files/kvsbackup.yaml")),
+        kvs_operator::backup::crd::crd_yaml(),
+        "charts/kvs-operator/files/kvsbackup.yaml is not crdgen's output; regenerate it with \
+         `cargo run -p kvs-operator --bin crdgen kvsbackup > charts/kvs-operator/files/kvsbackup.yaml`"
+    );
+    assert_eq!(
+        read(&workspace_root().join("crds/kvsbackup.yaml")),
+        kvs_operator::backup::crd::crd_yaml(),
+        "crds/kvsbackup.yaml is not crdgen's output"
+    );
+    let backups: CustomResourceDefinition =
+        rendered.get("CustomResourceDefinition", "kvsbackups.kvs.io");
+    assert_eq!(
+        backups.metadata.annotations,
+        Some(BTreeMap::from([(
+            "helm.sh/resource-policy".to_owned(),
+            "keep".to_owned()
+        )]))
+    );
+
     let without = template(&[], &["crds.install=false"]).expect("renders without the CRD");
     assert!(without.of_kind("CustomResourceDefinition").is_empty());
 }
@@ -498,6 +524,7 @@ fn every_call_the_end_to_end_reconciles_made_is_granted() {
     let granted: BTreeSet<_> = OPERATOR_API_CALLS.iter().collect();
     let missing: Vec<_> = crate::t95_operator::RECONCILE_CALLS
         .iter()
+        .chain(crate::t95_operator::backup::BACKUP_CALLS)
         .filter(|call| !granted.contains(call))
         .collect();
     assert!(

@@ -96,21 +96,28 @@ pub(crate) enum Command {
 #[derive(Debug, Subcommand)]
 pub(crate) enum SnapshotCommand {
     /// Stream a consistent point-in-time backup from the leader into FILE (written to
-    /// FILE.part, checked, then renamed); prints what it holds.
+    /// FILE.part, checked, then renamed) or into an object, `s3://BUCKET/KEY` or `file:///PATH`
+    /// (a multipart upload completed only once the backup checked out); prints what it holds.
+    /// Object stores are configured by AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and
+    /// AWS_ENDPOINT_URL (for S3-compatible stores; `http://` allowed).
     Save {
-        /// Where to write the backup.
+        /// Where to write the backup: a path or an `s3://` / `file://` URL.
+        #[arg(value_name = "FILE|URL")]
         file: PathBuf,
     },
-    /// Check FILE's checksums and print its keys, bytes, last index and term and checksum.
-    /// Needs no cluster; exits 3 if the file is damaged.
+    /// Check a backup's checksums and print its keys, bytes, last index and term and checksum.
+    /// Needs no cluster; exits 3 if the backup is damaged.
     Status {
-        /// The backup file.
+        /// The backup: a path or an `s3://` / `file://` URL.
+        #[arg(value_name = "FILE|URL")]
         file: PathBuf,
     },
-    /// Load every key of FILE into a new, empty cluster (a fresh membership formed as usual);
-    /// refuses a cluster that holds keys. FILE is checked whole before anything is written.
+    /// Load every key of a backup into a new, empty cluster (a fresh membership formed as
+    /// usual); refuses a cluster that holds keys. The backup is checked whole before anything
+    /// is written.
     Restore {
-        /// The backup file.
+        /// The backup: a path or an `s3://` / `file://` URL.
+        #[arg(value_name = "FILE|URL")]
         file: PathBuf,
     },
 }

@@ -19,7 +19,7 @@ use kvs_client::membership::{self, MAX_CAUGHT_UP_LAG};
 use kvs_client::proto::{self, Role};
 use kvs_client::{Client, ClientOptions, Credentials, Error};
 
-use crate::args::{Cli, Command, EndpointCommand, MemberCommand, SnapshotCommand};
+use crate::args::{Cli, Command, EndpointCommand, Format, MemberCommand, SnapshotCommand};
 
 /// How often `member add` looks at the learner's progress.
 const CATCH_UP_POLL: Duration = Duration::from_millis(100);
@@ -99,7 +99,8 @@ fn exit_code(failure: &Failure) -> u8 {
             Error::InvalidEndpoint { .. }
             | Error::NoEndpoints
             | Error::InvalidOptions(_)
-            | Error::InvalidCredentials(_),
+            | Error::InvalidCredentials(_)
+            | Error::InvalidLocation { .. },
         ) => USAGE,
         Failure::Client(err) if err.is_definitely_not_applied() => NOT_APPLIED,
         Failure::Client(_) => OUTCOME_UNKNOWN,
@@ -182,18 +183,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Status => output::status(format, &client.status().await?),
         Command::Snapshot(SnapshotCommand::Save { file }) => {
-            let summary = snapshot::save(&client, &file).await?;
-            output::backup(format, &summary, &format!("saved {}", file.display()))
+            let backup = snapshot::Backup::new(&file)?;
+            let summary = backup.save(&client, format == Format::Simple).await?;
+            output::backup(format, &summary, &format!("saved {}", backup.name()))
         }
         Command::Snapshot(SnapshotCommand::Status { file }) => {
-            let summary = tokio::task::spawn_blocking(move || snapshot::check(&file, |_| Ok(())))
-                .await
-                .expect("the check does not panic")?;
+            let summary = snapshot::Backup::new(&file)?.read(|_| Ok(())).await?;
             output::backup(format, &summary, "")
         }
         Command::Snapshot(SnapshotCommand::Restore { file }) => {
-            let (summary, written) = snapshot::restore(&client, &file).await?;
-            let note = format!("restored {written} keys from {}", file.display());
+            let backup = snapshot::Backup::new(&file)?;
+            let (summary, written) = snapshot::restore(&client, &backup).await?;
+            let note = format!("restored {written} keys from {}", backup.name());
             output::backup(format, &summary, &note)
         }
         Command::Endpoint(EndpointCommand::Status) => {

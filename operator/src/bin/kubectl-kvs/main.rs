@@ -2,9 +2,12 @@
 //!
 //! It talks to the API server the way kubectl does — the kubeconfig (`KUBECONFIG`, its current
 //! context and namespace) or, in a pod, the service account — and only reads KvsClusters, their
-//! pods and Events, or patches a KvsCluster's spec and annotations: the operator does the work,
-//! so the plugin needs no access to the kvs nodes. One module per verb family.
+//! pods and Events, patches a KvsCluster's spec and annotations or creates a KvsBackup: the
+//! operator does the work,
+//! so the plugin needs no access to the kvs nodes. One module per verb family: `cluster`
+//! (status, switchover, restart, hibernate) and `backup` (backup, backups).
 
+mod backup;
 mod cluster;
 
 use anyhow::Context as _;
@@ -59,6 +62,13 @@ enum Command {
         /// `on` or `off`.
         state: cluster::Switch,
     },
+    /// Back a cluster up now: create a KvsBackup and wait for it, printing its progress.
+    Backup(backup::BackupArgs),
+    /// List a cluster's backups, oldest first.
+    Backups {
+        /// The KvsCluster.
+        cluster: String,
+    },
 }
 
 #[tokio::main]
@@ -70,13 +80,17 @@ async fn main() -> anyhow::Result<()> {
     let namespace = cli
         .namespace
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let clusters = cluster::Clusters::new(client, &namespace);
+    let clusters = cluster::Clusters::new(client.clone(), &namespace);
     let json = cli.output == Output::Json;
     let printed = match cli.command {
         Command::Status { name } => clusters.status(&name).await?.render(json),
         Command::Switchover { name, pod } => clusters.switchover(&name, &pod).await?.render(json),
         Command::Restart { name } => clusters.restart(&name).await?.render(json),
         Command::Hibernate { name, state } => clusters.hibernate(&name, state).await?.render(json),
+        Command::Backup(args) => return backup::backup(client, &namespace, args).await,
+        Command::Backups { cluster } => {
+            return backup::backups(client, &namespace, &cluster).await;
+        }
     };
     print!("{printed}");
     Ok(())
