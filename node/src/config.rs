@@ -10,6 +10,7 @@ use clap::Args;
 use crate::error::Error;
 use crate::error::Result;
 use crate::store::compaction::SnapshotRule;
+use crate::tls::TlsFiles;
 
 /// How one kvs node runs. `docs/configuration.md` lists every flag.
 #[derive(Debug, Clone, Args)]
@@ -181,6 +182,10 @@ pub struct NodeConfig {
     #[arg(long, env = "KVS_BACKUP_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub backup_idle_timeout_ms: u64,
 
+    /// TLS on the client, RESP and peer ports (etcd's flag names).
+    #[command(flatten)]
+    pub tls: TlsFlags,
+
     /// TESTING ONLY — never in production. Re-read this file every 20 ms and drop all peer
     /// traffic to and from the nodes it names (`block <node-id>` lines), to simulate network
     /// partitions; delay calls to peers (`delay <node-id> <ms> [<jitter-ms>]`); lose a share of
@@ -311,6 +316,7 @@ impl NodeConfig {
                 self.resp_request_timeout_ms
             ));
         }
+        self.tls.validate(self.peer_listen.is_some())?;
         // Every gRPC reply is one message of at most --max-reply-bytes, and a write's reply is
         // sent after the write applied: a limit some reply can pass would fail an applied write.
         if self.max_reply_bytes < self.largest_reply_bytes() {
@@ -401,6 +407,89 @@ fn check_host_port(flag: &str, addr: &str) -> Result<()> {
             Ok(())
         }
         _ => Err(Error::Config(format!("{flag} {addr:?} is not HOST:PORT"))),
+    }
+}
+
+/// The TLS flags (docs/configuration.md, docs/operations.md): the client port's certificate,
+/// shared by the RESP port, and the peer port's, with etcd's names.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsFlags {
+    /// Certificate chain (PEM) of the client and RESP ports; with it they speak only TLS.
+    #[arg(long, env = "KVS_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "KVS_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA bundle (PEM) of client certificates (with --client-cert-auth) and of the other
+    /// members' client ports, which this node verifies when it forwards a request to the leader.
+    #[arg(long, env = "KVS_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse client and RESP connections without a certificate from --trusted-ca-file.
+    #[arg(long, env = "KVS_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// Certificate chain (PEM) of the peer port, also presented when this node dials a peer. Its
+    /// subject alternative names must include the host of this node's peer address.
+    #[arg(long, env = "KVS_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --peer-cert-file.
+    #[arg(long, env = "KVS_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) every peer's certificate must come from, both ways: mutual TLS is always
+    /// required on the peer port.
+    #[arg(long, env = "KVS_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// The client port's TLS files, if it has TLS.
+    pub(crate) fn client(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.cert_file.clone()?,
+            key: self.key_file.clone()?,
+            ca: self.trusted_ca_file.clone(),
+            require_client_cert: self.client_cert_auth,
+        })
+    }
+
+    /// The peer port's TLS files, if it has TLS.
+    pub(crate) fn peer(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.peer_cert_file.clone()?,
+            key: self.peer_key_file.clone()?,
+            ca: Some(self.peer_trusted_ca_file.clone()?),
+            require_client_cert: true,
+        })
+    }
+
+    fn validate(&self, own_peer_port: bool) -> Result<()> {
+        let bad = |msg: &str| Err(Error::Config(msg.into()));
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return bad("--cert-file and --key-file go together");
+        }
+        if self.cert_file.is_none() && (self.trusted_ca_file.is_some() || self.client_cert_auth) {
+            return bad("--trusted-ca-file and --client-cert-auth need --cert-file and --key-file");
+        }
+        if self.cert_file.is_some() && self.trusted_ca_file.is_none() {
+            return bad(
+                "--cert-file needs --trusted-ca-file: members verify each other's client port with it \
+                 when they forward a request to the leader",
+            );
+        }
+        let peer = [
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+        ];
+        if peer.iter().any(|f| f.is_some()) && !peer.iter().all(|f| f.is_some()) {
+            return bad(
+                "--peer-cert-file, --peer-key-file and --peer-trusted-ca-file go together: \
+                 the peer port always verifies both sides",
+            );
+        }
+        if (self.cert_file.is_some() || self.peer_cert_file.is_some()) && !own_peer_port {
+            return bad("TLS needs --peer-listen: the peer API gets a port of its own");
+        }
+        Ok(())
     }
 }
 

@@ -45,6 +45,8 @@ use crate::store::entry::MemberAddr;
 use crate::store::mem_log::MemLog;
 use crate::store::snapshot_file::SnapshotFiles;
 use crate::store::state_machine::StateMachine;
+use crate::tls::Tls;
+use crate::tls::TlsFiles;
 
 /// The sockets a node serves on.
 pub struct Listeners {
@@ -117,8 +119,9 @@ pub async fn run(
     config.validate()?;
     let advertised = listeners.advertised(&config)?;
     // The data directory stays locked until the node has stopped.
+    let tls = PortTls::load(&config)?;
     let (storage, _data_dir) = Storage::open(&config)?;
-    let (replica, read_rounds) = build_replica(&config, advertised.clone(), storage).await?;
+    let (replica, read_rounds) = build_replica(&config, advertised.clone(), storage, &tls).await?;
     if config.bootstrap {
         let init = replica.initialize().await?;
         tracing::info!(
@@ -127,7 +130,7 @@ pub async fn run(
             "bootstrap"
         );
     }
-    let tasks = Tasks::spawn(listeners, &replica, read_rounds);
+    let tasks = Tasks::spawn(listeners, &replica, read_rounds, tls);
     announce(replica.identity().node_id(), &advertised);
 
     // A node whose Raft core died can serve nothing right: it stops at once and exits non-zero,
@@ -154,11 +157,34 @@ pub async fn run(
 /// How long the tasks of a node whose Raft core died get to stop before it exits.
 const FATAL_GRACE: Duration = Duration::from_secs(2);
 
+/// The TLS of each port that has it, read from the files the flags name.
+struct PortTls {
+    /// The client port's, also the RESP port's and what forwarded requests are sent with.
+    client: Option<Arc<Tls>>,
+    peer: Option<Arc<Tls>>,
+}
+
+impl PortTls {
+    fn load(config: &NodeConfig) -> Result<Self> {
+        let load = |port: &'static str, files: Option<TlsFiles>| {
+            files
+                .map(|files| Tls::load(port, files))
+                .transpose()
+                .map_err(|why| Error::Config(format!("TLS of the {port} port: {why}")))
+        };
+        Ok(Self {
+            client: load("client", config.tls.client())?,
+            peer: load("peer", config.tls.peer())?,
+        })
+    }
+}
+
 /// Starts Raft on the opened storage and builds the replica around it.
 async fn build_replica(
     config: &NodeConfig,
     advertised: MemberAddr,
     storage: Storage,
+    tls: &PortTls,
 ) -> Result<(Arc<Replica>, ReadIndexRunners)> {
     let Storage {
         identity,
@@ -177,6 +203,7 @@ async fn build_replica(
         config.max_message_bytes(),
         Duration::from_millis(config.heartbeat_interval_ms.max(500)),
         faults.clone(),
+        tls.peer.clone(),
     );
     let node_id = identity.node_id();
     let raft_config = Arc::new(config.raft_config()?);
@@ -195,6 +222,7 @@ async fn build_replica(
         state,
         peers,
         faults,
+        tls.client.clone(),
     ))
 }
 
@@ -207,7 +235,12 @@ struct Tasks {
 }
 
 impl Tasks {
-    fn spawn(listeners: Listeners, replica: &Arc<Replica>, read_rounds: ReadIndexRunners) -> Self {
+    fn spawn(
+        listeners: Listeners,
+        replica: &Arc<Replica>,
+        read_rounds: ReadIndexRunners,
+        tls: PortTls,
+    ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let stopped = move || {
             let mut rx = stop_rx.clone();
@@ -229,14 +262,24 @@ impl Tasks {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "serving RESP");
             }
-            set.spawn(crate::resp::serve(listener, replica.clone(), stopped()));
+            set.spawn(crate::resp::serve(
+                listener,
+                replica.clone(),
+                tls.client.clone(),
+                stopped(),
+            ));
+        }
+        let reloaded: Vec<_> = tls.client.iter().chain(&tls.peer).cloned().collect();
+        if !reloaded.is_empty() {
+            set.spawn(crate::tls::watch(reloaded, stopped()));
         }
 
         let max_message = config.max_message_bytes();
         let peer_service = PeerServer::new(PeerService::new(replica.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
-        let incoming = |listener| grpc::incoming::accept(listener, config.max_grpc_connections);
+        let incoming =
+            |listener, tls| grpc::incoming::accept(listener, config.max_grpc_connections, tls);
         let client_router = grpc_server(config)
             .add_service(health_service)
             .add_service(
@@ -249,17 +292,20 @@ impl Tasks {
             None => set.spawn(serve(
                 client_router
                     .add_service(peer_service)
-                    .serve_with_incoming_shutdown(incoming(listeners.client), stopped()),
+                    .serve_with_incoming_shutdown(
+                        incoming(listeners.client, tls.client),
+                        stopped(),
+                    ),
             )),
             Some(peer_listener) => {
                 set.spawn(serve(client_router.serve_with_incoming_shutdown(
-                    incoming(listeners.client),
+                    incoming(listeners.client, tls.client),
                     stopped(),
                 )));
                 set.spawn(serve(
                     grpc_server(config)
                         .add_service(peer_service)
-                        .serve_with_incoming_shutdown(incoming(peer_listener), stopped()),
+                        .serve_with_incoming_shutdown(incoming(peer_listener, tls.peer), stopped()),
                 ))
             }
         };

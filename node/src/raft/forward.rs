@@ -7,6 +7,7 @@
 //! was sent means the outcome is unknown.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use tonic::transport::Channel;
 use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::lock;
-use crate::raft::network::endpoint;
+use crate::raft::network;
+use crate::tls::Tls;
 
 /// Metadata a node puts on every status it generates itself, so a forwarding node can tell a
 /// leader's answer from a transport failure.
@@ -30,15 +32,32 @@ pub(crate) struct Forwarder {
     /// The leader's reply to a forwarded write comes after the write applied, so the limit on
     /// it is the largest reply (`--max-reply-bytes`), not the request limit.
     max_reply_bytes: usize,
+    /// The client port's TLS: other members' client ports speak it too.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Forwarder {
-    pub(crate) fn new(max_message_bytes: usize, max_reply_bytes: usize) -> Self {
+    pub(crate) fn new(
+        max_message_bytes: usize,
+        max_reply_bytes: usize,
+        tls: Option<Arc<Tls>>,
+    ) -> Self {
         Self {
             channels: Mutex::new(HashMap::new()),
             max_message_bytes,
             max_reply_bytes,
+            tls,
         }
+    }
+
+    /// A new connection to the client API at `addr`, over TLS when this node's client port has
+    /// it (presenting this node's certificate, verifying the other's with --trusted-ca-file).
+    pub(crate) async fn dial(
+        &self,
+        addr: &str,
+        connect_timeout: Duration,
+    ) -> Result<Channel, tonic::transport::Error> {
+        network::channel(addr, connect_timeout, self.tls.as_ref()).await
     }
 
     async fn channel(&self, addr: &str, deadline: &Deadline) -> Result<Channel, Error> {
@@ -51,9 +70,10 @@ impl Forwarder {
                 leader: Some(addr.to_string()),
             }
         };
-        let ep = endpoint(addr, deadline.remaining().min(Duration::from_secs(2)))
+        let ch = self
+            .dial(addr, deadline.remaining().min(Duration::from_secs(2)))
+            .await
             .map_err(|e| not_reached(e.to_string()))?;
-        let ch = ep.connect().await.map_err(|e| not_reached(e.to_string()))?;
         lock::lock(&self.channels).insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

@@ -5,7 +5,8 @@
 //! connection asked for serializable reads. `frame` is the bounded RESP2 codec, `command` the
 //! command families and their dispatcher, `connection` one client's request loop, `status` the
 //! one mapping from node errors to RESP error replies. The listener exists only when the node
-//! runs with `--resp-listen`.
+//! runs with `--resp-listen`; with `--cert-file` it speaks only TLS, with the client port's
+//! certificate (and, with `--client-cert-auth`, requires a client certificate as that port does).
 
 mod command;
 mod connection;
@@ -28,6 +29,8 @@ use crate::resp::command::Session;
 use crate::resp::connection::Bounds;
 use crate::resp::frame::Frame;
 use crate::resp::frame::Limits;
+use crate::tls::HANDSHAKE_TIMEOUT;
+use crate::tls::Tls;
 
 /// Most connections served at once (Redis's default `maxclients`); more are told so and closed.
 const MAX_CONNECTIONS: usize = 10_000;
@@ -56,6 +59,7 @@ impl Limits {
 pub(crate) async fn serve(
     listener: TcpListener,
     replica: Arc<Replica>,
+    tls: Option<Arc<Tls>>,
     stop: impl Future<Output = ()>,
 ) {
     let config = replica.config();
@@ -86,13 +90,35 @@ pub(crate) async fn serve(
                         continue;
                     }
                 };
+                let _ = stream.set_nodelay(true);
                 next_id += 1;
                 match slots.clone().try_acquire_owned() {
                     Ok(slot) => {
                         let session =
                             Session::new(replica.clone(), writes.clone(), next_id, peer);
+                        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
                         connections.spawn(async move {
-                            connection::serve(stream, session, bounds).await;
+                            match acceptor {
+                                None => connection::serve(stream, session, bounds).await,
+                                Some(acceptor) => {
+                                    let made = tokio::time::timeout(
+                                        HANDSHAKE_TIMEOUT,
+                                        acceptor.accept(stream),
+                                    )
+                                    .await;
+                                    match made {
+                                        Ok(Ok(stream)) => {
+                                            connection::serve(stream, session, bounds).await
+                                        }
+                                        Ok(Err(e)) => {
+                                            tracing::debug!(%peer, error = %e, "RESP TLS handshake failed")
+                                        }
+                                        Err(_) => {
+                                            tracing::debug!(%peer, "RESP TLS handshake timed out")
+                                        }
+                                    }
+                                }
+                            }
                             drop(slot);
                         });
                     }

@@ -33,8 +33,26 @@ pub(crate) struct Cli {
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     pub(crate) timeout: Duration,
 
+    /// TLS to the nodes (given --cacert, or when an endpoint says https://).
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// TLS flags, etcdctl's names.
+#[derive(Debug, Args)]
+pub(crate) struct TlsArgs {
+    /// CA bundle (PEM) the nodes' certificates must come from; turns TLS on.
+    #[arg(long, global = true, env = "KVSCTL_CACERT")]
+    pub(crate) cacert: Option<PathBuf>,
+    /// Client certificate (PEM), for nodes run with --client-cert-auth; needs --key.
+    #[arg(long, global = true, env = "KVSCTL_CERT", requires = "key")]
+    pub(crate) cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, global = true, env = "KVSCTL_KEY", requires = "cert")]
+    pub(crate) key: Option<PathBuf>,
 }
 
 /// How results are printed.

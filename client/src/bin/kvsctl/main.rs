@@ -17,7 +17,7 @@ use std::time::Duration;
 use clap::Parser;
 use kvs_client::membership::{self, MAX_CAUGHT_UP_LAG};
 use kvs_client::proto::{self, Role};
-use kvs_client::{Client, ClientOptions, Error};
+use kvs_client::{Client, ClientOptions, Error, TlsOptions};
 
 use crate::args::{Cli, Command, EndpointCommand, MemberCommand, SnapshotCommand};
 
@@ -96,7 +96,10 @@ fn exit_code(failure: &Failure) -> u8 {
     match failure {
         Failure::Client(Error::CompareFailed) => COMPARE_FAILED,
         Failure::Client(
-            Error::InvalidEndpoint { .. } | Error::NoEndpoints | Error::InvalidOptions(_),
+            Error::InvalidEndpoint { .. }
+            | Error::NoEndpoints
+            | Error::InvalidOptions(_)
+            | Error::InvalidTls(_),
         ) => USAGE,
         Failure::Client(err) if err.is_definitely_not_applied() => NOT_APPLIED,
         Failure::Client(_) => OUTCOME_UNKNOWN,
@@ -116,7 +119,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         timeout: cli.timeout,
         ..ClientOptions::default()
     };
-    let client = Client::connect(cli.endpoints, options)?;
+    let tls = &cli.tls;
+    let tls = match (&tls.cacert, &tls.cert) {
+        (None, None) => None,
+        _ => Some(TlsOptions::from_files(
+            tls.cacert.as_deref(),
+            tls.cert.as_deref(),
+            tls.key.as_deref(),
+        )?),
+    };
+    let client = Client::connect_with_tls(cli.endpoints, options, tls)?;
     let format = cli.output;
     let printed = match cli.command {
         Command::Put { key, value } => {
