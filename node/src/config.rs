@@ -10,6 +10,7 @@ use clap::Args;
 use crate::error::Error;
 use crate::error::Result;
 use crate::store::compaction::SnapshotRule;
+use crate::tls::ClientAuth;
 use crate::tls::TlsFiles;
 
 /// How one kvs node runs. `docs/configuration.md` lists every flag.
@@ -447,7 +448,11 @@ impl TlsFlags {
             cert: self.cert_file.clone()?,
             key: self.key_file.clone()?,
             ca: self.trusted_ca_file.clone(),
-            require_client_cert: self.client_cert_auth,
+            client_auth: if self.client_cert_auth {
+                ClientAuth::AfterHandshake
+            } else {
+                ClientAuth::None
+            },
         })
     }
 
@@ -457,7 +462,7 @@ impl TlsFlags {
             cert: self.peer_cert_file.clone()?,
             key: self.peer_key_file.clone()?,
             ca: Some(self.peer_trusted_ca_file.clone()?),
-            require_client_cert: true,
+            client_auth: ClientAuth::InHandshake,
         })
     }
 

@@ -14,6 +14,7 @@ use kvs_client::proto::kv_server::KvServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tonic::service::InterceptorLayer;
 use tonic::transport::Server;
 
 use crate::announce::Serving;
@@ -341,15 +342,27 @@ async fn serve(server: impl Future<Output = std::result::Result<(), tonic::trans
 }
 
 /// A gRPC server with the node's limits (docs/configuration.md): streams per connection and
-/// HTTP/2 and TCP keepalives, so a dead peer's connection is noticed and dropped.
-fn grpc_server(config: &NodeConfig) -> Server {
+/// HTTP/2 and TCP keepalives, so a dead peer's connection is noticed and dropped; and every call
+/// on a connection TLS did not admit refused.
+fn grpc_server(
+    config: &NodeConfig,
+) -> Server<
+    tower::layer::util::Stack<InterceptorLayer<RefuseUnverified>, tower::layer::util::Identity>,
+> {
     let keepalive = Duration::from_millis(config.grpc_keepalive_ms);
     Server::builder()
         .max_concurrent_streams(Some(config.max_grpc_streams))
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
         .tcp_keepalive(Some(keepalive))
+        .layer(InterceptorLayer::new(
+            grpc::incoming::refuse_unverified as RefuseUnverified,
+        ))
 }
+
+/// The interceptor that refuses calls on connections TLS did not admit.
+type RefuseUnverified =
+    fn(tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status>;
 
 /// While this node leads, deletes expired keys a few at a time until `stop` resolves.
 async fn purge_expired(replica: Arc<Replica>, stop: impl Future<Output = ()>) {

@@ -23,11 +23,15 @@ use std::time::SystemTime;
 use rustls::ClientConfig;
 use rustls::RootCertStore;
 use rustls::ServerConfig;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::ServerName;
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::pem::PemObject;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerified;
+use rustls::server::danger::ClientCertVerifier;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::TlsConnector;
@@ -51,8 +55,24 @@ pub(crate) struct TlsFiles {
     /// The CA bundle (PEM) that the other side's certificates must chain to: required of
     /// connecting clients when `require_client_cert`, and of the servers this node dials.
     pub(crate) ca: Option<PathBuf>,
-    /// Refuse a connection that presents no certificate from `ca`.
-    pub(crate) require_client_cert: bool,
+    /// Whether and how connecting clients must present a certificate from `ca`.
+    pub(crate) client_auth: ClientAuth,
+}
+
+/// Whether a port requires client certificates, and where it checks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClientAuth {
+    /// Any client may connect.
+    None,
+    /// The handshake fails without a certificate from the CA (the peer port: peers need no
+    /// explanation).
+    InHandshake,
+    /// The handshake takes any certificate whose key the client holds, and the connection is
+    /// verified right after it ([`Material::verify_client`]): one that fails is refused every
+    /// call with a message, where a failed handshake would leave the client with a broken
+    /// connection whose request may or may not have been read (TLS 1.3 clients learn of the
+    /// refusal only after sending).
+    AfterHandshake,
 }
 
 /// The TLS of one port, kept current with its files.
@@ -73,10 +93,84 @@ struct State {
 type Stamp = (SystemTime, u64);
 
 /// What handshakes are made with.
-struct Material {
+pub(crate) struct Material {
     acceptor: TlsAcceptor,
     /// Present when there is a CA to verify the servers this node dials.
     connector: Option<TlsConnector>,
+    /// With [`ClientAuth::AfterHandshake`], what a client's certificate is verified with.
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl Material {
+    /// What the next inbound handshake uses.
+    pub(crate) fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
+    }
+
+    /// Checks the certificate chain a client presented (leaf first) when the port verifies it
+    /// after the handshake; the reason it is refused otherwise.
+    pub(crate) fn verify_client(
+        &self,
+        chain: Option<&[CertificateDer<'static>]>,
+    ) -> Result<(), String> {
+        let Some(verifier) = &self.client_verifier else {
+            return Ok(());
+        };
+        let Some((leaf, intermediates)) = chain.and_then(|chain| chain.split_first()) else {
+            return Err("this port requires a client certificate".into());
+        };
+        verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| format!("the client certificate is refused: {e}"))
+    }
+}
+
+/// The client verifier of [`ClientAuth::AfterHandshake`]: in the handshake it checks only that
+/// the client holds the key of the certificate it presents (the signatures), and asks for a
+/// certificate without requiring one.
+#[derive(Debug)]
+struct KeyHeldOnly(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for KeyHeldOnly {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
 }
 
 impl TlsFiles {
@@ -117,13 +211,21 @@ impl TlsFiles {
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
-        let server = match (&roots, self.require_client_cert) {
-            (Some(roots), true) => server.with_client_cert_verifier(
+        let verifier = match (&roots, self.client_auth) {
+            (Some(roots), ClientAuth::InHandshake | ClientAuth::AfterHandshake) => Some(
                 WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                     .build()
                     .map_err(|e| format!("the client CA: {e}"))?,
             ),
-            _ => server.with_no_client_auth(),
+            _ => None,
+        };
+        let (server, client_verifier) = match (verifier, self.client_auth) {
+            (Some(verifier), ClientAuth::AfterHandshake) => (
+                server.with_client_cert_verifier(Arc::new(KeyHeldOnly(verifier.clone()))),
+                Some(verifier),
+            ),
+            (Some(verifier), _) => (server.with_client_cert_verifier(verifier), None),
+            (None, _) => (server.with_no_client_auth(), None),
         };
         let mut server = server
             .with_single_cert(chain.clone(), key.clone_key())
@@ -151,6 +253,7 @@ impl TlsFiles {
         Ok(Material {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             connector,
+            client_verifier,
         })
     }
 }
@@ -178,13 +281,9 @@ impl Tls {
         }))
     }
 
-    fn material(&self) -> Arc<Material> {
+    /// The material the next handshake is made with.
+    pub(crate) fn material(&self) -> Arc<Material> {
         lock::lock(&self.state).material.clone()
-    }
-
-    /// What the next inbound handshake uses.
-    pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        self.material().acceptor.clone()
     }
 
     /// What the next outbound handshake uses, if this port has a CA to verify servers with.
@@ -215,6 +314,24 @@ impl Tls {
         }
     }
 }
+
+/// The first byte of every TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Whether the client on `io` opened with something other than a TLS handshake (a plaintext
+/// client on a TLS port), looking without taking; bounded by [`HANDSHAKE_TIMEOUT`]. An error
+/// or a silent client counts as TLS: the handshake then fails on its own.
+pub(crate) async fn speaks_plaintext(io: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, io.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD
+    )
+}
+
+/// What a plaintext client on a TLS port is told.
+pub(crate) const TLS_ONLY: &str =
+    "this port speaks TLS only: connect with TLS (kvsctl --cacert, https://, redis-cli --tls)";
 
 /// Reloads each port's TLS when its files change ([`Tls::reload`]) until `stop` resolves.
 pub(crate) async fn watch(ports: Vec<Arc<Tls>>, stop: impl Future<Output = ()>) {
@@ -323,7 +440,7 @@ mod tests {
             cert: dir.join("tls.crt"),
             key: dir.join("tls.key"),
             ca: Some(dir.join("tls.crt")),
-            require_client_cert: true,
+            client_auth: ClientAuth::AfterHandshake,
         };
         std::fs::write(&files.cert, made.cert.pem()).expect("write cert");
         std::fs::write(&files.key, made.signing_key.serialize_pem()).expect("write key");

@@ -30,6 +30,8 @@ const RUN_DEADLINE: Duration = Duration::from_secs(60);
 pub struct Kvsctl {
     bin: PathBuf,
     endpoints: Vec<String>,
+    /// Flags before the command on every run (TLS material).
+    global: Vec<String>,
 }
 
 /// What one `kvsctl` run did.
@@ -49,7 +51,17 @@ pub struct KvsctlOutput {
 
 impl Kvsctl {
     pub(crate) fn new(bin: PathBuf, endpoints: Vec<String>) -> Self {
-        Self { bin, endpoints }
+        Self {
+            bin,
+            endpoints,
+            global: Vec::new(),
+        }
+    }
+
+    /// This `kvsctl` with `args` before the command on every run.
+    pub fn with_args(mut self, args: Vec<String>) -> Self {
+        self.global = args;
+        self
     }
 
     /// The endpoints passed as `--endpoints a,b,c`.
@@ -72,6 +84,7 @@ impl Kvsctl {
         let run = tokio::process::Command::new(&self.bin)
             .arg("--endpoints")
             .arg(self.endpoints.join(","))
+            .args(&self.global)
             .args(&args)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)

@@ -31,12 +31,14 @@ use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use crate::tls::HANDSHAKE_TIMEOUT;
+use crate::tls::Material;
+use crate::tls::TLS_ONLY;
 use crate::tls::Tls;
+use crate::tls::speaks_plaintext;
 
 /// The first wait after a failed accept; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
@@ -62,6 +64,25 @@ pub(crate) struct ConnectInfo {
     /// The certificate the other side presented, verified against the port's CA in the
     /// handshake (TLS ports requiring one only).
     pub(crate) certificate: Option<Arc<CertificateDer<'static>>>,
+    /// Why every call on this connection is refused: a plaintext client on a TLS port, or a
+    /// client certificate the port does not accept ([`refuse_unverified`]).
+    pub(crate) refused: Option<Arc<str>>,
+}
+
+/// Refuses every call on a connection the TLS layer did not admit (UNAUTHENTICATED, with the
+/// reason): its client then fails at once with a message that says what to fix, and knows its
+/// request was not applied.
+pub(crate) fn refuse_unverified(
+    request: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
+    match request
+        .extensions()
+        .get::<ConnectInfo>()
+        .and_then(|c| c.refused.as_deref())
+    {
+        Some(why) => Err(tonic::Status::unauthenticated(why)),
+        None => Ok(request),
+    }
 }
 
 impl ConnectInfo {
@@ -104,11 +125,11 @@ pub(crate) fn accept(
                     let (io, slot) = taken?;
                     match &a.tls {
                         None => {
-                            let info = ConnectInfo { remote: io.peer_addr().ok(), certificate: None };
+                            let info = ConnectInfo { remote: io.peer_addr().ok(), ..ConnectInfo::default() };
                             let connection = Connection { io: Io::Plain(io), info, _slot: slot };
                             return Some((Ok(connection), a));
                         }
-                        Some(tls) => a.handshakes.push(handshake(tls.acceptor(), io, slot).boxed()),
+                        Some(tls) => a.handshakes.push(handshake(tls.material(), io, slot).boxed()),
                     }
                 }
             }
@@ -149,26 +170,43 @@ async fn take(
     }
 }
 
-/// Makes the TLS session of an accepted connection, or drops the connection.
+/// Makes the TLS session of an accepted connection with `material`, or drops the connection.
+/// A plaintext client, or one whose certificate `material` does not accept after the handshake,
+/// is kept only to be refused every call ([`refuse_unverified`]).
 async fn handshake(
-    acceptor: TlsAcceptor,
+    material: Arc<Material>,
     io: TcpStream,
     slot: OwnedSemaphorePermit,
 ) -> Option<Connection> {
     let remote = io.peer_addr().ok();
+    if speaks_plaintext(&io).await {
+        tracing::debug!(?remote, "plaintext client on a TLS port");
+        let info = ConnectInfo {
+            remote,
+            certificate: None,
+            refused: Some(TLS_ONLY.into()),
+        };
+        return Some(Connection {
+            io: Io::Plain(io),
+            info,
+            _slot: slot,
+        });
+    }
     let failed = |why: String| {
         tracing::debug!(?remote, %why, "TLS handshake failed");
         None
     };
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, material.acceptor().accept(io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return failed(e.to_string()),
         Err(_) => return failed("timed out".into()),
     };
-    let certificate = tls
-        .get_ref()
-        .1
-        .peer_certificates()
+    let chain = tls.get_ref().1.peer_certificates();
+    let refused = material.verify_client(chain).err();
+    if let Some(why) = &refused {
+        tracing::debug!(?remote, %why, "refusing a client certificate");
+    }
+    let certificate = chain
         .and_then(|chain| chain.first())
         .map(|leaf| Arc::new(leaf.clone().into_owned()));
     Some(Connection {
@@ -176,6 +214,7 @@ async fn handshake(
         info: ConnectInfo {
             remote,
             certificate,
+            refused: refused.map(Arc::from),
         },
         _slot: slot,
     })

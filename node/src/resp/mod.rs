@@ -18,8 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -30,7 +32,10 @@ use crate::resp::connection::Bounds;
 use crate::resp::frame::Frame;
 use crate::resp::frame::Limits;
 use crate::tls::HANDSHAKE_TIMEOUT;
+use crate::tls::Material;
+use crate::tls::TLS_ONLY;
 use crate::tls::Tls;
+use crate::tls::speaks_plaintext;
 
 /// Most connections served at once (Redis's default `maxclients`); more are told so and closed.
 const MAX_CONNECTIONS: usize = 10_000;
@@ -52,6 +57,45 @@ impl Limits {
             max_inline: MAX_INLINE,
         }
     }
+}
+
+/// Makes the TLS session of a RESP connection with `material` and serves it. A plaintext
+/// client, or one whose certificate the port does not accept, is told so in an error reply and
+/// the connection closed.
+async fn serve_tls(mut stream: TcpStream, material: &Material, session: Session, bounds: Bounds) {
+    let peer = stream.peer_addr().ok();
+    if speaks_plaintext(&stream).await {
+        refuse(&mut stream, TLS_ONLY).await;
+        return;
+    }
+    let made = tokio::time::timeout(HANDSHAKE_TIMEOUT, material.acceptor().accept(stream)).await;
+    let mut stream = match made {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(?peer, error = %e, "RESP TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(?peer, "RESP TLS handshake timed out");
+            return;
+        }
+    };
+    if let Err(why) = material.verify_client(stream.get_ref().1.peer_certificates()) {
+        refuse(&mut stream, &why).await;
+        return;
+    }
+    connection::serve(stream, session, bounds).await;
+}
+
+/// Sends `why` as an error reply, bounded, before the connection is closed.
+async fn refuse(stream: &mut (impl AsyncWrite + Unpin), why: &str) {
+    let mut reply = BytesMut::new();
+    Frame::Error(format!("ERR {why}")).encode(&mut reply);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&reply).await?;
+        stream.flush().await
+    })
+    .await;
 }
 
 /// Serves RESP clients on `listener` until `stop` resolves; then closes every connection (the
@@ -96,28 +140,11 @@ pub(crate) async fn serve(
                     Ok(slot) => {
                         let session =
                             Session::new(replica.clone(), writes.clone(), next_id, peer);
-                        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+                        let material = tls.as_ref().map(|tls| tls.material());
                         connections.spawn(async move {
-                            match acceptor {
+                            match material {
                                 None => connection::serve(stream, session, bounds).await,
-                                Some(acceptor) => {
-                                    let made = tokio::time::timeout(
-                                        HANDSHAKE_TIMEOUT,
-                                        acceptor.accept(stream),
-                                    )
-                                    .await;
-                                    match made {
-                                        Ok(Ok(stream)) => {
-                                            connection::serve(stream, session, bounds).await
-                                        }
-                                        Ok(Err(e)) => {
-                                            tracing::debug!(%peer, error = %e, "RESP TLS handshake failed")
-                                        }
-                                        Err(_) => {
-                                            tracing::debug!(%peer, "RESP TLS handshake timed out")
-                                        }
-                                    }
-                                }
+                                Some(material) => serve_tls(stream, &material, session, bounds).await,
                             }
                             drop(slot);
                         });

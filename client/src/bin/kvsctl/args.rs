@@ -48,10 +48,22 @@ pub(crate) struct TlsArgs {
     #[arg(long, global = true, env = "KVSCTL_CACERT")]
     pub(crate) cacert: Option<PathBuf>,
     /// Client certificate (PEM), for nodes run with --client-cert-auth; needs --key.
-    #[arg(long, global = true, env = "KVSCTL_CERT", requires = "key")]
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        env = "KVSCTL_CERT",
+        requires = "tls_key"
+    )]
     pub(crate) cert: Option<PathBuf>,
     /// Private key (PEM) of --cert.
-    #[arg(long, global = true, env = "KVSCTL_KEY", requires = "cert")]
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        env = "KVSCTL_KEY",
+        requires = "tls_cert"
+    )]
     pub(crate) key: Option<PathBuf>,
 }
 
