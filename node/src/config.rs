@@ -545,4 +545,54 @@ mod tests {
             .expect("a limit that holds the largest reply");
         config(&["--in-memory"]).validate().expect("the defaults");
     }
+
+    /// TLS flags that cannot work together are refused before anything starts (exit 2), each
+    /// with a message naming the flags; complete sets are accepted.
+    #[test]
+    fn incomplete_tls_flags_are_refused_naming_what_is_missing() {
+        let peer = ["--peer-listen", "127.0.0.1:7380"];
+        let client = ["--cert-file", "c.pem", "--key-file", "c.key"];
+        let refused = |args: &[&str], says: &str| {
+            let Err(Error::Config(msg)) = config(args).validate() else {
+                panic!("{args:?} was accepted");
+            };
+            assert!(msg.contains(says), "{args:?}: {msg}");
+        };
+        refused(&["--cert-file", "c.pem"], "--key-file");
+        refused(
+            &[&peer[..], &["--key-file", "c.key"]].concat(),
+            "--cert-file",
+        );
+        refused(&[&peer[..], &client[..]].concat(), "--trusted-ca-file");
+        refused(&["--client-cert-auth"], "--cert-file");
+        refused(&["--trusted-ca-file", "ca.pem"], "--cert-file");
+        refused(
+            &[
+                &peer[..],
+                &["--peer-cert-file", "p.pem", "--peer-key-file", "p.key"],
+            ]
+            .concat(),
+            "--peer-trusted-ca-file",
+        );
+        let whole = [
+            &client[..],
+            &["--trusted-ca-file", "ca.pem", "--client-cert-auth"],
+        ]
+        .concat();
+        refused(&whole, "--peer-listen");
+        assert!(config(&[&peer[..], &whole[..]].concat()).validate().is_ok());
+        let peer_tls = [
+            "--peer-cert-file",
+            "p.pem",
+            "--peer-key-file",
+            "p.key",
+            "--peer-trusted-ca-file",
+            "pca.pem",
+        ];
+        assert!(
+            config(&[&peer[..], &peer_tls[..]].concat())
+                .validate()
+                .is_ok()
+        );
+    }
 }

@@ -203,7 +203,7 @@ async fn build_replica(
         identity.clone(),
         config.max_message_bytes(),
         Duration::from_millis(config.heartbeat_interval_ms.max(500)),
-        faults.clone(),
+        faults,
         tls.peer.clone(),
     );
     let node_id = identity.node_id();
@@ -222,7 +222,6 @@ async fn build_replica(
         raft,
         state,
         peers,
-        faults,
         tls.client.clone(),
     ))
 }

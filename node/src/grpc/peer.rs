@@ -955,6 +955,7 @@ mod tests {
         let connection = ConnectInfo {
             remote: None,
             certificate: Some(Arc::new(certificate_for("kvs-2.peer"))),
+            refused: None,
         };
         let refused = judge
             .admit::<VoteRequest<TypeConfig>>(&forged, &connection, Adopt::Never)

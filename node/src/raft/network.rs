@@ -215,6 +215,11 @@ impl PeerNetwork {
         }
     }
 
+    /// The injected faults (inert outside tests) this network applies.
+    pub(crate) fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
     /// How far the members' clocks are from this node's.
     pub(crate) fn clocks(&self) -> &ClockOffsets {
         &self.clocks

@@ -104,10 +104,10 @@ impl Replica {
         raft: Raft,
         state: StateMachine,
         peers: PeerNetwork,
-        faults: Arc<Faults>,
         client_tls: Option<Arc<Tls>>,
     ) -> (Arc<Self>, ReadIndexRunners) {
         let (read_index, runners) = ReadIndexRounds::new();
+        let faults = peers.faults().clone();
         let replica = Replica {
             backups: Arc::new(tokio::sync::Semaphore::new(config.max_backups)),
             identity,
