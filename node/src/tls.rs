@@ -319,14 +319,12 @@ impl Tls {
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Whether the client on `io` opened with something other than a TLS handshake (a plaintext
-/// client on a TLS port), looking without taking; bounded by [`HANDSHAKE_TIMEOUT`]. An error
-/// or a silent client counts as TLS: the handshake then fails on its own.
+/// client on a TLS port), looking without taking. An error counts as TLS: the handshake then
+/// fails on its own. Waits for the client's first byte: callers bound it, with the handshake,
+/// by [`HANDSHAKE_TIMEOUT`].
 pub(crate) async fn speaks_plaintext(io: &TcpStream) -> bool {
     let mut first = [0u8; 1];
-    matches!(
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, io.peek(&mut first)).await,
-        Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD
-    )
+    matches!(io.peek(&mut first).await, Ok(1) if first[0] != TLS_HANDSHAKE_RECORD)
 }
 
 /// What a plaintext client on a TLS port is told.

@@ -129,7 +129,14 @@ pub(crate) fn accept(
                             let connection = Connection { io: Io::Plain(io), info, _slot: slot };
                             return Some((Ok(connection), a));
                         }
-                        Some(tls) => a.handshakes.push(handshake(tls.material(), io, slot).boxed()),
+                        Some(tls) => a.handshakes.push(
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tls.material(), io, slot))
+                                .map(|made| made.unwrap_or_else(|_| {
+                                    tracing::debug!("TLS handshake timed out");
+                                    None
+                                }))
+                                .boxed(),
+                        ),
                     }
                 }
             }
@@ -170,7 +177,8 @@ async fn take(
     }
 }
 
-/// Makes the TLS session of an accepted connection with `material`, or drops the connection.
+/// Makes the TLS session of an accepted connection with `material`, or drops the connection;
+/// the caller bounds it by [`HANDSHAKE_TIMEOUT`].
 /// A plaintext client, or one whose certificate `material` does not accept after the handshake,
 /// is kept only to be refused every call ([`refuse_unverified`]).
 async fn handshake(
@@ -196,10 +204,9 @@ async fn handshake(
         tracing::debug!(?remote, %why, "TLS handshake failed");
         None
     };
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, material.acceptor().accept(io)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return failed(e.to_string()),
-        Err(_) => return failed("timed out".into()),
+    let tls = match material.acceptor().accept(io).await {
+        Ok(tls) => tls,
+        Err(e) => return failed(e.to_string()),
     };
     let chain = tls.get_ref().1.peer_certificates();
     let refused = material.verify_client(chain).err();

@@ -64,11 +64,15 @@ impl Limits {
 /// the connection closed.
 async fn serve_tls(mut stream: TcpStream, material: &Material, session: Session, bounds: Bounds) {
     let peer = stream.peer_addr().ok();
-    if speaks_plaintext(&stream).await {
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    if tokio::time::timeout_at(deadline, speaks_plaintext(&stream))
+        .await
+        .unwrap_or(false)
+    {
         refuse(&mut stream, TLS_ONLY).await;
         return;
     }
-    let made = tokio::time::timeout(HANDSHAKE_TIMEOUT, material.acceptor().accept(stream)).await;
+    let made = tokio::time::timeout_at(deadline, material.acceptor().accept(stream)).await;
     let mut stream = match made {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {

@@ -383,11 +383,10 @@ async fn a_peer_is_admitted_only_with_a_peer_ca_certificate_naming_its_own_addre
     )
     .await;
     if let Ok(status) = foreign {
+        // A failure of the client's own transport (it carries its cause), never a status the
+        // node sent.
         assert!(
-            matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
-            ),
+            std::error::Error::source(&status).is_some(),
             "a peer with another CA's certificate got an answer from the node: {status:?}"
         );
     }
