@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
 use crate::credentials::Credentials;
+use crate::endpoint::{Dial, wants_tls};
 use crate::error::{Error, Result};
 use crate::kv::{self, Action, Expect, KeyValue};
 use crate::proto;
@@ -23,6 +24,7 @@ use crate::proto::kv_client::KvClient;
 use crate::retry::{Attempts, CallKind, Failure, Next};
 use crate::routing::{Routing, Target};
 use crate::session::{WriteSession, WriteTicket};
+use crate::tls::TlsOptions;
 
 /// How long calls may take.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,8 +99,25 @@ impl Client {
     /// `http://`). Connections are made on first use, so this succeeds while nodes are down; it
     /// must be called within a Tokio runtime.
     pub fn connect(endpoints: Vec<String>, options: ClientOptions) -> Result<Self> {
+        Self::connect_with_tls(endpoints, options, None)
+    }
+
+    /// As [`Client::connect`], speaking TLS to every node with `tls` when it is given (and with
+    /// the system's roots when only some endpoint says `https://`).
+    pub fn connect_with_tls(
+        endpoints: Vec<String>,
+        options: ClientOptions,
+        tls: Option<TlsOptions>,
+    ) -> Result<Self> {
         options.validate()?;
-        let routing = Routing::new(&endpoints, options.attempt_timeout)?;
+        let tls = tls.or_else(|| {
+            endpoints
+                .iter()
+                .any(|e| wants_tls(e))
+                .then(TlsOptions::default)
+        });
+        let dial = Dial::new(options.attempt_timeout, tls.map(|tls| tls.config()))?;
+        let routing = Routing::new(&endpoints, dial)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 routing,

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::{Error, Result};
 
@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 pub(crate) struct Address(String);
 
 impl Address {
-    /// Accepts `host:port` or `http://host:port`.
+    /// Accepts `host:port`, `http://host:port` or `https://host:port` (whether a client speaks
+    /// TLS is decided for all its endpoints at once: [`wants_tls`]).
     pub(crate) fn parse(endpoint: &str) -> Result<Self> {
         parse(endpoint).map(Address)
     }
@@ -24,13 +25,58 @@ impl Address {
         &self.0
     }
 
-    /// A channel to this address; it connects on first use.
-    pub(crate) fn channel(&self, connect_timeout: Duration) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.0))
+    /// A channel to this address; it connects on first use, over TLS when `tls` is given.
+    pub(crate) fn channel(&self, dial: &Dial) -> Channel {
+        let scheme = if dial.tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.0))
             .expect("parse checked that the address makes a valid URI")
-            .connect_timeout(connect_timeout)
-            .connect_lazy()
+            .connect_timeout(dial.connect_timeout);
+        match &dial.tls {
+            Some(tls) => endpoint
+                .tls_config(tls.clone())
+                .expect("Dial::new checked the TLS configuration"),
+            None => endpoint,
+        }
+        .connect_lazy()
     }
+}
+
+/// How every node is dialled: the connect timeout, and TLS if the client speaks it.
+#[derive(Clone, Debug)]
+pub(crate) struct Dial {
+    connect_timeout: Duration,
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Dial {
+    /// Checks that `tls` makes a usable configuration.
+    pub(crate) fn new(connect_timeout: Duration, tls: Option<ClientTlsConfig>) -> Result<Self> {
+        if let Some(tls) = &tls {
+            Endpoint::from_static("https://localhost")
+                .tls_config(tls.clone())
+                .map_err(|e| Error::InvalidTls(tls_error_text(&e)))?;
+        }
+        Ok(Dial {
+            connect_timeout,
+            tls,
+        })
+    }
+}
+
+/// A transport error with its causes, which say what is wrong with the material.
+fn tls_error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether an endpoint asks for TLS (`https://`).
+pub(crate) fn wants_tls(endpoint: &str) -> bool {
+    endpoint.trim().starts_with("https://")
 }
 
 fn parse(endpoint: &str) -> Result<String> {
@@ -39,10 +85,10 @@ fn parse(endpoint: &str) -> Result<String> {
         reason,
     };
     let trimmed = endpoint.trim();
-    if trimmed.starts_with("https://") {
-        return Err(invalid("TLS is not supported; use host:port"));
-    }
-    let address = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    let address = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+        .unwrap_or(trimmed);
     let address = address.strip_suffix('/').unwrap_or(address);
     if address.contains('/') {
         return Err(invalid("expected host:port without a path"));
@@ -79,6 +125,7 @@ mod tests {
         assert_eq!(parse("http://node-1.kvs:7379").unwrap(), "node-1.kvs:7379");
         assert_eq!(parse(" http://localhost:1/ ").unwrap(), "localhost:1");
         assert_eq!(parse("[::1]:7379").unwrap(), "[::1]:7379");
+        assert_eq!(parse("https://node-1.kvs:7379").unwrap(), "node-1.kvs:7379");
     }
 
     #[test]
@@ -90,7 +137,6 @@ mod tests {
             "localhost:0",
             "localhost:99999",
             "localhost:port",
-            "https://localhost:7379",
             "localhost:7379/kv",
             "::1:7379",
             "bad host:7379",

@@ -80,6 +80,10 @@ pub enum Error {
     /// Reading or writing a local file failed.
     #[error("{0}")]
     Io(String),
+    /// The TLS material given cannot be used (unreadable files, a certificate without its key,
+    /// PEM that does not parse); nothing was sent.
+    #[error("invalid TLS configuration: {0}")]
+    InvalidTls(String),
 }
 
 impl Error {

@@ -20,12 +20,14 @@ pub mod object;
 mod retry;
 mod routing;
 mod session;
+mod tls;
 
 pub use client::{Client, ClientOptions, EndpointStatus, Snapshot};
 pub use credentials::{Credentials, Password};
 pub use error::{Error, Result};
 pub use kv::{Action, Expect, KeyValue};
 pub use session::{MAX_IN_FLIGHT, SESSION_EXPIRED, WriteSession, WriteTicket};
+pub use tls::TlsOptions;
 
 /// The wire contract of `proto/kvs.proto`: the generated protobuf and gRPC types of the `kvs.v1`
 /// package, and the response metadata that travels beside them.

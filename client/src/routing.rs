@@ -6,11 +6,10 @@
 //! the pure [`next_index`]; [`Routing`] only keeps the channels and the current position.
 
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
 use tonic::transport::Channel;
 
-use crate::endpoint::Address;
+use crate::endpoint::{Address, Dial};
 use crate::error::{Error, Result};
 
 /// How many leader addresses outside the configured endpoints are remembered. A cluster has few
@@ -40,7 +39,7 @@ impl Target {
 /// The known nodes and which of them the next call goes to.
 #[derive(Debug)]
 pub(crate) struct Routing {
-    connect_timeout: Duration,
+    dial: Dial,
     state: Mutex<Targets>,
 }
 
@@ -54,14 +53,14 @@ struct Targets {
 
 impl Routing {
     /// Routing over `endpoints` (duplicates are dropped), starting at the first.
-    pub(crate) fn new(endpoints: &[String], connect_timeout: Duration) -> Result<Self> {
+    pub(crate) fn new(endpoints: &[String], dial: Dial) -> Result<Self> {
         let mut known: Vec<Target> = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
             let address = Address::parse(endpoint)?;
             if known.iter().all(|target| target.address != address) {
                 known.push(Target {
                     index: known.len(),
-                    channel: address.channel(connect_timeout),
+                    channel: address.channel(&dial),
                     address,
                 });
             }
@@ -70,7 +69,7 @@ impl Routing {
             return Err(Error::NoEndpoints);
         }
         Ok(Routing {
-            connect_timeout,
+            dial,
             state: Mutex::new(Targets {
                 configured: known.len(),
                 known,
@@ -95,8 +94,7 @@ impl Routing {
             }
         });
         let mut state = self.lock();
-        let leader_index =
-            leader.and_then(|address| state.find_or_learn(address, self.connect_timeout));
+        let leader_index = leader.and_then(|address| state.find_or_learn(address, &self.dial));
         let next = next_index(state.configured, failed.index, leader_index);
         state.current = next;
         state.known[next].clone()
@@ -111,7 +109,7 @@ impl Routing {
             // Never routed from, so its index only has to differ from every known one.
             None => Target {
                 index: usize::MAX,
-                channel: address.channel(self.connect_timeout),
+                channel: address.channel(&self.dial),
                 address,
             },
         })
@@ -136,7 +134,7 @@ impl Targets {
             .position(|target| &target.address == address)
     }
 
-    fn find_or_learn(&mut self, address: Address, connect_timeout: Duration) -> Option<usize> {
+    fn find_or_learn(&mut self, address: Address, dial: &Dial) -> Option<usize> {
         if let Some(index) = self.position(&address) {
             return Some(index);
         }
@@ -146,7 +144,7 @@ impl Targets {
         let index = self.known.len();
         self.known.push(Target {
             index,
-            channel: address.channel(connect_timeout),
+            channel: address.channel(dial),
             address,
         });
         Some(index)
@@ -167,6 +165,7 @@ fn next_index(configured: usize, failed: usize, leader: Option<usize>) -> usize 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn follows_the_named_leader() {
@@ -189,7 +188,7 @@ mod tests {
     async fn learns_leaders_outside_the_configured_endpoints() {
         let routing = Routing::new(
             &["a:1".into(), "http://b:1".into(), "a:1".into()],
-            Duration::from_secs(1),
+            Dial::new(Duration::from_secs(1), None).unwrap(),
         )
         .unwrap();
         assert_eq!(routing.configured().len(), 2);
@@ -205,7 +204,11 @@ mod tests {
 
     #[tokio::test]
     async fn learned_leaders_are_bounded() {
-        let routing = Routing::new(&["a:1".into()], Duration::from_secs(1)).unwrap();
+        let routing = Routing::new(
+            &["a:1".into()],
+            Dial::new(Duration::from_secs(1), None).unwrap(),
+        )
+        .unwrap();
         let first = routing.current();
         for port in 1..=(MAX_LEARNED as u16 + 5) {
             routing.after_failure(&first, Some(&format!("leader:{port}")));
@@ -217,7 +220,7 @@ mod tests {
     #[test]
     fn needs_at_least_one_endpoint() {
         assert!(matches!(
-            Routing::new(&[], Duration::from_secs(1)),
+            Routing::new(&[], Dial::new(Duration::from_secs(1), None).unwrap()),
             Err(Error::NoEndpoints)
         ));
     }

@@ -11,6 +11,8 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::memory_limit;
 use crate::store::compaction::SnapshotRule;
+use crate::tls::ClientAuth;
+use crate::tls::TlsFiles;
 
 /// How one kvs node runs. `docs/configuration.md` lists every flag.
 #[derive(Debug, Clone, Args)]
@@ -189,6 +191,10 @@ pub struct NodeConfig {
     #[arg(long, env = "KVS_BACKUP_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub backup_idle_timeout_ms: u64,
 
+    /// TLS on the client, RESP and peer ports (etcd's flag names).
+    #[command(flatten)]
+    pub tls: TlsFlags,
+
     /// TESTING ONLY — never in production. Re-read this file every 20 ms and drop all peer
     /// traffic to and from the nodes it names (`block <node-id>` lines), to simulate network
     /// partitions; delay calls to peers (`delay <node-id> <ms> [<jitter-ms>]`); lose a share of
@@ -326,6 +332,7 @@ impl NodeConfig {
                 self.resp_request_timeout_ms
             ));
         }
+        self.tls.validate(self.peer_listen.is_some())?;
         // Every gRPC reply is one message of at most --max-reply-bytes, and a write's reply is
         // sent after the write applied: a limit some reply can pass would fail an applied write.
         if self.max_reply_bytes < self.largest_reply_bytes() {
@@ -406,6 +413,93 @@ fn check_host_port(flag: &str, addr: &str) -> Result<()> {
     }
 }
 
+/// The TLS flags (docs/configuration.md, docs/operations.md): the client port's certificate,
+/// shared by the RESP port, and the peer port's, with etcd's names.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsFlags {
+    /// Certificate chain (PEM) of the client and RESP ports; with it they speak only TLS.
+    #[arg(long, env = "KVS_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "KVS_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA bundle (PEM) of client certificates (with --client-cert-auth) and of the other
+    /// members' client ports, which this node verifies when it forwards a request to the leader.
+    #[arg(long, env = "KVS_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse client and RESP connections without a certificate from --trusted-ca-file.
+    #[arg(long, env = "KVS_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// Certificate chain (PEM) of the peer port, also presented when this node dials a peer. Its
+    /// subject alternative names must include the host of this node's peer address.
+    #[arg(long, env = "KVS_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --peer-cert-file.
+    #[arg(long, env = "KVS_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) every peer's certificate must come from, both ways: mutual TLS is always
+    /// required on the peer port.
+    #[arg(long, env = "KVS_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// The client port's TLS files, if it has TLS.
+    pub(crate) fn client(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.cert_file.clone()?,
+            key: self.key_file.clone()?,
+            ca: self.trusted_ca_file.clone(),
+            client_auth: if self.client_cert_auth {
+                ClientAuth::AfterHandshake
+            } else {
+                ClientAuth::None
+            },
+        })
+    }
+
+    /// The peer port's TLS files, if it has TLS.
+    pub(crate) fn peer(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.peer_cert_file.clone()?,
+            key: self.peer_key_file.clone()?,
+            ca: Some(self.peer_trusted_ca_file.clone()?),
+            client_auth: ClientAuth::InHandshake,
+        })
+    }
+
+    fn validate(&self, own_peer_port: bool) -> Result<()> {
+        let bad = |msg: &str| Err(Error::Config(msg.into()));
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return bad("--cert-file and --key-file go together");
+        }
+        if self.cert_file.is_none() && (self.trusted_ca_file.is_some() || self.client_cert_auth) {
+            return bad("--trusted-ca-file and --client-cert-auth need --cert-file and --key-file");
+        }
+        if self.cert_file.is_some() && self.trusted_ca_file.is_none() {
+            return bad(
+                "--cert-file needs --trusted-ca-file: members verify each other's client port with it \
+                 when they forward a request to the leader",
+            );
+        }
+        let peer = [
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+        ];
+        if peer.iter().any(|f| f.is_some()) && !peer.iter().all(|f| f.is_some()) {
+            return bad(
+                "--peer-cert-file, --peer-key-file and --peer-trusted-ca-file go together: \
+                 the peer port always verifies both sides",
+            );
+        }
+        if (self.cert_file.is_some() || self.peer_cert_file.is_some()) && !own_peer_port {
+            return bad("TLS needs --peer-listen: the peer API gets a port of its own");
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -452,5 +546,55 @@ mod tests {
             .validate()
             .expect("a limit that holds the largest reply");
         config(&["--in-memory"]).validate().expect("the defaults");
+    }
+
+    /// TLS flags that cannot work together are refused before anything starts (exit 2), each
+    /// with a message naming the flags; complete sets are accepted.
+    #[test]
+    fn incomplete_tls_flags_are_refused_naming_what_is_missing() {
+        let peer = ["--peer-listen", "127.0.0.1:7380"];
+        let client = ["--cert-file", "c.pem", "--key-file", "c.key"];
+        let refused = |args: &[&str], says: &str| {
+            let Err(Error::Config(msg)) = config(args).validate() else {
+                panic!("{args:?} was accepted");
+            };
+            assert!(msg.contains(says), "{args:?}: {msg}");
+        };
+        refused(&["--cert-file", "c.pem"], "--key-file");
+        refused(
+            &[&peer[..], &["--key-file", "c.key"]].concat(),
+            "--cert-file",
+        );
+        refused(&[&peer[..], &client[..]].concat(), "--trusted-ca-file");
+        refused(&["--client-cert-auth"], "--cert-file");
+        refused(&["--trusted-ca-file", "ca.pem"], "--cert-file");
+        refused(
+            &[
+                &peer[..],
+                &["--peer-cert-file", "p.pem", "--peer-key-file", "p.key"],
+            ]
+            .concat(),
+            "--peer-trusted-ca-file",
+        );
+        let whole = [
+            &client[..],
+            &["--trusted-ca-file", "ca.pem", "--client-cert-auth"],
+        ]
+        .concat();
+        refused(&whole, "--peer-listen");
+        assert!(config(&[&peer[..], &whole[..]].concat()).validate().is_ok());
+        let peer_tls = [
+            "--peer-cert-file",
+            "p.pem",
+            "--peer-key-file",
+            "p.key",
+            "--peer-trusted-ca-file",
+            "pca.pem",
+        ];
+        assert!(
+            config(&[&peer[..], &peer_tls[..]].concat())
+                .validate()
+                .is_ok()
+        );
     }
 }

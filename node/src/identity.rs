@@ -225,6 +225,10 @@ pub enum Mismatch {
     WrongSender { envelope: u64, message: u64 },
     #[error("term {term} is out of reach of this node's term {current}")]
     TermOutOfReach { term: u64, current: u64 },
+    #[error("node {} presented no peer certificate", node_id_string(*.from))]
+    NoCertificate { from: u64 },
+    #[error("the peer certificate does not name node {}'s peer address {peer_addr}", node_id_string(*.from))]
+    CertificateForAnother { from: u64, peer_addr: String },
 }
 
 impl Mismatch {
@@ -238,6 +242,8 @@ impl Mismatch {
             Mismatch::WrongAddress { .. } => "wrong-address",
             Mismatch::WrongSender { .. } => "wrong-sender",
             Mismatch::TermOutOfReach { .. } => "term-out-of-reach",
+            Mismatch::NoCertificate { .. } => "no-certificate",
+            Mismatch::CertificateForAnother { .. } => "certificate-for-another",
         }
     }
 }

@@ -23,6 +23,7 @@ mod replica;
 mod resp;
 mod server;
 mod store;
+mod tls;
 
 pub use announce::Serving;
 pub use auth::AuthFileError;

@@ -14,6 +14,7 @@ use kvs_client::proto::kv_server::KvServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tonic::service::InterceptorLayer;
 use tonic::transport::Server;
 
 use crate::announce::Serving;
@@ -48,6 +49,8 @@ use crate::store::entry::MemberAddr;
 use crate::store::mem_log::MemLog;
 use crate::store::snapshot_file::SnapshotFiles;
 use crate::store::state_machine::StateMachine;
+use crate::tls::Tls;
+use crate::tls::TlsFiles;
 
 /// The sockets a node serves on.
 pub struct Listeners {
@@ -121,8 +124,9 @@ pub async fn run(
     let gate = Arc::new(Gate::for_file(config.auth_file.as_deref())?);
     let advertised = listeners.advertised(&config)?;
     // The data directory stays locked until the node has stopped.
+    let tls = PortTls::load(&config)?;
     let (storage, _data_dir) = Storage::open(&config)?;
-    let (replica, read_rounds) = build_replica(&config, advertised.clone(), storage).await?;
+    let (replica, read_rounds) = build_replica(&config, advertised.clone(), storage, &tls).await?;
     if config.bootstrap {
         let init = replica.initialize().await?;
         tracing::info!(
@@ -131,7 +135,7 @@ pub async fn run(
             "bootstrap"
         );
     }
-    let tasks = Tasks::spawn(listeners, &replica, read_rounds, gate);
+    let tasks = Tasks::spawn(listeners, &replica, read_rounds, gate, tls);
     announce(replica.identity().node_id(), &advertised);
 
     // A node whose Raft core died can serve nothing right: it stops at once and exits non-zero,
@@ -158,11 +162,34 @@ pub async fn run(
 /// How long the tasks of a node whose Raft core died get to stop before it exits.
 const FATAL_GRACE: Duration = Duration::from_secs(2);
 
+/// The TLS of each port that has it, read from the files the flags name.
+struct PortTls {
+    /// The client port's, also the RESP port's and what forwarded requests are sent with.
+    client: Option<Arc<Tls>>,
+    peer: Option<Arc<Tls>>,
+}
+
+impl PortTls {
+    fn load(config: &NodeConfig) -> Result<Self> {
+        let load = |port: &'static str, files: Option<TlsFiles>| {
+            files
+                .map(|files| Tls::load(port, files))
+                .transpose()
+                .map_err(|why| Error::Config(format!("TLS of the {port} port: {why}")))
+        };
+        Ok(Self {
+            client: load("client", config.tls.client())?,
+            peer: load("peer", config.tls.peer())?,
+        })
+    }
+}
+
 /// Starts Raft on the opened storage and builds the replica around it.
 async fn build_replica(
     config: &NodeConfig,
     advertised: MemberAddr,
     storage: Storage,
+    tls: &PortTls,
 ) -> Result<(Arc<Replica>, ReadIndexRunners)> {
     let Storage {
         identity,
@@ -180,7 +207,8 @@ async fn build_replica(
         identity.clone(),
         config.max_message_bytes(),
         Duration::from_millis(config.heartbeat_interval_ms.max(500)),
-        faults.clone(),
+        faults,
+        tls.peer.clone(),
     );
     let node_id = identity.node_id();
     let raft_config = Arc::new(config.raft_config()?);
@@ -198,7 +226,7 @@ async fn build_replica(
         raft,
         state,
         peers,
-        faults,
+        tls.client.clone(),
     ))
 }
 
@@ -217,6 +245,7 @@ impl Tasks {
         replica: &Arc<Replica>,
         read_rounds: ReadIndexRunners,
         gate: Arc<Gate>,
+        tls: PortTls,
     ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let stopped = move || {
@@ -246,15 +275,21 @@ impl Tasks {
                 listener,
                 replica.clone(),
                 gate.clone(),
+                tls.client.clone(),
                 stopped(),
             ));
+        }
+        let reloaded: Vec<_> = tls.client.iter().chain(&tls.peer).cloned().collect();
+        if !reloaded.is_empty() {
+            set.spawn(crate::tls::watch(reloaded, stopped()));
         }
 
         let max_message = config.max_message_bytes();
         let peer_service = PeerServer::new(PeerService::new(replica.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
-        let incoming = |listener| grpc::incoming::accept(listener, config.max_grpc_connections);
+        let incoming =
+            |listener, tls| grpc::incoming::accept(listener, config.max_grpc_connections, tls);
         let kv_service = || {
             KvServer::new(KvService::new(replica.clone()))
                 .max_decoding_message_size(max_message)
@@ -270,11 +305,14 @@ impl Tasks {
             None => set.spawn(serve(
                 client_router
                     .add_service(peer_service)
-                    .serve_with_incoming_shutdown(incoming(listeners.client), stopped()),
+                    .serve_with_incoming_shutdown(
+                        incoming(listeners.client, tls.client),
+                        stopped(),
+                    ),
             )),
             Some(peer_listener) => {
                 set.spawn(serve(client_router.serve_with_incoming_shutdown(
-                    incoming(listeners.client),
+                    incoming(listeners.client, tls.client),
                     stopped(),
                 )));
                 // The client API here is for requests followers forward (`raft::forward`): they
@@ -285,7 +323,7 @@ impl Tasks {
                         .add_service(peer_service)
                         .add_service(kv_service())
                         .add_service(cluster_service())
-                        .serve_with_incoming_shutdown(incoming(peer_listener), stopped()),
+                        .serve_with_incoming_shutdown(incoming(peer_listener, tls.peer), stopped()),
                 ))
             }
         };
@@ -321,15 +359,27 @@ async fn serve(server: impl Future<Output = std::result::Result<(), tonic::trans
 }
 
 /// A gRPC server with the node's limits (docs/configuration.md): streams per connection and
-/// HTTP/2 and TCP keepalives, so a dead peer's connection is noticed and dropped.
-fn grpc_server(config: &NodeConfig) -> Server {
+/// HTTP/2 and TCP keepalives, so a dead peer's connection is noticed and dropped; and every call
+/// on a connection TLS did not admit refused.
+fn grpc_server(
+    config: &NodeConfig,
+) -> Server<
+    tower::layer::util::Stack<InterceptorLayer<RefuseUnverified>, tower::layer::util::Identity>,
+> {
     let keepalive = Duration::from_millis(config.grpc_keepalive_ms);
     Server::builder()
         .max_concurrent_streams(Some(config.max_grpc_streams))
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
         .tcp_keepalive(Some(keepalive))
+        .layer(InterceptorLayer::new(
+            grpc::incoming::refuse_unverified as RefuseUnverified,
+        ))
 }
+
+/// The interceptor that refuses calls on connections TLS did not admit.
+type RefuseUnverified =
+    fn(tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status>;
 
 /// While this node leads, deletes expired keys a few at a time until `stop` resolves.
 async fn purge_expired(replica: Arc<Replica>, stop: impl Future<Output = ()>) {

@@ -132,6 +132,45 @@ pub struct ClusterOptions {
     /// Where the nodes' data directories (`data<i>`) are made when `durable`; the cluster's own
     /// temporary directory when `None`. A test mounts small file systems there to fill a disk.
     pub data_root: Option<PathBuf>,
+    /// The nodes' client ports speak TLS: the harness's own connections and every `kvsctl` run
+    /// use this material. The node flags go in `extra_args`.
+    pub client_tls: Option<ClientTls>,
+}
+
+/// The files a client speaks TLS to a node's client port with.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The CA bundle (PEM) the nodes' certificates come from.
+    pub ca: PathBuf,
+    /// The client certificate and its key (PEM), for nodes with `--client-cert-auth`.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl ClientTls {
+    /// `kvsctl`'s flags for this material.
+    pub fn kvsctl_args(&self) -> Vec<String> {
+        let path = |p: &Path| p.to_str().expect("test paths are UTF-8").to_string();
+        vec![
+            "--cacert".into(),
+            path(&self.ca),
+            "--cert".into(),
+            path(&self.cert),
+            "--key".into(),
+            path(&self.key),
+        ]
+    }
+
+    /// tonic's configuration of this material.
+    pub fn tonic_config(&self) -> tonic::transport::ClientTlsConfig {
+        let read = |p: &Path| std::fs::read(p).expect("read a TLS file");
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.ca)))
+            .identity(tonic::transport::Identity::from_pem(
+                read(&self.cert),
+                read(&self.key),
+            ))
+    }
 }
 
 impl Default for ClusterOptions {
@@ -158,6 +197,7 @@ impl Default for ClusterOptions {
             harness_user: None,
             node_env: BTreeMap::new(),
             data_root: None,
+            client_tls: None,
         }
     }
 }
@@ -276,12 +316,20 @@ impl Node {
         peer_port: Option<u16>,
         resp_port: Option<u16>,
         request_timeout: Duration,
+        tls: Option<&ClientTls>,
     ) -> Self {
-        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{client_port}"))
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://127.0.0.1:{client_port}"))
             .expect("a valid URI")
             .connect_timeout(PROBE_TIMEOUT)
-            .timeout(request_timeout * 2 + Duration::from_secs(5))
-            .connect_lazy();
+            .timeout(request_timeout * 2 + Duration::from_secs(5));
+        let channel = match tls {
+            Some(tls) => endpoint
+                .tls_config(tls.tonic_config())
+                .expect("a usable TLS configuration"),
+            None => endpoint,
+        }
+        .connect_lazy();
         Self {
             client_port,
             peer_port,
@@ -472,6 +520,7 @@ impl Cluster {
             peer_port,
             resp_port,
             self.options.request_timeout,
+            self.options.client_tls.as_ref(),
         )
     }
 
@@ -928,15 +977,17 @@ impl Cluster {
 
     /// A `kvsctl` pointed at every running node (as the harness user, if there is one).
     pub fn cli(&self) -> Kvsctl {
-        self.as_harness_user(Kvsctl::new(self.bins.kvsctl.clone(), self.endpoints()))
+        self.as_harness_user(
+            Kvsctl::new(self.bins.kvsctl.clone(), self.endpoints()).with_args(self.kvsctl_args()),
+        )
     }
 
     /// A `kvsctl` pointed at node `i` only (as the harness user, if there is one).
     pub fn cli_at(&self, i: usize) -> Kvsctl {
-        self.as_harness_user(Kvsctl::new(
-            self.bins.kvsctl.clone(),
-            vec![self.nodes[i].address()],
-        ))
+        self.as_harness_user(
+            Kvsctl::new(self.bins.kvsctl.clone(), vec![self.nodes[i].address()])
+                .with_args(self.kvsctl_args()),
+        )
     }
 
     fn as_harness_user(&self, cli: Kvsctl) -> Kvsctl {
@@ -944,6 +995,15 @@ impl Cluster {
             Some((user, _)) => cli.as_user(user, &self.harness_password_file()),
             None => cli,
         }
+    }
+
+    /// The flags every `kvsctl` run gets besides its endpoints: the client TLS material.
+    fn kvsctl_args(&self) -> Vec<String> {
+        self.options
+            .client_tls
+            .as_ref()
+            .map(ClientTls::kvsctl_args)
+            .unwrap_or_default()
     }
 
     /// Runs `kvsctl --endpoints <every running node> args…`.

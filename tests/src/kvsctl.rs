@@ -33,6 +33,8 @@ pub struct Kvsctl {
     /// `--user` and `--password-file`, on a cluster with users.
     user: Option<(String, PathBuf)>,
     env: Vec<(String, String)>,
+    /// Flags before the command on every run (TLS material).
+    global: Vec<String>,
 }
 
 /// What one `kvsctl` run did.
@@ -57,7 +59,14 @@ impl Kvsctl {
             endpoints,
             user: None,
             env: Vec::new(),
+            global: Vec::new(),
         }
+    }
+
+    /// This `kvsctl` with `args` before the command on every run.
+    pub fn with_args(mut self, args: Vec<String>) -> Self {
+        self.global = args;
+        self
     }
 
     /// This `kvsctl` run as `user` with the password in `password_file`.
@@ -93,6 +102,7 @@ impl Kvsctl {
                     file.into(),
                 ]
             }))
+            .args(&self.global)
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())

@@ -24,6 +24,7 @@ pub use binaries::Binaries;
 pub use binaries::binaries;
 pub use binaries::failpoint_binaries;
 pub use binaries::failpoint_node;
+pub use cluster::ClientTls;
 pub use cluster::Cluster;
 pub use cluster::ClusterOptions;
 pub use cluster::HarnessUser;

@@ -7,16 +7,23 @@
 //! avoid. Here an error other than one about the single connection being accepted waits,
 //! doubling up to a second, before the next accept. And a connection holds a slot for as long
 //! as it is open: at the cap, new connections wait in the kernel's backlog instead of each
-//! taking a descriptor and a task.
+//! taking a descriptor and a task. On a TLS port the handshake is made here too, bounded in
+//! time, so a connection that never completes one cannot hold a slot for long.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Context;
 use std::task::Poll;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::Stream;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use rustls::pki_types::CertificateDer;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncWrite;
 use tokio::io::ReadBuf;
@@ -24,48 +31,200 @@ use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
+use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
-use tonic::transport::server::TcpConnectInfo;
+
+use crate::tls::HANDSHAKE_TIMEOUT;
+use crate::tls::Material;
+use crate::tls::TLS_ONLY;
+use crate::tls::Tls;
+use crate::tls::speaks_plaintext;
 
 /// The first wait after a failed accept; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// An accepted connection and the slot it holds until it closes.
+/// An accepted connection (its TLS session made, on a TLS port) and the slot it holds until it
+/// closes.
 pub(crate) struct Connection {
-    io: TcpStream,
+    io: Io,
+    info: ConnectInfo,
     _slot: OwnedSemaphorePermit,
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// What a call's handler knows of the connection it came on (`ConnectInfo::of`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ConnectInfo {
+    pub(crate) remote: Option<SocketAddr>,
+    /// The certificate the other side presented, verified against the port's CA in the
+    /// handshake (TLS ports requiring one only).
+    pub(crate) certificate: Option<Arc<CertificateDer<'static>>>,
+    /// Why every call on this connection is refused: a plaintext client on a TLS port, or a
+    /// client certificate the port does not accept ([`refuse_unverified`]).
+    pub(crate) refused: Option<Arc<str>>,
+}
+
+/// Refuses every call on a connection the TLS layer did not admit (UNAUTHENTICATED, with the
+/// reason): its client then fails at once with a message that says what to fix, and knows its
+/// request was not applied.
+pub(crate) fn refuse_unverified(
+    request: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
+    match request
+        .extensions()
+        .get::<ConnectInfo>()
+        .and_then(|c| c.refused.as_deref())
+    {
+        Some(why) => Err(tonic::Status::unauthenticated(why)),
+        None => Ok(request),
+    }
+}
+
+impl ConnectInfo {
+    /// The connection `request` came on.
+    pub(crate) fn of<T>(request: &tonic::Request<T>) -> Self {
+        request
+            .extensions()
+            .get::<ConnectInfo>()
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// Accepts connections from `listener`, at most `max_connections` open at once, with Nagle's
 /// algorithm off (a gRPC reply goes out as several small writes; with Nagle each after the
-/// first waits for the peer's delayed ACK). The stream never yields an error.
+/// first waits for the peer's delayed ACK). With `tls`, a connection is yielded once its
+/// handshake is made; handshakes run side by side, each within [`HANDSHAKE_TIMEOUT`] and holding
+/// a slot, and one that fails closes its connection. The stream never yields an error.
 pub(crate) fn accept(
     listener: TcpListener,
     max_connections: usize,
+    tls: Option<Arc<Tls>>,
 ) -> impl Stream<Item = io::Result<Connection>> {
-    let slots = Arc::new(Semaphore::new(max_connections));
-    futures::stream::unfold(
-        (listener, slots, MIN_BACKOFF),
-        |(listener, slots, mut backoff)| async move {
-            let slot = slots.clone().acquire_owned().await.ok()?;
-            loop {
-                match listener.accept().await {
-                    Ok((io, _)) => {
-                        let _ = io.set_nodelay(true);
-                        let connection = Connection { io, _slot: slot };
-                        return Some((Ok(connection), (listener, slots, MIN_BACKOFF)));
+    let accepting = Accepting {
+        listener,
+        slots: Arc::new(Semaphore::new(max_connections)),
+        backoff: MIN_BACKOFF,
+        tls,
+        handshakes: FuturesUnordered::new(),
+    };
+    futures::stream::unfold(accepting, |mut a| async move {
+        loop {
+            tokio::select! {
+                Some(made) = a.handshakes.next(), if !a.handshakes.is_empty() => {
+                    if let Some(connection) = made {
+                        return Some((Ok(connection), a));
                     }
-                    Err(e) if about_one_connection(&e) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, wait_ms = backoff.as_millis() as u64, "accepting a connection failed");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                taken = take(&a.listener, &a.slots, &mut a.backoff) => {
+                    let (io, slot) = taken?;
+                    match &a.tls {
+                        None => {
+                            let info = ConnectInfo { remote: io.peer_addr().ok(), ..ConnectInfo::default() };
+                            let connection = Connection { io: Io::Plain(io), info, _slot: slot };
+                            return Some((Ok(connection), a));
+                        }
+                        Some(tls) => a.handshakes.push(
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tls.material(), io, slot))
+                                .map(|made| made.unwrap_or_else(|_| {
+                                    tracing::debug!("TLS handshake timed out");
+                                    None
+                                }))
+                                .boxed(),
+                        ),
                     }
                 }
             }
+        }
+    })
+}
+
+struct Accepting {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    backoff: Duration,
+    tls: Option<Arc<Tls>>,
+    handshakes: FuturesUnordered<BoxFuture<'static, Option<Connection>>>,
+}
+
+/// The next accepted connection and its slot, waiting for a slot first; `None` only once the
+/// slots are closed.
+async fn take(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    backoff: &mut Duration,
+) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    let slot = slots.clone().acquire_owned().await.ok()?;
+    loop {
+        match listener.accept().await {
+            Ok((io, _)) => {
+                let _ = io.set_nodelay(true);
+                *backoff = MIN_BACKOFF;
+                return Some((io, slot));
+            }
+            Err(e) if about_one_connection(&e) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, wait_ms = backoff.as_millis() as u64, "accepting a connection failed");
+                tokio::time::sleep(*backoff).await;
+                *backoff = (*backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Makes the TLS session of an accepted connection with `material`, or drops the connection;
+/// the caller bounds it by [`HANDSHAKE_TIMEOUT`].
+/// A plaintext client, or one whose certificate `material` does not accept after the handshake,
+/// is kept only to be refused every call ([`refuse_unverified`]).
+async fn handshake(
+    material: Arc<Material>,
+    io: TcpStream,
+    slot: OwnedSemaphorePermit,
+) -> Option<Connection> {
+    let remote = io.peer_addr().ok();
+    if speaks_plaintext(&io).await {
+        tracing::debug!(?remote, "plaintext client on a TLS port");
+        let info = ConnectInfo {
+            remote,
+            certificate: None,
+            refused: Some(TLS_ONLY.into()),
+        };
+        return Some(Connection {
+            io: Io::Plain(io),
+            info,
+            _slot: slot,
+        });
+    }
+    let failed = |why: String| {
+        tracing::debug!(?remote, %why, "TLS handshake failed");
+        None
+    };
+    let tls = match material.acceptor().accept(io).await {
+        Ok(tls) => tls,
+        Err(e) => return failed(e.to_string()),
+    };
+    let chain = tls.get_ref().1.peer_certificates();
+    let refused = material.verify_client(chain).err();
+    if let Some(why) = &refused {
+        tracing::debug!(?remote, %why, "refusing a client certificate");
+    }
+    let certificate = chain
+        .and_then(|chain| chain.first())
+        .map(|leaf| Arc::new(leaf.clone().into_owned()));
+    Some(Connection {
+        io: Io::Tls(Box::new(tls)),
+        info: ConnectInfo {
+            remote,
+            certificate,
+            refused: refused.map(Arc::from),
         },
-    )
+        _slot: slot,
+    })
 }
 
 /// Errors that concern only the connection being accepted (it was reset before it was taken):
@@ -80,11 +239,27 @@ fn about_one_connection(e: &io::Error) -> bool {
 }
 
 impl Connected for Connection {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnectInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.io.connect_info()
+    fn connect_info(&self) -> ConnectInfo {
+        self.info.clone()
     }
+}
+
+/// Forwards a poll to the plain or TLS stream underneath.
+macro_rules! on_io {
+    ($self:ident, $io:ident => $call:expr) => {
+        match &mut $self.io {
+            Io::Plain($io) => {
+                let $io = Pin::new($io);
+                $call
+            }
+            Io::Tls($io) => {
+                let $io = Pin::new($io.as_mut());
+                $call
+            }
+        }
+    };
 }
 
 impl AsyncRead for Connection {
@@ -93,7 +268,7 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        on_io!(self, io => io.poll_read(cx, buf))
     }
 }
 
@@ -103,15 +278,15 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        on_io!(self, io => io.poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        on_io!(self, io => io.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        on_io!(self, io => io.poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -119,11 +294,14 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        on_io!(self, io => io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
     }
 }
 
@@ -141,7 +319,7 @@ mod tests {
     async fn a_connection_past_the_cap_waits_for_a_slot() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut accepted = std::pin::pin!(accept(listener, 1));
+        let mut accepted = std::pin::pin!(accept(listener, 1, None));
         let _a = TcpStream::connect(addr).await.expect("connect");
         let first = accepted
             .next()
@@ -255,7 +433,7 @@ mod tests {
             println!("listening {addr} {limit}");
             let mut held = Vec::new();
             let _ = tokio::time::timeout(Duration::from_secs(60), async {
-                let mut accepted = std::pin::pin!(accept(listener, 1024));
+                let mut accepted = std::pin::pin!(accept(listener, 1024, None));
                 while let Some(Ok(connection)) = accepted.next().await {
                     held.push(connection);
                 }

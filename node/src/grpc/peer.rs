@@ -2,8 +2,12 @@
 //! identity envelope is addressed to this very node of this very cluster, and its sender is
 //! believable.
 //!
-//! Peers are not authenticated (that is TLS's job), so anyone who knows the public node and
-//! cluster IDs can write an envelope. What can be checked without credentials is checked, before
+//! With peer TLS (`--peer-cert-file`), every connection carries a certificate from the peer CA,
+//! and a message is admitted only if that certificate names its sender: one of its subject
+//! alternative names is the host of the sender's recorded peer address ([`check_certificate`]). A
+//! node that does not know the sender yet (a fresh node being added, a leader added after what
+//! its log holds) takes the CA's word. Without peer TLS, anyone who knows the public node and
+//! cluster IDs can write an envelope. Either way, what can be checked without credentials is checked, before
 //! openraft sees the message and before a fresh node adopts a cluster ID from it: the payload
 //! decodes; the sender is a member of this node's configuration (a node without one yet takes
 //! replication from anyone of its cluster: that is how it joins) and, where its peer address is an
@@ -11,7 +15,9 @@
 //! the envelope names; and the term it carries is within reach of this node's own, so one forged
 //! message cannot push the cluster's term to where it can never be raised again.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use futures::StreamExt;
 use openraft::alias::SnapshotMetaOf;
@@ -31,9 +37,11 @@ use tonic::metadata::MetadataValue;
 
 use crate::error::Error;
 use crate::fault::Faults;
+use crate::grpc::incoming::ConnectInfo;
 use crate::grpc::status::to_status;
 use crate::identity::Identity;
 use crate::identity::Mismatch;
+use crate::identity::node_id_string;
 use crate::raft::clock::ClockOffsets;
 use crate::raft::clock::wall_clock_ms;
 use crate::raft::network::PEER_FORMAT;
@@ -49,10 +57,31 @@ use crate::replica::Replica;
 use crate::store::entry::MemberAddr;
 use crate::store::entry::TypeConfig;
 use crate::store::snapshot::SnapshotData;
+use crate::tls::names_host_of;
 
 /// Serves peer RPCs for a replica.
 pub(crate) struct PeerService {
     replica: Arc<Replica>,
+    logged: Arc<LoggedRefusals>,
+}
+
+/// The refusals already logged, by sender and reason: a refused peer retries many times a
+/// second, and one line per peer and reason says all there is to say.
+#[derive(Default)]
+struct LoggedRefusals(Mutex<HashSet<(u64, &'static str)>>);
+
+/// Most distinct refusals remembered; past it the memory starts over (and logs again).
+const MAX_LOGGED_REFUSALS: usize = 1024;
+
+impl LoggedRefusals {
+    /// Whether this refusal is the first of its kind from this sender.
+    fn first(&self, from: u64, code: &'static str) -> bool {
+        let mut logged = crate::lock::lock(&self.0);
+        if logged.len() >= MAX_LOGGED_REFUSALS {
+            logged.clear();
+        }
+        logged.insert((from, code))
+    }
 }
 
 /// Whether a message may make a node without a cluster join the sender's cluster.
@@ -162,9 +191,34 @@ fn check_sender(
     }
 }
 
+/// Whether the peer certificate a message came with (verified against the peer CA in the
+/// handshake) speaks for its sender `from`, known to this node as `known`: a member's must name
+/// the host of its peer address; a sender this node does not know yet needs only a certificate.
+fn check_certificate(
+    from: u64,
+    certificate: Option<&rustls::pki_types::CertificateDer<'_>>,
+    known: &Known<'_>,
+) -> Result<(), Mismatch> {
+    let Some(certificate) = certificate else {
+        return Err(Mismatch::NoCertificate { from });
+    };
+    match known {
+        Known::Member(addr) if !names_host_of(certificate, &addr.peer_addr) => {
+            Err(Mismatch::CertificateForAnother {
+                from,
+                peer_addr: addr.peer_addr.clone(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 impl PeerService {
     pub(crate) fn new(replica: Arc<Replica>) -> Self {
-        Self { replica }
+        Self {
+            replica,
+            logged: Arc::default(),
+        }
     }
 
     /// Admits, decodes, runs `f` on openraft and encodes its answer.
@@ -180,9 +234,9 @@ impl PeerService {
         E: std::fmt::Display,
         Fut: std::future::Future<Output = Result<Resp, E>>,
     {
-        let remote = request.remote_addr();
+        let connection = ConnectInfo::of(&request);
         let msg = request.into_inner();
-        let req: Req = Judge::of(&self.replica).admit(&msg, remote, adopt)?;
+        let req: Req = Judge::of(&self.replica, &self.logged).admit(&msg, &connection, adopt)?;
         let resp = f(req)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
@@ -203,6 +257,9 @@ fn reply(payload: bytes::Bytes) -> PeerMessage {
 /// it knows of the cluster (read once per message).
 struct Judge<'r> {
     identity: &'r Identity,
+    logged: &'r LoggedRefusals,
+    /// The peer port has TLS: every sender must be certified ([`check_certificate`]).
+    peer_tls: bool,
     faults: &'r Faults,
     clocks: &'r ClockOffsets,
     membership: Arc<StoredMembershipOf<TypeConfig>>,
@@ -210,11 +267,13 @@ struct Judge<'r> {
 }
 
 impl<'r> Judge<'r> {
-    fn of(replica: &'r Replica) -> Self {
+    fn of(replica: &'r Replica, logged: &'r LoggedRefusals) -> Self {
         let (membership, current_term) =
             replica.with_metrics(|m| (m.membership_config.clone(), m.current_term));
         Judge {
             identity: replica.identity(),
+            logged,
+            peer_tls: replica.config().tls.peer_cert_file.is_some(),
             faults: replica.faults(),
             clocks: replica.clocks(),
             membership,
@@ -229,13 +288,14 @@ impl<'r> Judge<'r> {
     fn admit<Req: DeserializeOwned + Claims>(
         &self,
         msg: &PeerMessage,
-        remote: Option<std::net::SocketAddr>,
+        connection: &ConnectInfo,
         adopt: Adopt,
     ) -> Result<Req, Status> {
         let envelope = self.check_envelope(msg, adopt)?;
+        self.check_certified(envelope, connection)?;
         let req: Req = decode(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("bad peer payload: {e}")))?;
-        self.admit_sender(envelope, remote, req.vote(), adopt)?;
+        self.admit_sender(envelope, connection, req.vote(), adopt)?;
         Ok(req)
     }
 
@@ -266,7 +326,7 @@ impl<'r> Judge<'r> {
                 envelope.to,
                 adopt == Adopt::FromLeader,
             )
-            .map_err(|mismatch| refusal(mismatch, envelope.from))?;
+            .map_err(|mismatch| self.refusal(mismatch, envelope.from))?;
         Ok(envelope)
     }
 
@@ -275,20 +335,15 @@ impl<'r> Judge<'r> {
     fn admit_sender(
         &self,
         envelope: &Envelope,
-        remote: Option<std::net::SocketAddr>,
+        connection: &ConnectInfo,
         vote: Option<&VoteOf<TypeConfig>>,
         adopt: Adopt,
     ) -> Result<(), Status> {
-        let known = match self.membership.get_node(&envelope.from) {
-            Some(addr) => Known::Member(addr),
-            None if self.membership.membership().nodes().next().is_none() => Known::NoConfiguration,
-            None => Known::NotMember,
-        };
         check_sender(
             envelope.from,
-            remote.map(|a| a.ip()),
+            connection.remote.map(|a| a.ip()),
             vote,
-            known,
+            self.known(envelope.from),
             self.current_term,
             adopt,
         )
@@ -299,13 +354,47 @@ impl<'r> Judge<'r> {
                 adopt == Adopt::FromLeader,
             )
         })
-        .map_err(|mismatch| refusal(mismatch, envelope.from))
+        .map_err(|mismatch| self.refusal(mismatch, envelope.from))
+    }
+
+    /// What this node knows of the node `from`.
+    fn known(&self, from: u64) -> Known<'_> {
+        match self.membership.get_node(&from) {
+            Some(addr) => Known::Member(addr),
+            None if self.membership.membership().nodes().next().is_none() => Known::NoConfiguration,
+            None => Known::NotMember,
+        }
+    }
+
+    /// With peer TLS, checks that the connection's certificate speaks for the envelope's sender
+    /// ([`check_certificate`]), before anything of the payload is read.
+    fn check_certified(&self, envelope: &Envelope, connection: &ConnectInfo) -> Result<(), Status> {
+        if !self.peer_tls {
+            return Ok(());
+        }
+        check_certificate(
+            envelope.from,
+            connection.certificate.as_deref(),
+            &self.known(envelope.from),
+        )
+        .map_err(|mismatch| self.refusal(mismatch, envelope.from))
+    }
+
+    /// The status a refused peer message gets, with the reason's code in `kvs-peer-reject`;
+    /// logged the first time this sender is refused for this reason.
+    fn refusal(&self, mismatch: Mismatch, from: u64) -> Status {
+        let code = mismatch.code();
+        if self.logged.first(from, code) {
+            tracing::warn!(%mismatch, from = node_id_string(from), "rejected peer message");
+        } else {
+            tracing::debug!(%mismatch, from = node_id_string(from), "rejected peer message");
+        }
+        refusal(mismatch)
     }
 }
 
 /// The status a refused peer message gets, with the reason's code in `kvs-peer-reject`.
-fn refusal(mismatch: Mismatch, from: u64) -> Status {
-    tracing::warn!(%mismatch, from, "rejected peer message");
+fn refusal(mismatch: Mismatch) -> Status {
     let code = mismatch.code();
     let mut status = to_status(Error::PeerIdentity(mismatch), None);
     status
@@ -373,10 +462,12 @@ impl Peer for PeerService {
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
         let (refuse, refused) = tokio::sync::oneshot::channel();
         let replica = self.replica.clone();
-        let remote = request.remote_addr();
+        let logged = self.logged.clone();
+        let connection = ConnectInfo::of(&request);
         let requests = request.into_inner().scan(Some(refuse), move |refuse, msg| {
-            let req =
-                msg.and_then(|msg| Judge::of(&replica).admit(&msg, remote, Adopt::FromLeader));
+            let req = msg.and_then(|msg| {
+                Judge::of(&replica, &logged).admit(&msg, &connection, Adopt::FromLeader)
+            });
             std::future::ready(match req {
                 Ok(req) => Some(req),
                 Err(status) => {
@@ -414,7 +505,7 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<SnapshotItem>>,
     ) -> Result<Response<PeerMessage>, Status> {
-        let remote = request.remote_addr();
+        let connection = ConnectInfo::of(&request);
         let mut items = request.into_inner();
         let head = match items.next().await {
             Some(Ok(SnapshotItem {
@@ -428,7 +519,7 @@ impl Peer for PeerService {
             }
         };
         let SnapshotHead(vote, meta) =
-            Judge::of(&self.replica).admit(&head, remote, Adopt::FromLeader)?;
+            Judge::of(&self.replica, &self.logged).admit(&head, &connection, Adopt::FromLeader)?;
         // Dropped unfinished (a broken stream, a refusal), the receiver removes what it wrote.
         let mut receiver = self
             .replica
@@ -462,11 +553,12 @@ impl Peer for PeerService {
         &self,
         request: Request<PeerMessage>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
-        let remote = request.remote_addr();
+        let connection = ConnectInfo::of(&request);
         let msg = request.into_inner();
-        let judge = Judge::of(&self.replica);
+        let judge = Judge::of(&self.replica, &self.logged);
         let envelope = judge.check_envelope(&msg, Adopt::Never)?;
-        judge.admit_sender(envelope, remote, None, Adopt::Never)?;
+        judge.check_certified(envelope, &connection)?;
+        judge.admit_sender(envelope, &connection, None, Adopt::Never)?;
         let (_guard, deadline) = self.replica.admit().map_err(|e| to_status(e, None))?;
         let point = self
             .replica
@@ -679,6 +771,8 @@ mod tests {
             clocks: &clocks,
             membership: Arc::new(StoredMembership::default()),
             current_term: 0,
+            logged: &LoggedRefusals::default(),
+            peer_tls: false,
         };
         let garbage = PeerMessage {
             sent_at_ms: 0,
@@ -686,7 +780,11 @@ mod tests {
             payload: bytes::Bytes::from_static(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"),
         };
         let refused = judge
-            .admit::<AppendEntriesRequest<TypeConfig>>(&garbage, None, Adopt::FromLeader)
+            .admit::<AppendEntriesRequest<TypeConfig>>(
+                &garbage,
+                &ConnectInfo::default(),
+                Adopt::FromLeader,
+            )
             .expect_err("garbage");
         assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
         assert_eq!(identity.cluster_id(), None);
@@ -700,7 +798,7 @@ mod tests {
             )),
         };
         judge
-            .admit::<VoteRequest<TypeConfig>>(&forged, None, Adopt::FromLeader)
+            .admit::<VoteRequest<TypeConfig>>(&forged, &ConnectInfo::default(), Adopt::FromLeader)
             .expect_err("a term out of reach");
         assert_eq!(identity.cluster_id(), None);
 
@@ -716,7 +814,11 @@ mod tests {
             payload: encode(&append),
         };
         judge
-            .admit::<AppendEntriesRequest<TypeConfig>>(&replication, None, Adopt::FromLeader)
+            .admit::<AppendEntriesRequest<TypeConfig>>(
+                &replication,
+                &ConnectInfo::default(),
+                Adopt::FromLeader,
+            )
             .expect("a leader's replication");
         assert_eq!(identity.cluster_id().as_deref(), Some("c1"));
     }
@@ -739,6 +841,8 @@ mod tests {
             clocks: &clocks,
             membership: Arc::new(StoredMembership::new(None, membership)),
             current_term: 3,
+            logged: &LoggedRefusals::default(),
+            peer_tls: false,
         };
         let message = |from: u64| PeerMessage {
             sent_at_ms: 0,
@@ -751,10 +855,18 @@ mod tests {
             payload: encode(&VoteRequest::<TypeConfig>::new(vote(4, from), None)),
         };
         judge
-            .admit::<VoteRequest<TypeConfig>>(&message(LEADER), None, Adopt::Never)
+            .admit::<VoteRequest<TypeConfig>>(
+                &message(LEADER),
+                &ConnectInfo::default(),
+                Adopt::Never,
+            )
             .expect("a member's vote");
         let refused = judge
-            .admit::<VoteRequest<TypeConfig>>(&message(STRANGER), None, Adopt::Never)
+            .admit::<VoteRequest<TypeConfig>>(
+                &message(STRANGER),
+                &ConnectInfo::default(),
+                Adopt::Never,
+            )
             .expect_err("a stranger's vote");
         assert_eq!(
             refused
@@ -762,6 +874,103 @@ mod tests {
                 .get("kvs-peer-reject")
                 .and_then(|v| v.to_str().ok()),
             Some("not-member")
+        );
+    }
+
+    fn certificate_for(name: &str) -> rustls::pki_types::CertificateDer<'static> {
+        rcgen::generate_simple_self_signed(vec![name.to_string()])
+            .expect("a certificate")
+            .cert
+            .der()
+            .clone()
+    }
+
+    /// Peer TLS: a member speaks only with a certificate naming its own peer host; a sender this
+    /// node does not know yet needs a certificate (the CA's word), and nobody speaks without one.
+    #[test]
+    fn a_certificate_speaks_only_for_the_member_whose_peer_host_it_names() {
+        let addr = member("kvs-1.peer:7380");
+        let own = certificate_for("kvs-1.peer");
+        let another = certificate_for("kvs-2.peer");
+        assert_eq!(
+            check_certificate(LEADER, Some(&own), &Known::Member(&addr)),
+            Ok(())
+        );
+        assert_eq!(
+            check_certificate(LEADER, Some(&another), &Known::Member(&addr)),
+            Err(Mismatch::CertificateForAnother {
+                from: LEADER,
+                peer_addr: "kvs-1.peer:7380".into()
+            })
+        );
+        assert_eq!(
+            check_certificate(LEADER, None, &Known::Member(&addr)),
+            Err(Mismatch::NoCertificate { from: LEADER })
+        );
+        assert_eq!(
+            check_certificate(LEADER, Some(&another), &Known::NoConfiguration),
+            Ok(())
+        );
+        assert_eq!(
+            check_certificate(LEADER, None, &Known::NoConfiguration),
+            Err(Mismatch::NoCertificate { from: LEADER })
+        );
+    }
+
+    /// A message over a connection whose certificate names another member is refused with
+    /// PERMISSION_DENIED before its payload is read, and the refusal is logged once.
+    #[test]
+    fn a_message_whose_certificate_names_another_member_is_refused() {
+        let membership = Membership::<u64, MemberAddr>::new(
+            vec![BTreeSet::from([LEADER])],
+            BTreeMap::from([(LEADER, member("kvs-1.peer:7000"))]),
+        )
+        .expect("a valid configuration");
+        let identity = Identity::new(FOLLOWER);
+        identity.create_cluster();
+        let (faults, clocks, logged) = (
+            Faults::inert(),
+            ClockOffsets::default(),
+            LoggedRefusals::default(),
+        );
+        let judge = Judge {
+            identity: &identity,
+            faults: &faults,
+            clocks: &clocks,
+            membership: Arc::new(StoredMembership::new(None, membership)),
+            current_term: 3,
+            logged: &logged,
+            peer_tls: true,
+        };
+        let forged = PeerMessage {
+            sent_at_ms: 0,
+            envelope: Some(Envelope {
+                cluster_id: identity.cluster_id().expect("created"),
+                from: LEADER,
+                to: FOLLOWER,
+                format: PEER_FORMAT,
+            }),
+            payload: bytes::Bytes::new(),
+        };
+        let connection = ConnectInfo {
+            remote: None,
+            certificate: Some(Arc::new(certificate_for("kvs-2.peer"))),
+            refused: None,
+        };
+        let refused = judge
+            .admit::<VoteRequest<TypeConfig>>(&forged, &connection, Adopt::Never)
+            .expect_err("another member's certificate");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert_eq!(
+            refused
+                .metadata()
+                .get("kvs-peer-reject")
+                .and_then(|v| v.to_str().ok()),
+            Some("certificate-for-another")
+        );
+        assert!(
+            !logged.first(LEADER, "certificate-for-another"),
+            "logged once"
         );
     }
 }

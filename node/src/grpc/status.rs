@@ -13,6 +13,7 @@ use tonic::metadata::MetadataValue;
 use crate::auth::Denied;
 use crate::error::Error;
 use crate::error::Refusal;
+use crate::identity::Mismatch;
 use crate::raft::forward::ORIGIN_HEADER;
 
 /// How the gRPC face words a refusal: the reason after the position of the op it refused
@@ -58,6 +59,9 @@ pub(crate) fn to_status(err: Error, leader: Option<String>) -> Status {
         Error::CompareFailed | Error::Refused { .. } | Error::Membership(_) => {
             Code::FailedPrecondition
         }
+        Error::PeerIdentity(
+            Mismatch::NoCertificate { .. } | Mismatch::CertificateForAnother { .. },
+        ) => Code::PermissionDenied,
         Error::PeerIdentity(_) => Code::FailedPrecondition,
         Error::Denied(Denied::NotPermitted { .. }) => Code::PermissionDenied,
         Error::Denied(_) => Code::Unauthenticated,

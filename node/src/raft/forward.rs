@@ -12,6 +12,7 @@
 //! was sent means the outcome is unknown.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -22,8 +23,9 @@ use tonic::transport::Channel;
 use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::lock;
-use crate::raft::network::endpoint;
+use crate::raft::network;
 use crate::store::entry::MemberAddr;
+use crate::tls::Tls;
 
 /// Metadata a node puts on every status it generates itself, so a forwarding node can tell a
 /// leader's answer from a transport failure.
@@ -36,15 +38,38 @@ pub(crate) struct Forwarder {
     /// The leader's reply to a forwarded write comes after the write applied, so the limit on
     /// it is the largest reply (`--max-reply-bytes`), not the request limit.
     max_reply_bytes: usize,
+    /// The peer port's TLS: forwarded calls go to the leader's peer port, which admits only
+    /// members' peer certificates.
+    peer_tls: Option<Arc<Tls>>,
+    /// The client port's TLS, for calls to other members' client ports ([`Forwarder::dial`]).
+    client_tls: Option<Arc<Tls>>,
 }
 
 impl Forwarder {
-    pub(crate) fn new(max_message_bytes: usize, max_reply_bytes: usize) -> Self {
+    pub(crate) fn new(
+        max_message_bytes: usize,
+        max_reply_bytes: usize,
+        peer_tls: Option<Arc<Tls>>,
+        client_tls: Option<Arc<Tls>>,
+    ) -> Self {
         Self {
             channels: Mutex::new(HashMap::new()),
             max_message_bytes,
             max_reply_bytes,
+            peer_tls,
+            client_tls,
         }
+    }
+
+    /// A new connection to the client API at `addr` (a member's client port), over TLS when
+    /// this node's client port has it (presenting this node's certificate, verifying the
+    /// other's with --trusted-ca-file).
+    pub(crate) async fn dial(
+        &self,
+        addr: &str,
+        connect_timeout: Duration,
+    ) -> Result<Channel, tonic::transport::Error> {
+        network::channel(addr, connect_timeout, self.client_tls.as_ref()).await
     }
 
     async fn channel(&self, leader: &MemberAddr, deadline: &Deadline) -> Result<Channel, Error> {
@@ -58,9 +83,10 @@ impl Forwarder {
                 leader: Some(leader.addr.clone()),
             }
         };
-        let ep = endpoint(addr, deadline.remaining().min(Duration::from_secs(2)))
+        let connect_timeout = deadline.remaining().min(Duration::from_secs(2));
+        let ch = network::channel(addr, connect_timeout, self.peer_tls.as_ref())
+            .await
             .map_err(|e| not_reached(e.to_string()))?;
-        let ch = ep.connect().await.map_err(|e| not_reached(e.to_string()))?;
         lock::lock(&self.channels).insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

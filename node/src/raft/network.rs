@@ -49,6 +49,8 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
+use hyper_util::rt::TokioIo;
+
 use crate::fault::Faults;
 use crate::identity::Identity;
 use crate::raft::clock::ClockOffsets;
@@ -62,6 +64,7 @@ use crate::store::entry::MemberAddr;
 use crate::store::entry::TypeConfig;
 use crate::store::entry::entry_bytes;
 use crate::store::snapshot::SnapshotData;
+use crate::tls::Tls;
 
 /// Version of the peer payload encoding (postcard of openraft 0.10 messages).
 pub const PEER_FORMAT: u32 = 1;
@@ -75,6 +78,89 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Bytes {
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(bytes)
+}
+
+/// A channel to `addr` (`host:port`) that connects on first use; over TLS when `tls` is given,
+/// each connection made with the material current when it is made, so a broken connection
+/// re-established after a certificate rotation uses the new certificates.
+pub(crate) fn lazy_channel(
+    addr: &str,
+    connect_timeout: Duration,
+    tls: Option<&Arc<Tls>>,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = endpoint(addr, connect_timeout)?;
+    Ok(match tls {
+        None => endpoint.connect_lazy(),
+        Some(tls) => {
+            endpoint.connect_with_connector_lazy(tls_connector(tls, addr, connect_timeout))
+        }
+    })
+}
+
+/// A channel to `addr` (`host:port`), connected before it is returned; TLS as in
+/// [`lazy_channel`].
+pub(crate) async fn channel(
+    addr: &str,
+    connect_timeout: Duration,
+    tls: Option<&Arc<Tls>>,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = endpoint(addr, connect_timeout)?;
+    match tls {
+        None => endpoint.connect().await,
+        Some(tls) => {
+            endpoint
+                .connect_with_connector(tls_connector(tls, addr, connect_timeout))
+                .await
+        }
+    }
+}
+
+/// Makes tonic's connections to `addr` over TLS with `tls`'s current material.
+fn tls_connector(tls: &Arc<Tls>, addr: &str, connect_timeout: Duration) -> TlsConnect {
+    TlsConnect {
+        tls: tls.clone(),
+        addr: addr.to_string(),
+        connect_timeout,
+    }
+}
+
+/// tonic's connector for a TLS channel (`tls_connector`).
+#[derive(Clone)]
+struct TlsConnect {
+    tls: Arc<Tls>,
+    addr: String,
+    connect_timeout: Duration,
+}
+
+type TlsIo = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+impl tower::Service<tonic::codegen::http::Uri> for TlsConnect {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future = futures::future::BoxFuture<'static, std::io::Result<TlsIo>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Uri) -> Self::Future {
+        let TlsConnect {
+            tls,
+            addr,
+            connect_timeout,
+        } = self.clone();
+        Box::pin(async move {
+            let connector = tls.connector().ok_or_else(|| {
+                std::io::Error::other("no CA to verify the server's certificate with")
+            })?;
+            crate::tls::connect(connector, &addr, connect_timeout)
+                .await
+                .map(TokioIo::new)
+        })
+    }
 }
 
 /// Builds an endpoint for a `host:port` address with the node's timeouts and message limits.
@@ -97,6 +183,8 @@ pub(crate) struct PeerNetwork {
     max_message_bytes: usize,
     connect_timeout: Duration,
     faults: Arc<Faults>,
+    /// The peer port's TLS, presented and verified on every connection to a peer.
+    tls: Option<Arc<Tls>>,
     /// The leader's peer address and the client every read-index round sends on: one
     /// connection for all rounds (a connection per round would use up local ports), replaced
     /// when the leader moves. A broken connection is re-established by the channel itself.
@@ -114,15 +202,27 @@ impl PeerNetwork {
         max_message_bytes: usize,
         connect_timeout: Duration,
         faults: Arc<Faults>,
+        tls: Option<Arc<Tls>>,
     ) -> Self {
         Self {
             identity,
             max_message_bytes,
             connect_timeout,
             faults,
+            tls,
             leader_link: Arc::default(),
             clocks: Arc::default(),
         }
+    }
+
+    /// The injected faults (inert outside tests) this network applies.
+    pub(crate) fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// The peer port's TLS, which calls to other members' peer ports present and verify.
+    pub(crate) fn tls(&self) -> Option<&Arc<Tls>> {
+        self.tls.as_ref()
     }
 
     /// How far the members' clocks are from this node's.
@@ -145,7 +245,7 @@ impl PeerNetwork {
 
     /// A client for `addr` with this node's limits; connects lazily.
     pub(crate) fn client(&self, addr: &str) -> Option<PeerClient<Channel>> {
-        let channel = endpoint(addr, self.connect_timeout).ok()?.connect_lazy();
+        let channel = lazy_channel(addr, self.connect_timeout, self.tls.as_ref()).ok()?;
         Some(
             PeerClient::new(channel)
                 .max_decoding_message_size(self.max_message_bytes)
@@ -659,6 +759,7 @@ mod tests {
             1024 * 1024,
             Duration::from_secs(5),
             Arc::new(Faults::inert()),
+            None,
         );
         for _ in 0..20 {
             let mut client = network.leader_client(&addr).expect("client");

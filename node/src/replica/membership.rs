@@ -464,13 +464,11 @@ impl Replica {
     ) -> Result<proto::NodeInfoResponse> {
         let unreachable =
             |why: String| Error::Membership(format!("cannot reach a kvs node at {address}: {why}"));
-        let ep = crate::raft::network::endpoint(
-            address,
-            deadline.remaining().min(Duration::from_secs(2)),
-        )
-        .map_err(|e| unreachable(e.to_string()))?;
         let channel = deadline
-            .run(ep.connect())
+            .run(
+                self.forwarder
+                    .dial(address, deadline.remaining().min(Duration::from_secs(2))),
+            )
             .await
             .map_err(|()| unreachable("timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;

@@ -43,6 +43,7 @@ use crate::store::entry::MemberAddr;
 use crate::store::entry::TypeConfig;
 use crate::store::snapshot::SnapshotReceiver;
 use crate::store::state_machine::StateMachine;
+use crate::tls::Tls;
 
 /// Everything a request handler needs; shared by all faces, which reach it only through its
 /// methods.
@@ -103,13 +104,19 @@ impl Replica {
         raft: Raft,
         state: StateMachine,
         peers: PeerNetwork,
-        faults: Arc<Faults>,
+        client_tls: Option<Arc<Tls>>,
     ) -> (Arc<Self>, ReadIndexRunners) {
         let (read_index, runners) = ReadIndexRounds::new();
+        let faults = peers.faults().clone();
         let replica = Replica {
             backups: Arc::new(tokio::sync::Semaphore::new(config.max_backups)),
             identity,
-            forwarder: Forwarder::new(config.max_message_bytes(), config.max_reply_bytes),
+            forwarder: Forwarder::new(
+                config.max_message_bytes(),
+                config.max_reply_bytes,
+                peers.tls().cloned(),
+                client_tls,
+            ),
             raft,
             state,
             config,

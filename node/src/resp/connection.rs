@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use bytes::Buf;
 use bytes::BytesMut;
+use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::resp::command::Session;
@@ -51,8 +52,11 @@ pub(crate) struct Bounds {
 /// Serves `stream` until the client leaves, sends bad RESP, says QUIT, idles past the idle
 /// timeout, takes longer than the request timeout to send a request, or asks for more replies
 /// than the reply limit.
-pub(crate) async fn serve(mut stream: TcpStream, mut session: Session, bounds: Bounds) {
-    let _ = stream.set_nodelay(true);
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    mut session: Session,
+    bounds: Bounds,
+) {
     let idle = bounds.idle;
     let mut parser = RequestParser::new(bounds.limits);
     let mut input = BytesMut::with_capacity(READ_CHUNK);
@@ -130,8 +134,17 @@ fn reply_limit_error(size: usize, max: usize) -> Frame {
 }
 
 /// Writes and clears `output`, within `idle`; false when the client is gone or not reading.
-async fn write(stream: &mut TcpStream, output: &mut BytesMut, idle: Duration) -> bool {
-    let written = tokio::time::timeout(idle, stream.write_all(output)).await;
+async fn write(
+    stream: &mut (impl AsyncWrite + Unpin),
+    output: &mut BytesMut,
+    idle: Duration,
+) -> bool {
+    // A TLS stream may hold the last records until flushed.
+    let written = tokio::time::timeout(idle, async {
+        stream.write_all(output).await?;
+        stream.flush().await
+    })
+    .await;
     output.clear();
     matches!(written, Ok(Ok(())))
 }

@@ -5,7 +5,8 @@
 //! connection asked for serializable reads. `frame` is the bounded RESP2 codec, `command` the
 //! command families and their dispatcher, `connection` one client's request loop, `status` the
 //! one mapping from node errors to RESP error replies. The listener exists only when the node
-//! runs with `--resp-listen`.
+//! runs with `--resp-listen`; with `--cert-file` it speaks only TLS, with the client port's
+//! certificate (and, with `--client-cert-auth`, requires a client certificate as that port does).
 
 mod command;
 mod connection;
@@ -17,8 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -29,6 +32,11 @@ use crate::resp::command::Session;
 use crate::resp::connection::Bounds;
 use crate::resp::frame::Frame;
 use crate::resp::frame::Limits;
+use crate::tls::HANDSHAKE_TIMEOUT;
+use crate::tls::Material;
+use crate::tls::TLS_ONLY;
+use crate::tls::Tls;
+use crate::tls::speaks_plaintext;
 
 /// Most connections served at once (Redis's default `maxclients`); more are told so and closed.
 const MAX_CONNECTIONS: usize = 10_000;
@@ -52,12 +60,56 @@ impl Limits {
     }
 }
 
+/// Makes the TLS session of a RESP connection with `material` and serves it. A plaintext
+/// client, or one whose certificate the port does not accept, is told so in an error reply and
+/// the connection closed.
+async fn serve_tls(mut stream: TcpStream, material: &Material, session: Session, bounds: Bounds) {
+    let peer = stream.peer_addr().ok();
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    if tokio::time::timeout_at(deadline, speaks_plaintext(&stream))
+        .await
+        .unwrap_or(false)
+    {
+        refuse(&mut stream, TLS_ONLY).await;
+        return;
+    }
+    let made = tokio::time::timeout_at(deadline, material.acceptor().accept(stream)).await;
+    let mut stream = match made {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(?peer, error = %e, "RESP TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(?peer, "RESP TLS handshake timed out");
+            return;
+        }
+    };
+    if let Err(why) = material.verify_client(stream.get_ref().1.peer_certificates()) {
+        refuse(&mut stream, &why).await;
+        return;
+    }
+    connection::serve(stream, session, bounds).await;
+}
+
+/// Sends `why` as an error reply, bounded, before the connection is closed.
+async fn refuse(stream: &mut (impl AsyncWrite + Unpin), why: &str) {
+    let mut reply = BytesMut::new();
+    Frame::Error(format!("ERR {why}")).encode(&mut reply);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&reply).await?;
+        stream.flush().await
+    })
+    .await;
+}
+
 /// Serves RESP clients on `listener` until `stop` resolves; then closes every connection (the
 /// node has already drained the requests in flight).
 pub(crate) async fn serve(
     listener: TcpListener,
     replica: Arc<Replica>,
     gate: Arc<Gate>,
+    tls: Option<Arc<Tls>>,
     stop: impl Future<Output = ()>,
 ) {
     let config = replica.config();
@@ -88,6 +140,7 @@ pub(crate) async fn serve(
                         continue;
                     }
                 };
+                let _ = stream.set_nodelay(true);
                 next_id += 1;
                 match slots.clone().try_acquire_owned() {
                     Ok(slot) => {
@@ -98,8 +151,12 @@ pub(crate) async fn serve(
                             next_id,
                             peer,
                         );
+                        let material = tls.as_ref().map(|tls| tls.material());
                         connections.spawn(async move {
-                            connection::serve(stream, session, bounds).await;
+                            match material {
+                                None => connection::serve(stream, session, bounds).await,
+                                Some(material) => serve_tls(stream, &material, session, bounds).await,
+                            }
                             drop(slot);
                         });
                     }

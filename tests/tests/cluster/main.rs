@@ -17,6 +17,7 @@ mod t40_unavailability;
 mod t50_cas;
 mod t52_sessions;
 mod t60_identity;
+mod t62_tls;
 mod t64_auth;
 mod t70_limits;
 mod t80_shutdown;

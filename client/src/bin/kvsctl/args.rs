@@ -40,9 +40,38 @@ pub(crate) struct Cli {
     /// File holding the user's password (all of it but a final line break).
     #[arg(long, global = true, env = "KVSCTL_PASSWORD_FILE", requires = "user")]
     pub(crate) password_file: Option<PathBuf>,
+    /// TLS to the nodes (given --cacert, or when an endpoint says https://).
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
 
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// TLS flags, etcdctl's names.
+#[derive(Debug, Args)]
+pub(crate) struct TlsArgs {
+    /// CA bundle (PEM) the nodes' certificates must come from; turns TLS on.
+    #[arg(long, global = true, env = "KVSCTL_CACERT")]
+    pub(crate) cacert: Option<PathBuf>,
+    /// Client certificate (PEM), for nodes run with --client-cert-auth; needs --key.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        env = "KVSCTL_CERT",
+        requires = "tls_key"
+    )]
+    pub(crate) cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        env = "KVSCTL_KEY",
+        requires = "tls_cert"
+    )]
+    pub(crate) key: Option<PathBuf>,
 }
 
 /// How results are printed.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use clap::Parser;
 use kvs_client::membership::{self, MAX_CAUGHT_UP_LAG};
 use kvs_client::proto::{self, Role};
-use kvs_client::{Client, ClientOptions, Credentials, Error};
+use kvs_client::{Client, ClientOptions, Credentials, Error, TlsOptions};
 
 use crate::args::{Cli, Command, EndpointCommand, Format, MemberCommand, SnapshotCommand};
 
@@ -100,7 +100,8 @@ fn exit_code(failure: &Failure) -> u8 {
             | Error::NoEndpoints
             | Error::InvalidOptions(_)
             | Error::InvalidCredentials(_)
-            | Error::InvalidLocation { .. },
+            | Error::InvalidLocation { .. }
+            | Error::InvalidTls(_),
         ) => USAGE,
         Failure::Client(err) if err.is_definitely_not_applied() => NOT_APPLIED,
         Failure::Client(_) => OUTCOME_UNKNOWN,
@@ -125,7 +126,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         credentials,
         ..ClientOptions::default()
     };
-    let client = Client::connect(cli.endpoints, options)?;
+    let tls = &cli.tls;
+    let tls = match (&tls.cacert, &tls.cert) {
+        (None, None) => None,
+        _ => Some(TlsOptions::from_files(
+            tls.cacert.as_deref(),
+            tls.cert.as_deref(),
+            tls.key.as_deref(),
+        )?),
+    };
+    let client = Client::connect_with_tls(cli.endpoints, options, tls)?;
     let format = cli.output;
     let printed = match cli.command {
         Command::Put { key, value } => {
