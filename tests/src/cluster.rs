@@ -135,6 +135,9 @@ pub struct ClusterOptions {
     /// The nodes' client ports speak TLS: the harness's own connections and every `kvsctl` run
     /// use this material. The node flags go in `extra_args`.
     pub client_tls: Option<ClientTls>,
+    /// The nodes run a build broken on purpose (one that skips fsync), so their crashes and
+    /// panics are the expected outcome: the teardown does not fail the test for them.
+    pub broken_on_purpose: bool,
 }
 
 /// The files a client speaks TLS to a node's client port with.
@@ -198,6 +201,7 @@ impl Default for ClusterOptions {
             node_env: BTreeMap::new(),
             data_root: None,
             client_tls: None,
+            broken_on_purpose: false,
         }
     }
 }
@@ -1026,12 +1030,13 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
-    /// A passing test still fails here if a node crashed or panicked during it: every seat is
+    /// A passing test still fails here if a node crashed or panicked during it (unless the
+    /// nodes run a build broken on purpose, [`ClusterOptions::broken_on_purpose`]): every seat is
     /// checked (see [`Node::defects`]). On failure, the tail of every log is printed and the
     /// directory holding them is kept.
     fn drop(&mut self) {
         let panicking = std::thread::panicking();
-        let defects: Vec<String> = if panicking {
+        let defects: Vec<String> = if panicking || self.options.broken_on_purpose {
             Vec::new()
         } else {
             self.nodes

@@ -233,6 +233,7 @@ async fn run_phase(
     if skip_fsync {
         let env = vec![(SKIP_FSYNC_ENV.to_string(), "1".to_string())];
         cluster_options.node_env = (0..options.nodes).map(|i| (i, env.clone())).collect();
+        cluster_options.broken_on_purpose = true;
     }
     if nemesis.needs_clocks() {
         let clocks = Clocks::install(options.nodes).unwrap_or_else(|e| panic!("clocks: {e}"));
