@@ -212,15 +212,17 @@ impl Actor<'_> {
     }
 }
 
-/// Records an Event on the KvsCluster. Events are for people; failing to record one never fails
-/// a reconcile.
-pub(crate) async fn publish(
+/// Records an Event on `object` (a KvsCluster or a KvsBackup). Events are for people; failing to
+/// record one never fails a reconcile.
+pub(crate) async fn publish<K>(
     recorder: &Recorder,
-    cluster: &KvsCluster,
+    object: &K,
     type_: EventType,
     reason: &str,
     note: String,
-) {
+) where
+    K: kube::Resource<DynamicType = ()>,
+{
     let event = Event {
         type_,
         reason: reason.to_owned(),
@@ -228,7 +230,7 @@ pub(crate) async fn publish(
         action: reason.to_owned(),
         secondary: None,
     };
-    let reference = cluster.object_ref(&());
+    let reference = object.object_ref(&());
     if let Err(err) = recorder.publish(&event, &reference).await {
         tracing::warn!(%err, reason, "could not record an event");
     }

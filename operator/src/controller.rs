@@ -331,7 +331,7 @@ pub async fn reconcile(cluster: Arc<KvsCluster>, context: Arc<Context>) -> Resul
     if let Some((reason, message)) = failure {
         publish(
             &context.recorder,
-            &cluster,
+            cluster.as_ref(),
             EventType::Warning,
             reason,
             message,

@@ -16,12 +16,13 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use kvs_client::backup::BackupSummary;
 use kvs_client::object::{BackupLocation, StoreOptions};
 use kvs_client::{Client as KvsClient, ClientOptions};
 
+use crate::act::publish;
 use crate::controller::Context;
 use crate::crd::KvsCluster;
 use crate::error::{Error, Result};
@@ -81,7 +82,7 @@ pub async fn reconcile(backup: Arc<KvsBackup>, context: Arc<Context>) -> Result<
         Some(error) => (EventType::Warning, "BackupFailed", error.clone()),
     };
     write_status(&context, &backup, &namespace, &finished).await?;
-    publish(&context, &backup, type_, reason, note).await;
+    publish(&context.recorder, backup.as_ref(), type_, reason, note).await;
     Ok(Action::await_change())
 }
 
@@ -208,30 +209,6 @@ async fn write_status(
     )
     .await?;
     Ok(())
-}
-
-/// Events are for people; failing to record one never fails a reconcile.
-async fn publish(
-    context: &Context,
-    backup: &KvsBackup,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: reason.to_owned(),
-        secondary: None,
-    };
-    if let Err(err) = context
-        .recorder
-        .publish(&event, &backup.object_ref(&()))
-        .await
-    {
-        tracing::warn!(%err, reason, "could not record an event");
-    }
 }
 
 #[cfg(test)]
